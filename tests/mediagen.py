@@ -95,12 +95,13 @@ def talking_video(audio: Path, out: Path, image: Path | None = None, fps: int = 
 def testsrc_video(out: Path, seconds: float = 3.0, audio: Path | None = None, silent: bool = False,
                   fps: int = 25, size: str = "320x240") -> Path:
     """ffmpeg's test pattern (no face); optional speech track or a silent track."""
-    args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}", "-t", f"{seconds:.3f}"]
+    args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}"]
     if audio is not None:
-        args += ["-i", str(audio), "-c:a", "aac", "-shortest"]
+        args += ["-i", str(audio), "-c:a", "aac"]
     elif silent:
-        args += ["-f", "lavfi", "-t", f"{seconds:.3f}", "-i", "anullsrc=r=16000:cl=mono", "-c:a", "aac"]
-    ffmpeg(*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out))
+        args += ["-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-c:a", "aac"]
+    # -t as an output option bounds every (otherwise endless) lavfi source
+    ffmpeg(*args, "-t", f"{seconds:.3f}", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out))
     return out
 
 

@@ -1,0 +1,344 @@
+"""Media I/O through imageio-ffmpeg's bundled ffmpeg: probe, decode audio, read frames, cut clips.
+
+Every function shells out to one ffmpeg binary (there is no ffprobe) and raises `MediaError`
+with a one-line, human-readable message when a file cannot be used. Nothing is ever written
+next to the input: temporary files go to the system temp folder and are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .types import MediaInfo
+
+SAMPLE_RATE = 16000      # Hz, what Whisper and the audio encoder expect
+FRAME_GRID = 100.0       # frames are picked on a 1/100 s grid (finer than any common frame rate)
+SEEK_MARGIN = 1.0        # seconds decoded before the first requested time
+MAX_SIDE = 640           # default longest side of frames handed back
+MAX_FPS = 240.0          # frame rates above this are taken for timebases, not rates
+TIMEOUT = 1800.0         # seconds before a single ffmpeg run is killed
+
+
+class MediaError(Exception):
+    """A media file cannot be read; the message is one line, fit to show a user."""
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as err:  # missing package or binary
+        raise MediaError(f"ffmpeg is not available ({_one_line(str(err), 100)}).") from None
+
+
+def ensure_ffmpeg_on_path() -> str:
+    """Make `ffmpeg` on PATH the bundled binary, for libraries that call it by name (Gradio)."""
+    if found := shutil.which("ffmpeg"):
+        return found
+    folder = Path(tempfile.gettempdir()) / f"media-ffmpeg-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(exist_ok=True)
+    link, exe = folder / "ffmpeg", Path(ffmpeg_exe())
+    if not (link.exists() and link.resolve() == exe.resolve()):
+        tmp = folder / f"ffmpeg.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        os.replace(tmp, link)                  # atomic, so concurrent starts do not collide
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return str(link)
+
+
+def _run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ffmpeg with `args`; stdout as bytes, stderr as text."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"ffmpeg took longer than {timeout:g} s on this file; gave up.") from None
+    proc.stderr = proc.stderr.decode("utf-8", errors="replace")
+    return proc
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_REASONS = [
+    ("moov atom not found", "the file is incomplete or truncated: moov atom not found"),
+    ("Invalid data found when processing input", "invalid data"),
+    ("could not find codec parameters", "unknown codec"),
+    ("Permission denied", "permission denied"),
+    ("End of file", "unexpected end of file"),
+]
+
+
+def _reason(stderr: str) -> str:
+    """A short reason drawn from ffmpeg's stderr."""
+    for needle, reason in _REASONS:
+        if needle.lower() in stderr.lower():
+            return reason
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln).strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Exiting", "Error opening"))]
+    return _one_line(lines[-1], 100) if lines else "ffmpeg could not read it"
+
+
+_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+
+
+def _unreadable(stderr: str, path: str | os.PathLike | None = None) -> MediaError:
+    reason = _reason(stderr)
+    if path is not None and "moov atom" in reason:   # ffmpeg went by the name: is it MP4 at all?
+        with open(path, "rb") as f:       # (the caller has just stat-ed the file)
+            if f.read(8)[4:8] not in _MP4_BOXES:
+                reason = "its content is not audio or video"
+    return MediaError(f"This file is not a readable video or audio file ({reason}).")
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"File not found: {p.name}." if not p.exists() else f"Not a file: {p.name}.")
+    if p.stat().st_size == 0:
+        raise MediaError("The file is empty.")
+    return p
+
+
+# --------------------------------------------------------------------------- probing
+
+_DURATION = re.compile(r"Duration:\s*(N/A|(\d+):(\d+):(\d+(?:\.\d+)?))")
+_STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
+_SIZE = re.compile(r"[,\s](\d{2,5})x(\d{2,5})[\s,\[]")
+_RATE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Duration, streams, size, frame rate and codecs of a media file (cached per file version)."""
+    p = _check_file(path)
+    st = p.stat()
+    return replace(_probe_cached(str(p.resolve()), st.st_size, st.st_mtime_ns), path=str(path))
+
+
+@lru_cache(maxsize=64)
+def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
+    err = _run(["-i", path]).stderr          # exits non-zero without an output: that is normal
+    if "Input #0" not in err:
+        raise _unreadable(err, path)
+    info = MediaInfo(path=path, duration=0.0, has_video=False, has_audio=False)
+    video_seen, rotated = 0, False           # a display rotation applies to the first video stream
+    for line in err.splitlines():
+        m = _STREAM.match(line)
+        if not m:
+            r = _ROTATION.search(line)
+            if r and video_seen == 1 and not rotated and abs(float(r.group(1))) % 180 == 90:
+                info.width, info.height, rotated = info.height, info.width, True
+            continue
+        video_seen += m.group(1) == "Video"
+        kind, desc = m.groups()
+        codec = desc.split(",")[0].split(" ")[0]
+        if kind == "Video" and not info.has_video and "(attached pic)" not in desc:
+            info.has_video, info.video_codec = True, codec
+            if s := _SIZE.search(desc):
+                info.width, info.height = int(s.group(1)), int(s.group(2))
+            rates = {unit: float(v) * (1000 if k else 1) for v, k, unit in _RATE.findall(desc)}
+            sane = [r for r in (rates.get("fps"), rates.get("tbr")) if r and 0 < r <= MAX_FPS]
+            info.fps = sane[0] if sane else 0.0   # VFR WebM may say "1k fps": that is a timebase
+        elif kind == "Audio" and not info.has_audio:
+            info.has_audio, info.audio_codec = True, codec
+    if not (info.has_video or info.has_audio):
+        raise MediaError("This file holds no video or audio stream.")
+    m = _DURATION.search(err)
+    if m and m.group(1) != "N/A" and "Estimating duration from bitrate" not in err:
+        h, mi, s = m.group(2), m.group(3), m.group(4)
+        info.duration = int(h) * 3600 + int(mi) * 60 + float(s)
+    if info.duration <= 0:                   # e.g. browser webcam WebM: no duration in the header
+        info.duration = _scan_duration(path)
+    return info
+
+
+def _scan_duration(path: str) -> float:
+    """The real duration, read by passing every packet through (stream copy, no decoding)."""
+    for codec in (["-c", "copy"], []):      # copy is fast; decoding is the fallback
+        proc = _run(["-i", path, "-map", "0:v?", "-map", "0:a?", *codec, "-f", "null",
+                     "-progress", "pipe:1", "-nostats", "-"])
+        times = re.findall(rb"out_time_us=(\d+)", proc.stdout)
+        if proc.returncode == 0 and times and int(times[-1]) > 0:
+            return int(times[-1]) / 1e6
+    return 0.0
+
+
+# --------------------------------------------------------------------------- audio
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio track to mono float32 in [-1, 1] at `sr` Hz, in one ffmpeg call."""
+    p = _check_file(path)
+    proc = _run(["-i", str(p), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sr),
+                 "-f", "s16le", "-acodec", "pcm_s16le", "-"])
+    if proc.returncode != 0:
+        if "matches no streams" in proc.stderr:
+            probe(p)                                   # a clearer error for a non-media file
+            raise MediaError("The file has no audio track.")
+        raise _unreadable(proc.stderr, p)
+    audio = np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
+    return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def audio_segment(audio: np.ndarray, start: float, end: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The samples between `start` and `end` seconds, clamped to the array."""
+    a = min(max(int(round(start * sr)), 0), len(audio))
+    b = min(max(int(round(end * sr)), a), len(audio))
+    return audio[a:b]
+
+
+# --------------------------------------------------------------------------- frames
+
+def frame_size(info: MediaInfo, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(width, height) of the frames `read_frames` returns: longer side <= max_side, both even."""
+    if info.width <= 0 or info.height <= 0:
+        raise MediaError("The video's frame size could not be read.")
+    k = min(1.0, max_side / max(info.width, info.height))
+    return max(2, 2 * int(info.width * k / 2)), max(2, 2 * int(info.height * k / 2))
+
+
+def _select_expr(wanted: np.ndarray) -> str:
+    """Is frame `n` one of the sorted `wanted` indices? A binary search, so each frame costs
+    log2(len(wanted)) steps (ffmpeg's `if` is lazy; a flat sum would cost len(wanted))."""
+    def tree(lo: int, hi: int) -> str:
+        if hi - lo == 1:
+            return f"eq(n,{wanted[lo]})"
+        mid = (lo + hi) // 2
+        return f"if(lt(n,{wanted[mid]}),{tree(lo, mid)},{tree(mid, hi)})"
+    return tree(0, len(wanted))
+
+
+def _read_raw(args: list[str], targets: list[np.ndarray]) -> tuple[int, str]:
+    """Run ffmpeg, reading its stdout straight into each target in turn: (targets filled, stderr)."""
+    done = 0
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
+                                stdout=subprocess.PIPE, stderr=err)
+        timer = threading.Timer(TIMEOUT, proc.kill)
+        timer.start()
+        try:
+            for target in targets:
+                view, got = memoryview(target).cast("B"), 0
+                while got < len(view) and (n := proc.stdout.readinto(view[got:])):
+                    got += n
+                if got < len(view):
+                    break
+                done += 1
+        finally:
+            proc.stdout.close()
+            proc.wait()
+            timer.cancel()
+        err.seek(0)
+        return done, err.read().decode("utf-8", errors="replace")
+
+
+def read_frames(path: str | os.PathLike, times: Sequence[float],
+                max_side: int = MAX_SIDE) -> np.ndarray:
+    """RGB frames shown at each of `times` (seconds) as uint8 [N, H, W, 3], in one ffmpeg call.
+
+    Each frame is the one on screen at that time (on a 1/100 s grid). The longer side is scaled
+    down to at most `max_side`, sizes even. Times are clamped to the file; past the end of the
+    video stream the last frame is returned.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError("The file has no video track.")
+    w, h = frame_size(info, max_side)
+    if len(times) == 0:
+        return np.zeros((0, h, w, 3), np.uint8)
+    t = np.nan_to_num(np.asarray(times, np.float64), nan=0.0)
+    t = np.clip(t, 0.0, max(info.duration, 0.0))
+    rate = max(FRAME_GRID, info.fps)
+    seek = max(0.0, float(t.min()) - SEEK_MARGIN)
+    seek = np.floor(seek * rate) / rate
+    index = np.floor((t - seek) * rate + 1e-6).astype(np.int64)
+    # the distinct frames, where each is first asked for, and which one each time shows
+    wanted, first, which = np.unique(index, return_index=True, return_inverse=True)
+    pad = float(t.max()) - seek + 1.0            # clone the last frame for times past the video's end
+    vf = (f"fps={rate:g}:start_time=0,tpad=stop_mode=clone:stop_duration={pad:.3f},"
+          f"select='{_select_expr(wanted)}',"
+          f"scale={w}:{h}:flags=area,setsar=1,format=rgb24")
+    args = ["-loglevel", "error"] + (["-ss", f"{seek:.6f}"] if seek > 0 else [])
+    args += ["-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
+             "-fps_mode", "passthrough", "-frames:v", str(len(wanted)),
+             "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    frames = np.empty((len(t), h, w, 3), np.uint8)
+    done, err = _read_raw(args, [frames[i] for i in first])
+    if done == 0:
+        raise _unreadable(err, path) if err.strip() else MediaError("No video frames could be decoded.")
+    for k in range(done, len(wanted)):           # should not happen: tpad clones the last frame
+        frames[first[k]] = frames[first[done - 1]]
+    for i, k in enumerate(which):                # repeated times: copy, frame by frame
+        if first[k] != i:
+            frames[i] = frames[first[k]]
+    return frames
+
+
+# --------------------------------------------------------------------------- clips
+
+def cut_clip(path: str | os.PathLike, start: float, end: float,
+             out_path: str | os.PathLike) -> Path:
+    """Re-encode [start, end] seconds to an MP4 (H.264 + AAC, faststart) at `out_path`.
+
+    Audio-only input gives an MP4 holding just the AAC track. `end` is clamped to the duration.
+    """
+    info = probe(path)
+    out = Path(out_path)
+    if out.resolve() == Path(path).resolve():
+        raise MediaError("The clip cannot overwrite its own source file.")
+    start = max(0.0, float(start))
+    end = min(float(end), info.duration) if info.duration > 0 else float(end)
+    if not end > start:
+        raise MediaError(f"Empty clip: start {start:.2f} s is not before end {end:.2f} s.")
+    args = ["-y", "-ss", f"{start:.6f}", "-i", str(path), "-t", f"{end - start:.6f}"]
+    args += ["-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt",
+             "yuv420p", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2"] if info.has_video else ["-vn"]
+    if info.has_audio:
+        args += ["-map", "0:a:0", "-c:a", "aac", "-b:a", "128k"]
+    args += ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(out)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = _run(args)
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise MediaError(f"Could not cut the clip ({_reason(proc.stderr)}).")
+    return out
+
+
+def remux_to_temp(path: str | os.PathLike, suffix: str = ".mkv") -> Path:
+    """Copy the streams into a new container in a fresh temp folder (no re-encoding).
+
+    Useful for browser WebM recordings, whose missing duration and index make players unable
+    to seek. The caller owns the result; `discard_temp` removes it with its folder.
+    """
+    p = _check_file(path)
+    folder = Path(tempfile.mkdtemp(prefix="media-"))
+    out = folder / (p.stem + suffix)
+    proc = _run(["-y", "-i", str(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])
+    if proc.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _unreadable(proc.stderr)
+    return out
+
+
+def discard_temp(path: str | os.PathLike) -> None:
+    """Remove a file made by `remux_to_temp`, with its temp folder."""
+    p = Path(path)
+    if p.parent.name.startswith("media-") and Path(tempfile.gettempdir()) in p.parents:
+        shutil.rmtree(p.parent, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
