@@ -1,0 +1,91 @@
+"""Command line: `python -m core analyze VIDEO [--json OUT] [--checkpoint DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .types import Analysis
+
+TEXT_WIDTH = 48
+
+
+def format_table(analysis: Analysis) -> str:
+    """A readable, fixed-width table of the utterances with what each modality says."""
+    lines = []
+    model = analysis.model
+    if not model.get("trained"):
+        lines.append("WARNING: the model is untrained; fused emotion and sentiment are not meaningful. "
+                     "The face column is the pretrained face-expression net's real opinion.")
+    else:
+        lines.append(f"Model: {model.get('name')} (trained on: {', '.join(model.get('trained_modalities', []))})")
+    if analysis.message:
+        lines.append(analysis.message)
+        return "\n".join(lines)
+    header = f"{'#':>3} {'start':>7} {'end':>7}  {'emotion':<15} {'sentiment':<15} {'face':<14} text"
+    lines += [header, "-" * len(header)]
+    for p in analysis.utterances:
+        u = p.utterance
+        face = p.opinion("face")
+        face_txt = f"{face.emotion} {max(face.emotion_probs):.2f}" if face and face.present else "-"
+        text = textwrap.shorten(u.text, TEXT_WIDTH, placeholder="…")
+        lines.append(f"{p.index:>3} {u.start:>7.2f} {u.end:>7.2f}  "
+                     f"{p.emotion + f' {p.confidence:.2f}':<15} "
+                     f"{p.sentiment + f' {max(p.sentiment_probs):.2f}':<15} {face_txt:<14} {text}")
+        if p.error:
+            lines.append(f"{'':>20}! {p.error}")
+    return "\n".join(lines)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError
+    from .media import MediaError
+    from .pipeline import analyze, load_models
+    from .transcribe import TranscriptionError
+
+    path = Path(args.video)
+    bar = tqdm(total=100, desc="loading models", unit="%", file=sys.stderr,
+               bar_format="{desc:<18} {bar} {percentage:3.0f}%")
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.set_description_str(stage)
+        bar.update(round(fraction * 100) - bar.n)
+
+    try:
+        models = load_models(args.checkpoint, whisper_name=args.whisper, language=args.language or None)
+        result = analyze(path, models, progress)
+    except (MediaError, CheckpointError, TranscriptionError) as err:
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    bar.close()
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="analyse a video or audio file")
+    a.add_argument("video", help="video or audio file")
+    a.add_argument("--json", help="also write the full analysis as JSON here")
+    a.add_argument("--checkpoint", help="checkpoint folder (default: assets/model, else untrained)")
+    a.add_argument("--whisper", default="base",
+                   help="Whisper model: 'base' (packaged, offline), another name (online) or a .pt path")
+    a.add_argument("--language", default="en", help="spoken language code; '' to let Whisper detect it")
+    args = parser.parse_args(argv)
+    if args.command == "analyze":
+        return _analyze(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

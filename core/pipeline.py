@@ -1,0 +1,250 @@
+"""analyze(path) -> Analysis: media -> transcript -> features -> model, one utterance at a time safe.
+
+A problem with one utterance (a frame that will not decode, a face crop that fails) is recorded
+on that utterance and never fails the others. A file that cannot be read at all raises
+MediaError with a one-line message; a file with no speech gives an Analysis whose message says so.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import encoders, media
+from .checkpoint import Checkpoint, load_or_untrained
+from .labels import sentiment_from_emotions
+from .transcribe import load_whisper, transcribe
+from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
+
+Progress = Callable[[float, str], None]
+
+STAGES = ("decode", "transcribe", "frames", "face", "text", "audio", "model")
+NO_SPEECH = "No speech found"
+FRAME_SIDE = 480          # frames are read at most this large (face detection runs at 480)
+FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
+
+
+@dataclass
+class Models:
+    """Everything analyze() needs loaded; build once with load_models() and reuse."""
+
+    checkpoint: Checkpoint
+    whisper_name: str = "base"
+    language: str | None = "en"
+    device: str = "cpu"
+    text_encoder: encoders.TextEncoder | None = None
+    video_encoder: encoders.VideoEncoder | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def card(self):
+        return self.checkpoint.card
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name: str = "base",
+                language: str | None = "en", device: str | None = None) -> Models:
+    """Load the checkpoint (default: the shipped one, else untrained), the text encoder and Whisper."""
+    device = device or pick_device()
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_or_untrained(checkpoint)
+    ckpt.model.to(device).eval()
+    models = Models(ckpt, whisper_name, language, device)
+    text_cfg = ckpt.card.text_encoder
+    if ckpt.text_state:   # a tuned encoder is the checkpoint's own copy, never the shared cached one
+        models.text_encoder = encoders.apply_text_state(encoders.TextEncoder(text_cfg["name"]),
+                                                        ckpt.text_state)
+    else:
+        models.text_encoder = encoders.load_text_encoder(text_cfg["name"])
+    models.text_encoder.to(device)
+    if "video" in ckpt.model.config.modalities:
+        try:
+            models.video_encoder = encoders.VideoEncoder(text_cfg.get("video_weights")).to(device)
+        except encoders.EncoderUnavailable as err:
+            models.notes.append(str(err))
+    load_whisper(whisper_name, device=device)
+    return models
+
+
+def analyze(path: str | Path, models: Models | None = None,
+            progress: Progress | None = None) -> Analysis:
+    """Analyse one video or audio file end to end."""
+    models = models or load_models()
+    report = progress or (lambda fraction, stage: None)
+    timings: dict[str, float] = {}
+    clock = partial(_timed, timings)
+    card = models.card
+
+    report(0.0, "reading the file")
+    with clock("decode"):
+        info = media.probe(path)
+        audio = media.load_audio(path) if info.has_audio else np.zeros(0, np.float32)
+    analysis = Analysis(source=str(path), media=info, model=card.summary(), timings=timings)
+    if not info.has_audio:
+        analysis.message = f"{NO_SPEECH}: the file has no audio track."
+        return analysis
+
+    report(0.1, "transcribing")
+    with clock("transcribe"):
+        utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
+                                language=models.language)
+    if not utterances:
+        analysis.message = f"{NO_SPEECH}: the audio is silent or holds no words Whisper could hear."
+        return analysis
+
+    preds = [UtterancePrediction(index=i, utterance=u) for i, u in enumerate(utterances)]
+    errors: dict[int, list[str]] = {i: [] for i in range(len(preds))}
+
+    report(0.5, "reading faces")
+    frames = _frames_per_utterance(path, info, utterances, errors, clock)
+    with clock("face"):
+        faces = _per_utterance(frames, encoders.encode_faces, errors, "face")
+
+    report(0.7, "reading text")
+    with clock("text"):
+        turns = int(card.text_encoder.get("context_turns", 0))
+        texts = [u.text for u in utterances]
+        contexts = [encoders.build_context(texts, i, turns) for i in range(len(texts))] if turns else None
+        text_vectors = models.text_encoder.encode(texts, contexts)
+
+    report(0.8, "reading audio")
+    with clock("audio"):
+        segments = [media.audio_segment(audio, u.start, u.end) for u in utterances]
+        mels = _per_utterance(segments, encoders.log_mel, errors, "audio")
+        voiced = [not encoders.audio_is_silent(s) for s in segments]
+
+    report(0.9, "fusing")
+    with clock("model"):
+        _predict(models, preds, text_vectors, faces, mels, voiced)
+    for i, pred in enumerate(preds):
+        pred.error = "; ".join(errors[i])
+    analysis.utterances = preds
+    report(1.0, "done")
+    return analysis
+
+
+# ---------------------------------------------------------------- stages
+
+def _frames_per_utterance(path, info, utterances: list[Utterance], errors, clock) -> list:
+    """Frames spread across each utterance; one ffmpeg call per chunk of utterances (bounded memory)."""
+    if not info.has_video:
+        return [None] * len(utterances)
+    times = [encoders.sample_times(u.start, u.end, encoders.FACE_FRAMES) for u in utterances]
+    out: list = []
+    per_call = max(1, FRAMES_PER_CALL // encoders.FACE_FRAMES)
+    with clock("frames"):
+        for first in range(0, len(times), per_call):
+            chunk = times[first:first + per_call]
+            try:
+                flat = media.read_frames(path, [t for ts in chunk for t in ts], max_side=FRAME_SIDE)
+            except media.MediaError as err:
+                for i in range(first, first + len(chunk)):
+                    errors[i].append(f"frames: {err}")
+                out.extend([None] * len(chunk))
+                continue
+            k = 0
+            for ts in chunk:
+                out.append(flat[k:k + len(ts)])
+                k += len(ts)
+    return out
+
+
+def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) -> list:
+    """fn(item) for each item; a failure becomes that utterance's error and a None result."""
+    results = []
+    for i, item in enumerate(items):
+        if item is None:
+            results.append(None)
+            continue
+        try:
+            results.append(fn(item))
+        except Exception as err:   # one utterance must never fail the others
+            errors[i].append(f"{stage}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+            results.append(None)
+    return results
+
+
+@torch.no_grad()
+def _predict(models: Models, preds, text_vectors, faces, mels, voiced) -> None:
+    """Batch the features through the fusion model and fill each prediction and opinion."""
+    model, card = models.checkpoint.model, models.card
+    trained = set(card.trained_modalities)
+    use = (lambda m: m in trained) if trained else (lambda m: True)   # untrained: fuse what is there
+    n, dev = len(preds), models.device
+    face_ok = [f is not None and f.present for f in faces]
+    audio_ok = [m is not None and v for m, v in zip(mels, voiced)]
+    inputs, mask = {}, {}
+    modalities = model.config.modalities
+    if "text" in modalities:
+        inputs["text"] = text_vectors.to(dev)
+        mask["text"] = torch.tensor([use("text")] * n)
+    if "face" in modalities:
+        inputs["face"] = torch.from_numpy(np.stack([
+            f.vector if ok else np.zeros(encoders.FACE_DIM, np.float32) for f, ok in zip(faces, face_ok)])).to(dev)
+        mask["face"] = torch.tensor([ok and use("face") for ok in face_ok])
+    if "audio" in modalities:
+        blank = torch.zeros(encoders.N_MELS, encoders.MEL_STEPS)
+        inputs["audio"] = torch.stack([m if ok else blank for m, ok in zip(mels, audio_ok)]).to(dev)
+        mask["audio"] = torch.tensor([ok and use("audio") for ok in audio_ok])
+    out = model(inputs, mask)
+    emo = out.emotion_logits.softmax(-1).cpu().tolist()
+    sen = out.sentiment_logits.softmax(-1).cpu().tolist()
+    heads = {m: (e.softmax(-1).cpu().tolist(), s.softmax(-1).cpu().tolist())
+             for m, (e, s) in out.modality_logits.items()}
+    for i, pred in enumerate(preds):
+        pred.emotion_probs, pred.sentiment_probs = emo[i], sen[i]
+        pred.opinions = [
+            _head_opinion("text", heads, i, True, "", trained, use),
+            _face_opinion(faces[i], face_ok[i], use("face") and "face" in modalities),
+            _head_opinion("audio", heads, i, audio_ok[i],
+                          "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
+            ModalityOpinion("video", False, note=_video_note(models)),
+        ]
+
+
+def _head_opinion(m, heads, i, present, why_absent, trained, use) -> ModalityOpinion:
+    if not present:
+        return ModalityOpinion(m, False, note=why_absent)
+    if m not in heads:
+        return ModalityOpinion(m, True, note="this checkpoint has no input for this modality")
+    if m not in trained:
+        return ModalityOpinion(m, True, note="head untrained in this checkpoint: opinion not shown",
+                               used_in_fusion=use(m))
+    e, s = heads[m]
+    return ModalityOpinion(m, True, e[i], s[i], note="", used_in_fusion=True)
+
+
+def _face_opinion(face, ok: bool, fused: bool) -> ModalityOpinion:
+    if face is None:
+        return ModalityOpinion("face", False, note="no video")
+    if not ok:
+        return ModalityOpinion("face", False, note=f"no face found in {face.frames_seen} frames")
+    probs = list(face.emotion_probs)
+    return ModalityOpinion("face", True, probs, sentiment_from_emotions(probs),
+                           note=f"pretrained FER2013 net, face in {face.frames_with_face}/{face.frames_seen} frames",
+                           used_in_fusion=fused)
+
+
+def _video_note(models: Models) -> str:
+    if "video" not in models.checkpoint.model.config.modalities:
+        return "R3D-18 video encoder off (Kinetics weights are not available offline)"
+    return models.notes[0] if models.notes else ""
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    """Add the wall seconds spent inside the block to timings[stage]."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,79 @@
+"""End to end: a generated talking video through media -> Whisper -> encoders -> model, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core import encoders, pipeline
+from core.types import Analysis
+from tests import mediagen
+from tests.conftest import THREE_SENTENCES
+
+
+@pytest.fixture(scope="module")
+def analysis(talking_video, models):
+    return pipeline.analyze(talking_video, models)
+
+
+def test_three_utterances_with_words_faces_and_audio(analysis):
+    assert not analysis.message
+    assert len(analysis.utterances) == 3
+    for pred, sentence in zip(analysis.utterances, THREE_SENTENCES):
+        first_word = sentence.split()[0].lower()
+        assert first_word in pred.utterance.text.lower()
+        assert abs(sum(pred.emotion_probs) - 1) < 1e-4 and abs(sum(pred.sentiment_probs) - 1) < 1e-4
+        face = pred.opinion("face")
+        assert face.present and face.emotion == "joy"          # the astronaut smiles in every frame
+        assert pred.opinion("audio").present
+        assert not pred.opinion("video").present and "Kinetics" in pred.opinion("video").note
+        assert pred.error == ""
+    assert set(pipeline.STAGES) <= set(analysis.timings)
+
+
+def test_analysis_json_round_trip(analysis):
+    again = Analysis.from_dict(json.loads(json.dumps(analysis.to_dict())))
+    assert [p.emotion for p in again.utterances] == [p.emotion for p in analysis.utterances]
+    assert again.utterances[1].utterance.text == analysis.utterances[1].utterance.text
+    assert again.utterances[0].opinion("face").emotion_probs == analysis.utterances[0].opinion("face").emotion_probs
+
+
+def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeypatch):
+    # Failure injection (a mock): the face encoder breaks on the second utterance only.
+    real = encoders.encode_faces
+    calls = {"n": 0}
+
+    def flaky(frames):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated decoder fault")
+        return real(frames)
+
+    monkeypatch.setattr(encoders, "encode_faces", flaky)
+    result = pipeline.analyze(talking_video, models)
+    assert len(result.utterances) == 3
+    assert "simulated decoder fault" in result.utterances[1].error
+    assert not result.utterances[1].opinion("face").present
+    assert result.utterances[1].emotion                           # still predicted from text + audio
+    assert result.utterances[0].error == "" and result.utterances[2].error == ""
+
+
+def test_audio_only_file_is_text_plus_audio(three_sentences_wav, models):
+    wav, _ = three_sentences_wav
+    result = pipeline.analyze(wav, models)
+    assert not result.media.has_video and len(result.utterances) == 3
+    assert all(not p.opinion("face").present for p in result.utterances)
+    assert all(p.opinion("audio").present for p in result.utterances)
+
+
+def test_cli_prints_table_and_writes_json(talking_video, tmp_path):
+    out = tmp_path / "a.json"
+    proc = subprocess.run([sys.executable, "-m", "core", "analyze", str(talking_video), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "door" in proc.stdout.lower() and "emotion" in proc.stdout
+    data = json.loads(out.read_text())
+    assert len(data["utterances"]) == 3 and data["utterances"][0]["emotion"]
