@@ -1,0 +1,388 @@
+"""Speech to utterances with Whisper: load the model, transcribe, refine boundaries, drop hallucinations.
+
+The default model is the packaged Whisper base (converted once by `core.whisper_convert`), so
+transcription works offline. Whisper's segment timestamps are often 0.3-0.5 s off and its segments
+can hold two sentences separated by a pause, so each segment is re-cut with word timestamps and a
+simple energy-based voice-activity pass over the same audio.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .types import Utterance
+
+SAMPLE_RATE = 16000
+DEFAULT_MODEL = "base"
+MIN_AUDIO_SECONDS = 0.3       # shorter clips hold no utterance worth transcribing
+SILENCE_PEAK = 1e-3           # |sample| below this everywhere (about -60 dBFS) means silence
+# Decoding: greedy first; on a failed window (repetition loop, low confidence) Whisper retries with
+# sampling. The RNG is seeded per call, so the same audio always gives the same transcript.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+SEED = 0
+# Voice activity: RMS in 30 ms windows on a 10 ms hop, threshold relative to the file's level.
+HOP_SECONDS = 0.01
+WINDOW_HOPS = 3
+ABS_FLOOR_DB = -55.0          # never call anything quieter than this speech
+MIN_SNR_DB = 6.0              # at least this far above the noise floor (5th percentile)...
+RELATIVE_LEVEL = 0.25         # ...and this fraction of the way from noise floor to peak (99th pct)
+MIN_REGION = 0.06             # seconds; shorter bursts are clicks
+CLOSE_GAP = 0.15              # seconds; shorter dips inside speech are not pauses
+SKIP_SILENCE = 3.0            # Whisper never sees silences longer than this (hallucination bait)
+CLIP_PAD = 1.0                # seconds of audio kept around the speech that Whisper sees
+# Boundaries.
+SPLIT_PAUSE = 0.7             # a pause this long inside a Whisper segment starts a new utterance
+MERGE_PAUSE = 0.3             # segments cut mid-sentence with a shorter pause are joined
+SNAP_REACH = 1.0              # seconds around Whisper's words searched for speech edges
+PAD = 0.15                    # seconds of context kept before and after the detected speech
+# Hallucination guard.
+NO_SPEECH_PROB = 0.6
+LOGPROB_FLOOR = -1.0
+MIN_VOICED = 0.1              # seconds of detected speech under a segment to call it voiced
+DOUBT_NO_SPEECH = 0.3         # on unvoiced audio, text is dropped above this no-speech probability
+DOUBT_LOGPROB = -0.7          # ...or below this mean log-probability
+CLASSIC_HALLUCINATIONS = {"thank you", "thank you so much", "thanks", "you", "bye", "okay", "so",
+                          "music", "applause", "silence", "please subscribe"}
+CLASSIC_PREFIXES = ("thanks for watching", "thank you for watching", "subtitles by",
+                    "transcribed by", "translated by", "amara org")
+SENTENCE_END = ".!?…。？！"
+
+
+class TranscriptionError(Exception):
+    """Whisper could not be loaded or run; the message is one line, fit to show a user."""
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_checkpoint(path: Path, device: str, version: int | None = None):
+    """Load an openai-whisper checkpoint strictly, tensors only (weights_only=True).
+
+    With `version`, a checkpoint written by another converter version is refused (ValueError).
+    """
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if version is not None and ckpt.get("converter_version") != version:
+        raise ValueError(f"{path.name} was written by another converter version")
+    model = Whisper(ModelDimensions(**ckpt["dims"]))
+    model.load_state_dict(ckpt["model_state_dict"])
+    heads = ckpt.get("alignment_heads")
+    if heads:  # the cross-attention heads that track time, for word timestamps
+        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        for layer, head in heads:
+            mask[layer, head] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    return model.to(device).eval()
+
+
+def _load_packaged_base(device: str):
+    """The packaged base, converted on first use; a damaged or stale cache file is rebuilt."""
+    from .whisper_convert import CONVERTER_VERSION, ConversionError, packaged_base_checkpoint
+    try:
+        try:
+            return _load_checkpoint(packaged_base_checkpoint(), device, CONVERTER_VERSION)
+        except Exception:  # our own cache file, damaged or stale: rebuild it
+            return _load_checkpoint(packaged_base_checkpoint(force=True), device)
+    except (ConversionError, OSError) as err:
+        raise TranscriptionError(f"The packaged Whisper base model cannot be read: {err}") from None
+
+
+def _online(url: str, timeout: float = 5.0) -> bool:
+    host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_named(name: str, device: str):
+    import os
+    import whisper
+
+    unavailable = (f'Whisper model "{name}" is not available offline (it must be downloaded '
+                   f'first); the default "{DEFAULT_MODEL}" ships with the app.')
+    if name not in whisper.available_models():
+        raise TranscriptionError(f'Unknown Whisper model "{name}"; use "{DEFAULT_MODEL}", a '
+                                 f'name such as "small" or "tiny.en", or a path to a .pt file.')
+    root = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "whisper")
+    cached = os.path.join(root, os.path.basename(whisper._MODELS[name]))
+    if not os.path.isfile(cached) and not _online(whisper._MODELS[name]):
+        raise TranscriptionError(unavailable)  # fail fast rather than wait on a dead network
+    try:
+        return whisper.load_model(name, device=device, download_root=root)
+    except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
+        raise TranscriptionError(unavailable) from err
+
+
+def load_whisper(name: str = DEFAULT_MODEL, device: str | None = None):
+    """A Whisper model, loaded once per (name, device) and kept for the process.
+
+    `name` is "base" (the packaged offline weights), another openai-whisper name ("small",
+    "tiny.en", ...; needs a download unless already in ~/.cache/whisper) or a path to a .pt file.
+    """
+    device = _device(device)
+    key = (str(name), device)
+    with _LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load_model(str(name), device)
+    return _MODELS[key]
+
+
+def _load_model(name: str, device: str):
+    path = Path(name).expanduser()
+    if name == DEFAULT_MODEL:
+        return _load_packaged_base(device)
+    if path.suffix != ".pt" and not path.is_file():
+        return _load_named(name, device)
+    if not path.is_file():
+        raise TranscriptionError(f"Whisper checkpoint not found: {path}")
+    try:
+        return _load_checkpoint(path, device)
+    except Exception as err:
+        raise TranscriptionError(f"Cannot load Whisper checkpoint {path.name}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- voice activity
+
+def speech_regions(audio: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, float]]:
+    """(start, end) seconds of stretches louder than a threshold set from the file's own level."""
+    hop = int(sr * HOP_SECONDS)
+    n = len(audio) // hop
+    if n < WINDOW_HOPS:
+        return []
+    energy = (audio[: n * hop].astype(np.float64).reshape(n, hop) ** 2).mean(axis=1)
+    window = np.convolve(energy, np.ones(WINDOW_HOPS) / WINDOW_HOPS, mode="same")
+    db = 10.0 * np.log10(window + 1e-12)
+    noise, peak = np.percentile(db, 5), np.percentile(db, 99)
+    threshold = max(ABS_FLOOR_DB, noise + MIN_SNR_DB, noise + RELATIVE_LEVEL * (peak - noise))
+    voiced = np.concatenate([[False], db > threshold, [False]])
+    edges = np.flatnonzero(np.diff(voiced.astype(np.int8)))
+    regions: list[list[float]] = []
+    for a, b in zip(edges[::2] * HOP_SECONDS, edges[1::2] * HOP_SECONDS):
+        if regions and a - regions[-1][1] < CLOSE_GAP:
+            regions[-1][1] = b
+        else:
+            regions.append([a, b])
+    return [(float(a), float(b)) for a, b in regions if b - a >= MIN_REGION]
+
+
+def _gaps(regions: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
+    edges = [0.0] + [t for r in regions for t in r] + [duration]
+    return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
+
+
+def _overlap(regions: list[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in regions)
+
+
+def _clips(regions: list[tuple[float, float]], duration: float) -> list[float]:
+    """Whisper's clip_timestamps: the speech, padded, with long silences left out."""
+    spans: list[list[float]] = []
+    for a, b in regions:
+        if spans and a - spans[-1][1] < SKIP_SILENCE:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    return [t for a, b in spans for t in (max(0.0, a - CLIP_PAD), min(duration, b + CLIP_PAD))]
+
+
+def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
+    """True for audio too short or too quiet to hold speech."""
+    return len(audio) < MIN_AUDIO_SECONDS * sr or float(np.max(np.abs(audio))) < SILENCE_PEAK
+
+
+# --------------------------------------------------------------------------- segments
+
+@dataclass
+class _Piece:
+    """A run of Whisper words that becomes one utterance."""
+
+    words: list[dict]
+    segment: dict
+
+    @property
+    def text(self) -> str:
+        return "".join(w["word"] for w in self.words).strip()
+
+    @property
+    def start(self) -> float:
+        return float(self.words[0]["start"])
+
+    @property
+    def end(self) -> float:
+        return float(self.words[-1]["end"])
+
+
+def _mid(word: dict) -> float:
+    return (float(word["start"]) + float(word["end"])) / 2.0
+
+
+def _pause_between(left: dict, right: dict, gaps: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The longest silence whose centre lies between the two words' midpoints."""
+    lo, hi = _mid(left), _mid(right)
+    inside = [g for g in gaps if lo <= (g[0] + g[1]) / 2.0 <= hi]
+    return max(inside, key=lambda g: g[1] - g[0]) if inside else None
+
+
+def _pieces(segments: list[dict], gaps: list[tuple[float, float]]) -> list[_Piece]:
+    """Split Whisper segments at long pauses; join segments cut mid-sentence without a pause."""
+    pieces: list[_Piece] = []
+    for seg in segments:
+        words = [w for w in seg.get("words") or [] if w.get("word", "").strip()]
+        if not words:
+            words = [{"word": seg["text"], "start": seg["start"], "end": seg["end"]}]
+        current = [words[0]]
+        for left, right in zip(words, words[1:]):
+            pause = _pause_between(left, right, gaps)
+            long_pause = (pause is not None and pause[1] - pause[0] >= SPLIT_PAUSE) or \
+                float(right["start"]) - float(left["end"]) >= SPLIT_PAUSE
+            if long_pause:
+                pieces.append(_Piece(current, seg))
+                current = []
+            current.append(right)
+        pieces.append(_Piece(current, seg))
+    joined: list[_Piece] = []
+    for piece in pieces:
+        prev = joined[-1] if joined else None
+        if prev and prev.segment is not piece.segment and not prev.text.endswith(tuple(SENTENCE_END)):
+            pause = _pause_between(prev.words[-1], piece.words[0], gaps)
+            if pause is None or pause[1] - pause[0] < MERGE_PAUSE:
+                joined[-1] = _Piece(prev.words + piece.words, prev.segment)
+                continue
+        joined.append(piece)
+    return joined
+
+
+def _bounds(pieces: list[_Piece], regions: list[tuple[float, float]], gaps: list[tuple[float, float]],
+            duration: float) -> list[tuple[float, float]]:
+    """Snap each piece to the speech detected near its words, never crossing into its neighbours."""
+    cuts = [0.0]
+    for left, right in zip(pieces, pieces[1:]):
+        pause = _pause_between(left.words[-1], right.words[0], gaps)
+        cut = (pause[0] + pause[1]) / 2.0 if pause else (left.end + right.start) / 2.0
+        cuts.append(min(max(cut, cuts[-1]), duration))
+    cuts.append(duration)
+    bounds = []
+    for piece, lo, hi in zip(pieces, cuts, cuts[1:]):
+        near = [(max(a, lo), min(b, hi)) for a, b in regions
+                if b > piece.start - SNAP_REACH and a < piece.end + SNAP_REACH]
+        near = [(a, b) for a, b in near if b - a >= MIN_REGION]
+        if near:
+            start, end = max(lo, near[0][0] - PAD), min(hi, near[-1][1] + PAD)
+        else:  # no speech found nearby: keep Whisper's times
+            start, end = max(lo, piece.start), min(hi, piece.end)
+        start, end = max(0.0, start), min(duration, end)
+        bounds.append((start, end))
+    return bounds
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).replace("'", "").split())
+
+
+def _hallucinated(piece: _Piece, start: float, end: float, audio: np.ndarray,
+                  regions: list[tuple[float, float]]) -> bool:
+    """Silence hallucinations: empty text, Whisper's own no-speech verdict, or words on no speech."""
+    seg, text = piece.segment, _normalise(piece.text)
+    if not text or end - start <= 0:
+        return True
+    if seg.get("no_speech_prob", 0.0) > NO_SPEECH_PROB and seg.get("avg_logprob", 0.0) < LOGPROB_FLOOR:
+        return True
+    clip = audio[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)]
+    if clip.size == 0 or float(np.max(np.abs(clip))) < SILENCE_PEAK:
+        return True
+    if _overlap(regions, start, end) < MIN_VOICED:
+        classic = text in CLASSIC_HALLUCINATIONS or text.startswith(CLASSIC_PREFIXES)
+        doubtful = (seg.get("no_speech_prob", 0.0) > DOUBT_NO_SPEECH
+                    or seg.get("avg_logprob", 0.0) < DOUBT_LOGPROB)
+        return classic or doubtful
+    return False
+
+
+def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
+               progress: bool = False) -> list[Utterance]:
+    """Utterances in `audio` (float32, 16 kHz, mono): text, times and Whisper's confidence.
+
+    `model` is a loaded Whisper, a name for `load_whisper`, or None for the default.
+    `language=None` lets Whisper detect it. `progress=True` shows Whisper's tqdm bar.
+    """
+    import torch
+
+    audio = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1))
+    if is_silent(audio):
+        return []
+    regions = speech_regions(audio)
+    if not regions:
+        return []
+    if model is None or isinstance(model, str):
+        model = load_whisper(model or DEFAULT_MODEL)
+    cuda = model.device.type == "cuda"
+    duration = len(audio) / SAMPLE_RATE
+    try:
+        with torch.random.fork_rng(devices=[model.device] if cuda else []):
+            torch.manual_seed(SEED)
+            result = model.transcribe(audio, language=language, fp16=cuda, temperature=TEMPERATURES,
+                                      condition_on_previous_text=False, word_timestamps=True,
+                                      clip_timestamps=_clips(regions, duration),
+                                      verbose=False if progress else None)
+    except Exception as err:
+        raise TranscriptionError(f"Whisper failed: {_first_line(err)}") from err
+    gaps = _gaps(regions, duration)
+    pieces = _pieces(result.get("segments") or [], gaps)
+    utterances = []
+    for piece, (start, end) in zip(pieces, _bounds(pieces, regions, gaps, duration)):
+        if end - start < 0.01 or _hallucinated(piece, start, end, audio, regions):
+            continue
+        seg = piece.segment
+        utterances.append(Utterance(start=round(start, 3), end=round(end, 3), text=piece.text,
+                                    avg_logprob=float(seg.get("avg_logprob", 0.0)),
+                                    no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
+                                    compression_ratio=float(seg.get("compression_ratio", 0.0))))
+    return utterances
+
+
+# --------------------------------------------------------------------------- scoring
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-case words without punctuation ("Don't!" -> ["dont"]), for scoring."""
+    return _normalise(text).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, after normalisation.
+
+    An empty reference scores 0.0 against an empty hypothesis and 1.0 against anything else.
+    """
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)] / len(ref)

@@ -1,0 +1,256 @@
+"""Whisper: conversion of the packaged CTranslate2 weights, transcription, boundaries, guards, WER."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import transcribe as tr
+from core import whisper_convert as wc
+from core.types import Utterance
+from tests import mediagen
+
+SENTENCES = ["Kids are talking by the door.",
+             "The weather was lovely this morning.",
+             "Please bring me a cup of coffee after lunch."]
+BOUNDARY_TOLERANCE = 0.5   # seconds
+
+
+@pytest.fixture(scope="module")
+def variables():
+    parts, _ = wc.packaged_base_files()
+    return wc.read_ct2_model(parts)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(variables):
+    return wc.convert_ct2_to_whisper(variables, [[3, 1], [5, 6]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tr.load_whisper()
+
+
+def _decode(video: Path) -> np.ndarray:
+    try:
+        from core.media import load_audio
+    except ImportError:   # the media module is optional for this test
+        raw = subprocess.run([mediagen.FFMPEG, "-nostdin", "-i", str(video), "-ac", "1", "-ar", "16000",
+                              "-f", "s16le", "-"], capture_output=True, check=True).stdout
+        return np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
+    return load_audio(video)
+
+
+# --------------------------------------------------------------------------- conversion
+
+def test_dims_from_shapes(variables):
+    assert wc.model_dims(variables) == {
+        "n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 512, "n_audio_head": 8, "n_audio_layer": 6,
+        "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 512, "n_text_head": 8, "n_text_layer": 6}
+
+
+def test_converted_tensors_equal_ct2(variables, checkpoint):
+    sd = checkpoint["model_state_dict"]
+
+    def same(key, array):
+        assert tuple(sd[key].shape) == array.shape, key
+        assert torch.equal(sd[key].float(), torch.from_numpy(array.astype(np.float32))), key
+
+    same("encoder.conv1.weight", variables["encoder/conv1/weight"])
+    same("decoder.token_embedding.weight", variables["decoder/embeddings/weight"])
+    same("encoder.positional_embedding", variables["encoder/position_encodings/encodings"])
+    qkv_w = variables["encoder/layer_3/self_attention/linear_0/weight"]
+    qkv_b = variables["encoder/layer_3/self_attention/linear_0/bias"]
+    for i, name in enumerate(("query", "key", "value")):
+        same(f"encoder.blocks.3.attn.{name}.weight", qkv_w[i * 512:(i + 1) * 512])
+    same("encoder.blocks.3.attn.query.bias", qkv_b[:512])
+    same("encoder.blocks.3.attn.value.bias", qkv_b[1024:])
+    assert "encoder.blocks.3.attn.key.bias" not in sd and not np.any(qkv_b[512:1024])
+    kv = variables["decoder/layer_5/attention/linear_1/weight"]
+    same("decoder.blocks.5.cross_attn.key.weight", kv[:512])
+    same("decoder.blocks.5.cross_attn.value.weight", kv[512:])
+    same("decoder.blocks.5.cross_attn.out.bias", variables["decoder/layer_5/attention/linear_2/bias"])
+    same("decoder.ln.weight", variables["decoder/layer_norm/gamma"])
+    # every float tensor is used once: only the zero key biases and the tied output projection remain
+    total = sum(a.size for k, a in variables.items() if a.ndim and k != "decoder/projection/weight")
+    key_biases = 512 * (6 + 6 + 6)   # encoder self, decoder self, decoder cross
+    assert sum(t.numel() for t in sd.values()) == total - key_biases
+
+
+def test_checkpoint_loads_strictly_with_openai_whisper(checkpoint, tmp_path):
+    import whisper
+
+    path = wc.save_checkpoint(checkpoint, tmp_path / "base.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["base.pt"]       # no temp file left behind
+    model = whisper.load_model(str(path), device="cpu")               # strict load_state_dict
+    expected = checkpoint["model_state_dict"]["decoder.blocks.0.cross_attn.query.weight"].float()
+    assert torch.equal(model.state_dict()["decoder.blocks.0.cross_attn.query.weight"], expected)
+
+
+def test_packaged_checkpoint_is_converted_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(wc.CACHE_ENV, str(tmp_path))
+    t0 = time.perf_counter()
+    path = wc.packaged_base_checkpoint()
+    first = time.perf_counter() - t0
+    assert path == tmp_path / "whisper" / "base.pt" and path.stat().st_size > 100e6
+    mtime = path.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert wc.packaged_base_checkpoint() == path
+    assert time.perf_counter() - t0 < 0.05 < first and path.stat().st_mtime_ns == mtime
+    print(f"conversion {first:.2f} s")
+
+
+def test_truncated_model_bin_is_refused():
+    parts, _ = wc.packaged_base_files()
+    with pytest.raises(wc.ConversionError, match="ends early"):
+        wc.read_ct2_model(parts[:1])
+
+
+def test_alignment_heads_come_from_the_config(model):
+    import gzip
+    import base64
+    import whisper
+
+    packed = gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS["base"]))
+    expected = np.frombuffer(packed, dtype=bool).reshape(6, 8)
+    assert np.array_equal(model.alignment_heads.to_dense().cpu().numpy(), expected)
+
+
+# --------------------------------------------------------------------------- transcription
+
+def test_three_sentences_with_pauses(model, tmp_path):
+    if not mediagen.have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    wav, spans = mediagen.speech_with_pauses(SENTENCES, tmp_path / "speech.wav", pause=1.5)
+    audio = _decode(mediagen.talking_video(wav, tmp_path / "talk.mp4"))
+    t0 = time.perf_counter()
+    utterances = tr.transcribe(audio, model, language="en")
+    seconds = time.perf_counter() - t0
+    assert all(isinstance(u, Utterance) for u in utterances)
+    wer = tr.word_error_rate(" ".join(SENTENCES), " ".join(u.text for u in utterances))
+    print(f"\n{len(audio) / 16000:.1f} s of audio in {seconds:.1f} s, WER {wer:.3f}")
+    for u, (start, end) in zip(utterances, spans):
+        print(f"  {u.start:6.2f} {u.end:6.2f} ({u.start - start:+.2f} / {u.end - end:+.2f})  {u.text}")
+    assert wer <= 0.10
+    assert len(utterances) == 3
+    for u, (start, end), sentence in zip(utterances, spans, SENTENCES):
+        assert abs(u.start - start) <= BOUNDARY_TOLERANCE and abs(u.end - end) <= BOUNDARY_TOLERANCE
+        assert 0.0 <= u.start < u.end <= len(audio) / 16000
+        assert tr.word_error_rate(sentence, u.text) <= 0.34
+        assert u.avg_logprob < 0 and 0 <= u.no_speech_prob <= 1 and u.compression_ratio > 0
+
+
+class _MustNotRun:
+    """Stands in for a model on audio that must be answered without one."""
+
+    device = torch.device("cpu")
+
+    def transcribe(self, *args, **kwargs):
+        raise AssertionError("the model ran on silence")
+
+
+@pytest.mark.parametrize("audio", [
+    np.zeros(16000 * 5, np.float32),                                         # digital silence
+    np.random.default_rng(0).normal(0, 1e-4, 16000 * 5).astype(np.float32),  # faint hiss
+    np.full(16000 * 3, 1e-5, np.float32),                                     # DC offset
+    np.random.default_rng(1).normal(0, 0.1, 3200).astype(np.float32),         # 0.2 s: too short
+    np.zeros(0, np.float32),
+])
+def test_silence_gives_no_utterances(audio):
+    t0 = time.perf_counter()
+    assert tr.transcribe(audio, _MustNotRun()) == []
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_silent_video_gives_no_utterances(model, tmp_path):
+    video = tmp_path / "silent.mp4"   # built here: every input gets its own -t, so ffmpeg stops
+    mediagen.ffmpeg("-f", "lavfi", "-t", "3", "-i", "testsrc=size=320x240:rate=25",
+                    "-f", "lavfi", "-t", "3", "-i", "anullsrc=r=16000:cl=mono",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(video))
+    assert tr.transcribe(_decode(video), model) == []
+
+
+def test_words_on_silence_are_dropped():
+    audio = np.zeros(16000 * 6, np.float32)
+    audio[16000:32000] = 0.3 * np.sin(np.linspace(0, 2000 * np.pi, 16000))   # 1 s of "speech"
+    regions = tr.speech_regions(audio)
+    assert len(regions) == 1 and abs(regions[0][0] - 1.0) < 0.05 and abs(regions[0][1] - 2.0) < 0.05
+    seg = {"no_speech_prob": 0.2, "avg_logprob": -0.4}
+    thanks = tr._Piece([{"word": " Thank you.", "start": 4.0, "end": 5.0}], seg)
+    assert tr._hallucinated(thanks, 4.0, 5.0, audio, regions)
+    assert not tr._hallucinated(thanks, 0.9, 2.1, audio, regions)
+    dots = tr._Piece([{"word": " ...", "start": 1.0, "end": 2.0}], seg)
+    assert tr._hallucinated(dots, 1.0, 2.0, audio, regions)
+    # seen here: base looped on 25 s of -50 dBFS hiss after speech, with a confident log-prob
+    loop = tr._Piece([{"word": " I'm going to go to the next room.", "start": 4.0, "end": 6.0}],
+                     {"no_speech_prob": 0.97, "avg_logprob": -0.22})
+    hiss = audio + np.random.default_rng(0).normal(0, 3e-3, audio.size).astype(np.float32)
+    assert tr._hallucinated(loop, 4.0, 6.0, hiss, tr.speech_regions(hiss))
+
+
+def test_long_silences_are_not_fed_to_whisper():
+    regions = [(1.0, 2.0), (3.5, 5.0), (20.0, 22.0)]        # a 1.5 s pause, then 15 s of silence
+    assert tr._clips(regions, 30.0) == [0.0, 6.0, 19.0, 23.0]
+
+
+def test_a_long_pause_inside_a_segment_splits_it():
+    regions = [(0.5, 1.6), (2.6, 3.5)]                       # a 1.0 s pause at 1.6-2.6
+    words = [{"word": w, "start": s, "end": e} for w, s, e in
+             [(" Come", 0.3, 0.8), (" here.", 0.8, 1.9), (" Now", 1.9, 2.9), (" please.", 2.9, 3.4)]]
+    segment = {"text": " Come here. Now please.", "start": 0.3, "end": 3.4, "words": words}
+    pieces = tr._pieces([segment], tr._gaps(regions, 4.0))
+    assert [p.text for p in pieces] == ["Come here.", "Now please."]
+    bounds = tr._bounds(pieces, regions, tr._gaps(regions, 4.0), 4.0)
+    assert bounds[0] == pytest.approx((0.35, 1.75)) and bounds[1] == pytest.approx((2.45, 3.65))
+
+
+# --------------------------------------------------------------------------- models and scoring
+
+def test_second_load_is_cached(model):
+    t0 = time.perf_counter()
+    assert tr.load_whisper("base") is model
+    assert time.perf_counter() - t0 < 0.01
+
+
+def test_model_not_available_offline_is_a_clear_error():
+    if os.path.isfile(os.path.expanduser("~/.cache/whisper/small.pt")):
+        pytest.skip("small is already downloaded here")
+    t0 = time.perf_counter()
+    with pytest.raises(tr.TranscriptionError) as err:
+        tr.load_whisper("small", device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and "offline" in message and '"base"' in message
+    assert time.perf_counter() - t0 < 30
+
+
+def test_unknown_names_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(tr.TranscriptionError, match="Unknown Whisper model"):
+        tr.load_whisper("gigantic-v9", device="cpu")
+    with pytest.raises(tr.TranscriptionError, match="not found"):
+        tr.load_whisper(str(tmp_path / "missing.pt"), device="cpu")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(tr.TranscriptionError, match="Cannot load"):
+        tr.load_whisper(str(bad), device="cpu")
+
+
+@pytest.mark.parametrize("reference, hypothesis, expected", [
+    ("Kids are talking by the door.", "kids are talking by the door", 0.0),
+    ("Kids are talking by the door.", "Kids are walking by the door.", 1 / 6),       # 1 substitution
+    ("Kids are talking by the door.", "Kids talking by the door.", 1 / 6),           # 1 deletion
+    ("Kids are talking by the door.", "The kids are talking by the red door.", 2 / 6),  # 2 insertions
+    ("I don't know!", "I dont know", 0.0),
+    ("one two three four", "four three two one", 1.0),                                # 4 substitutions
+    ("hello", "", 1.0),
+    ("", "", 0.0),
+    ("", "hello", 1.0),
+])
+def test_word_error_rate(reference, hypothesis, expected):
+    assert tr.word_error_rate(reference, hypothesis) == pytest.approx(expected)
