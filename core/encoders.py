@@ -86,25 +86,47 @@ class TextEncoder(torch.nn.Module):
         return next(self.bert.parameters()).device
 
     def tokenize(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> dict:
-        """Tokenise utterances, each with an optional context as its second segment."""
-        texts = [t if t.strip() else "." for t in texts]
-        if contexts is not None and any(c.strip() for c in contexts):
-            batch = self.tokenizer(list(texts), [c or "" for c in contexts], truncation="only_second",
-                                   max_length=self.max_tokens, padding=True, return_tensors="pt")
-        else:
-            batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens,
-                                   padding=True, return_tensors="pt")
+        """Tokenise utterances, each with an optional context as its second segment.
+
+        Each utterance is tokenised on its own and then padded, so its ids never depend on the
+        rest of the batch: "[CLS] utterance [SEP]" without a context, "[CLS] utterance [SEP]
+        context [SEP]" with one (the context is cut from its end, i.e. its oldest turns). An
+        utterance too long to leave room for any context is read alone, cut to max_tokens.
+        """
+        encoded = []
+        for i, text in enumerate(texts):
+            context = (contexts[i] or "") if contexts is not None else ""
+            encoded.append(self._encode_one(text if text.strip() else ".", context))
+        width = max((len(e["input_ids"]) for e in encoded), default=0)
+        pad_id = self.tokenizer.pad_token_id or 0
+        batch = {key: torch.tensor([list(e[key]) + [pad_id if key == "input_ids" else 0] * (width - len(e[key]))
+                                    for e in encoded], dtype=torch.long)
+                 for key in encoded[0].keys()} if encoded else {}
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Mean of the last hidden states over the first segment's tokens -> [B, dim]."""
-        hidden = self.bert(**batch).last_hidden_state
+    def _encode_one(self, text: str, context: str):
+        if context.strip():
+            own = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if own + 4 <= self.max_tokens:          # [CLS] text [SEP] + >= 1 context token + [SEP]
+                return self.tokenizer(text, context, truncation="only_second", max_length=self.max_tokens)
+        return self.tokenizer(text, truncation=True, max_length=self.max_tokens)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Mean of hidden states [B, T, dim] over the first segment's tokens -> [B, dim].
+
+        The [CLS] and first [SEP] belong to segment 0 too, so an utterance read with a context
+        is pooled over exactly the positions it has when read alone.
+        """
         keep = batch["attention_mask"].bool()
         if "token_type_ids" in batch:
             keep = keep & (batch["token_type_ids"] == 0)
-        # the [CLS] and first [SEP] belong to segment 0 too; that matches single-sentence pooling
         weights = keep.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Mean of the last hidden states over the first segment's tokens -> [B, dim]."""
+        return self.pool(self.bert(**batch).last_hidden_state, batch)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], contexts: Sequence[str] | None = None,

@@ -40,8 +40,23 @@ class Utterance:
         return max(0.0, self.end - self.start)
 
 
+class _TopLabels:
+    """`emotion` / `sentiment`: the top label of `emotion_probs` / `sentiment_probs` ("" when empty)."""
+
+    emotion_probs: list[float]
+    sentiment_probs: list[float]
+
+    @property
+    def emotion(self) -> str:
+        return EMOTIONS[_argmax(self.emotion_probs)] if self.emotion_probs else ""
+
+    @property
+    def sentiment(self) -> str:
+        return SENTIMENTS[_argmax(self.sentiment_probs)] if self.sentiment_probs else ""
+
+
 @dataclass
-class ModalityOpinion:
+class ModalityOpinion(_TopLabels):
     """What one modality says about an utterance.
 
     `present` is False when the modality could not be read (no face in view, no audio track,
@@ -56,17 +71,9 @@ class ModalityOpinion:
     note: str = ""
     used_in_fusion: bool = False
 
-    @property
-    def emotion(self) -> str:
-        return EMOTIONS[_argmax(self.emotion_probs)] if self.emotion_probs else ""
-
-    @property
-    def sentiment(self) -> str:
-        return SENTIMENTS[_argmax(self.sentiment_probs)] if self.sentiment_probs else ""
-
 
 @dataclass
-class UtterancePrediction:
+class UtterancePrediction(_TopLabels):
     """The fused prediction for one utterance, with each modality's opinion."""
 
     index: int
@@ -75,14 +82,6 @@ class UtterancePrediction:
     sentiment_probs: list[float] = field(default_factory=list)
     opinions: list[ModalityOpinion] = field(default_factory=list)
     error: str = ""              # a one-line message when this utterance could not be analysed
-
-    @property
-    def emotion(self) -> str:
-        return EMOTIONS[_argmax(self.emotion_probs)] if self.emotion_probs else ""
-
-    @property
-    def sentiment(self) -> str:
-        return SENTIMENTS[_argmax(self.sentiment_probs)] if self.sentiment_probs else ""
 
     @property
     def confidence(self) -> float:
