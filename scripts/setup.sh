@@ -15,7 +15,7 @@ apt_install() {
 }
 
 if [ "${1:-}" = "--test" ]; then
-  apt_install espeak-ng
+  apt_install espeak-ng chromium   # speech for test media; a real browser for the UI test
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

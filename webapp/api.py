@@ -1,0 +1,126 @@
+"""Named API endpoints for gradio_client, on hidden components (the page's own events are private).
+
+    analyze(media)                          -> session_id, utterances
+    edit(session_id, utterance_id, field, value) -> utterances   (a refused value raises an error)
+    split(session_id, utterance_id, at)     -> utterances
+    merge(session_id, utterance_id)         -> utterances
+    undo(session_id)                        -> utterances
+    session(session_id)                     -> utterances
+    sessions()                              -> list of saved sessions
+    export(session_id)                      -> MELD CSV file
+    export_zip(session_id)                  -> zip of the CSV and the clips
+    import_meld(csv, media)                 -> session ids, problems
+
+`utterance_id` is the row's position (its Utterance_ID in the export), from 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from .common import USER_ERRORS, fail
+from .service import Workbench
+from .session import merge_next, set_field, split_row
+from .views import table_records
+
+
+def mount(wb: Workbench) -> None:
+    """Add the endpoints to the Blocks being built (call inside `with gr.Blocks()`)."""
+    with gr.Column(visible=False):
+        media = gr.File(label="media")
+        csv = gr.File(label="csv", file_types=[".csv"])
+        sid = gr.Textbox(label="session_id")
+        pos = gr.Number(label="utterance_id", precision=0)
+        name = gr.Textbox(label="field")
+        value = gr.Textbox(label="value")
+        at = gr.Textbox(label="at")
+        rows = gr.JSON(label="utterances")
+        listing = gr.JSON(label="sessions")
+        problems = gr.JSON(label="problems")
+        file_out = gr.File(label="file")
+        buttons = [gr.Button(visible=False) for _ in range(10)]
+
+    def guarded(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as err:
+                raise fail(err) from None
+        return run
+
+    def uid_at(session, position) -> int:
+        try:
+            return session.rows[int(position)].uid
+        except (TypeError, ValueError, IndexError):
+            raise gr.Error(f"no utterance {position} in this session ({len(session.rows)} utterances)",
+                           print_exception=False) from None
+
+    def change(session_id, position, op):
+        session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""))
+        return table_records(session)
+
+    def analyze(media, progress=gr.Progress()):
+        """Analyse a video or audio file: a new session and its utterance table."""
+        if not media:
+            raise gr.Error("no file given", print_exception=False)
+        session = wb.analyze(media, lambda f, stage: progress(f, desc=stage))
+        return session.id, table_records(session)
+
+    def edit(session_id, utterance_id, field, value):
+        """Set one field (start, end, speaker, text, emotion, sentiment) of one utterance."""
+        return change(session_id, utterance_id, lambda s, uid: set_field(s, uid, field, value))
+
+    def split(session_id, utterance_id, at):
+        """Split an utterance at `at` seconds ("" = its middle)."""
+        return change(session_id, utterance_id, lambda s, uid: split_row(s, uid, at or None))
+
+    def merge(session_id, utterance_id):
+        """Merge an utterance with the next one."""
+        return change(session_id, utterance_id, lambda s, uid: merge_next(s, uid)[0])
+
+    def undo(session_id):
+        """Undo the last change of a session."""
+        return table_records(wb.undo(session_id))
+
+    def session(session_id):
+        """The utterance table of a saved session."""
+        return table_records(wb.store.load(session_id))
+
+    def sessions():
+        """The saved sessions, newest first."""
+        return wb.store.list()
+
+    def export(session_id):
+        """The session as a MELD-format CSV file."""
+        return str(wb.export_csv(session_id))
+
+    def export_zip(session_id, progress=gr.Progress()):
+        """A zip of the MELD CSV and one clip per utterance (dia{D}_utt{U}.mp4)."""
+        return str(wb.export_zip(session_id, lambda f, s: progress(f, desc=s)).path)
+
+    def import_meld(csv, media):
+        """Import a MELD CSV (with its video, optionally): one session per dialogue."""
+        if not csv:
+            raise gr.Error("no CSV given", print_exception=False)
+        created, imported = wb.import_csv(csv, media)
+        return [s.id for s in created], [str(p) for p in imported.problems] + imported.notes
+
+    endpoints = [
+        (analyze, [media], [sid, rows]),
+        (edit, [sid, pos, name, value], [rows]),
+        (split, [sid, pos, at], [rows]),
+        (merge, [sid, pos], [rows]),
+        (undo, [sid], [rows]),
+        (session, [sid], [rows]),
+        (sessions, [], [listing]),
+        (export, [sid], [file_out]),
+        (export_zip, [sid], [file_out]),
+        (import_meld, [csv, media], [listing, problems]),
+    ]
+    for button, (fn, inputs, outputs) in zip(buttons, endpoints):
+        button.click(guarded(fn), inputs, outputs, api_name=fn.__name__,
+                     concurrency_id={"analyze": "analysis", "export_zip": "export"}.get(fn.__name__, "session"),
+                     concurrency_limit=1)

@@ -1,0 +1,98 @@
+"""Plotly figures: emotion probabilities over time (a stacked band per emotion, one block per
+utterance) above a sentiment track (positive minus negative). Corrected utterances are drawn
+with the annotator's label and outlined; the selected one is shaded."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.labels import EMOTIONS, SENTIMENTS
+
+from .session import Session
+
+HEIGHT = 380
+EMOTION_COLORS = {"anger": "#dc2626", "disgust": "#65a30d", "fear": "#7c3aed", "joy": "#f59e0b",
+                  "neutral": "#94a3b8", "sadness": "#2563eb", "surprise": "#ec4899"}
+SENTIMENT_COLORS = {"negative": "#dc2626", "neutral": "#94a3b8", "positive": "#16a34a"}
+
+
+def _spans(session: Session) -> list[tuple[int, float, float]]:
+    """(position, start, end) of each utterance that has times; untimed rows are placed one
+    second apart after the last timed one so that imported rows still show."""
+    out, t = [], 0.0
+    for i, r in enumerate(session.rows):
+        if r.start is not None and r.end is not None and r.end > r.start:
+            out.append((i, r.start, r.end))
+            t = r.end
+        else:
+            out.append((i, t + 0.1, t + 1.0))
+            t += 1.0
+    return out
+
+
+def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
+                        vertical_spacing=0.06)
+    fig.update_layout(height=HEIGHT, margin=dict(l=56, r=16, t=44, b=40), barmode="stack",
+                      title=dict(text="Emotion probabilities over time · sentiment", x=0.01, y=0.98,
+                                 font=dict(size=14)),
+                      bargap=0, plot_bgcolor="white", paper_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right", font=dict(size=12),
+                                  traceorder="normal"),
+                      hoverlabel=dict(font_size=12), font=dict(size=12))
+    if session is None or not session.rows:
+        fig.add_annotation(text="No utterances yet: analyse a file or import a MELD CSV.",
+                           showarrow=False, xref="paper", yref="paper", x=0.5, y=0.6,
+                           font=dict(size=14, color="#64748b"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return fig
+    spans = _spans(session)
+    mids = [(s + e) / 2 for _, s, e in spans]
+    widths = [(e - s) * 0.97 for _, s, e in spans]
+    rows = [session.rows[i] for i, _, _ in spans]
+    probs = [r.shown_emotion_probs() for r in rows]
+    hover = [f"#{i} {r.start if r.start is not None else '?'}–{r.end if r.end is not None else '?'} s"
+             f"<br><b>{r.emotion or '—'}</b> · {r.sentiment or '—'}"
+             f"{' (corrected)' if r.corrected else ''}<br>{_short(r.text)}"
+             for (i, _, _), r in zip(spans, rows)]
+    edge = ["#0f172a" if r.corrected else "white" for r in rows]
+    for k, emotion in enumerate(EMOTIONS):
+        fig.add_trace(go.Bar(
+            x=mids, y=[p[k] for p in probs], width=widths, name=emotion,
+            marker=dict(color=EMOTION_COLORS[emotion], line=dict(color=edge, width=[2 if r.corrected else 0.5 for r in rows])),
+            customdata=hover, hovertemplate=f"{emotion} %{{y:.2f}}<br>%{{customdata}}<extra></extra>"),
+            row=1, col=1)
+    polarity = []
+    for r in rows:
+        p = r.shown_sentiment_probs()
+        polarity.append(p[SENTIMENTS.index("positive")] - p[SENTIMENTS.index("negative")] if any(p) else 0.0)
+    fig.add_trace(go.Bar(
+        x=mids, y=polarity, width=widths, name="sentiment", showlegend=False,
+        marker=dict(color=[SENTIMENT_COLORS.get(r.sentiment, "#e2e8f0") for r in rows],
+                    line=dict(color=edge, width=[2 if r.corrected else 0 for r in rows])),
+        customdata=hover, hovertemplate="positive − negative %{y:.2f}<br>%{customdata}<extra></extra>"),
+        row=2, col=1)
+    for (i, s, e), r in zip(spans, rows):
+        if r.corrected:
+            fig.add_annotation(x=(s + e) / 2, y=1.0, text="✎", showarrow=False, yshift=8,
+                               font=dict(size=13, color="#0f172a"), row=1, col=1)
+        if selected is not None and i == selected:
+            for row in (1, 2):
+                fig.add_vrect(x0=s, x1=e, fillcolor="#fde68a", opacity=0.35, line_width=0,
+                              layer="below", row=row, col=1)
+    fig.update_yaxes(range=[0, 1.12], title_text="emotion", tickvals=[0, 0.5, 1], row=1, col=1,
+                     gridcolor="#e2e8f0")
+    fig.update_yaxes(range=[-1.05, 1.05], title_text="sentiment", tickvals=[-1, 0, 1],
+                     ticktext=["neg", "0", "pos"], zeroline=True, zerolinecolor="#94a3b8",
+                     gridcolor="#f1f5f9", row=2, col=1)
+    end = max(e for _, _, e in spans)
+    fig.update_xaxes(range=[0, max(end, session.duration) * 1.01], gridcolor="#f1f5f9", row=1, col=1)
+    fig.update_xaxes(title_text="time (s)", gridcolor="#f1f5f9", row=2, col=1)
+    return fig
+
+
+def _short(text: str, limit: int = 70) -> str:
+    text = text.replace("<", "&lt;")
+    return text if len(text) <= limit else text[:limit - 1] + "…"

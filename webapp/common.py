@@ -1,0 +1,53 @@
+"""Small helpers shared by the page's handlers and the API: one-line errors, row lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from core.media import MediaError
+from core.meld import MeldFormatError
+from core.transcribe import TranscriptionError
+
+from .paths import PathError
+from .service import ModelError
+from .session import EditError, Session
+from .store import StoreError
+
+USER_ERRORS = (MediaError, MeldFormatError, TranscriptionError, ModelError, StoreError, PathError,
+               EditError, OSError)
+
+
+def fail(err: BaseException) -> gr.Error:
+    return gr.Error(str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__,
+                    print_exception=False)
+
+
+def position(session: Session | None, uid: int | None) -> int | None:
+    if session is None or uid is None:
+        return None
+    for i, r in enumerate(session.rows):
+        if r.uid == uid:
+            return i
+    return None
+
+
+def first_uid(session: Session) -> int | None:
+    return session.rows[0].uid if session.rows else None
+
+
+def num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.1f}"
+
+
+def same(current: Any, new: Any) -> bool:
+    """Is an edited cell unchanged? Numbers compare to the millisecond, text after stripping."""
+    if new is None or (isinstance(new, float) and new != new):
+        return current is None or current == ""
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:
+            return abs(float(str(new).replace(",", ".")) - float(current)) < 0.0005
+        except ValueError:
+            return False
+    return str(current if current is not None else "").strip() == str(new).strip()

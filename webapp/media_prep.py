@@ -1,0 +1,76 @@
+"""Bring an uploaded or recorded file into a session folder and make a copy every browser can play.
+
+* the upload is copied under a safe name (it is what the pipeline reads and clips are cut from);
+* an H.264 MP4 plays as it is; a WebM (webcam recordings: no duration, no index) is re-muxed so the
+  player can seek; any other video is re-encoded to H.264 MP4;
+* an audio-only file gets a plain dark picture under its sound, so the player can show subtitles.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import media
+from core.types import MediaInfo
+
+from .paths import safe_filename
+
+PLAYS_AS_IS = {(".mp4", "h264"), (".m4v", "h264"), (".mov", "h264")}
+WEBM_CODECS = {"vp8", "vp9", "av1"}
+
+
+@dataclass
+class StagedMedia:
+    source: Path        # the upload, copied: analysed and cut into clips
+    playable: Path      # what the player shows
+    info: MediaInfo
+
+
+def stage(upload: str | Path, folder: Path) -> StagedMedia:
+    """Copy `upload` into `folder` and prepare a playable version; MediaError if unreadable."""
+    upload = Path(upload)
+    media.probe(upload)                       # refuse empty, truncated, non-media files first
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / ("source_" + safe_filename(upload.name))
+    shutil.copyfile(upload, source)
+    info = media.probe(source)
+    suffix = source.suffix.lower()
+    if not info.has_video:
+        playable = _audio_with_picture(source, folder / "playable.mp4", info)
+    elif (suffix, info.video_codec) in PLAYS_AS_IS:
+        playable = source
+    elif suffix == ".webm" and info.video_codec in WEBM_CODECS:
+        playable = _ffmpeg(["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-c", "copy",
+                            str(folder / "playable.webm")], folder / "playable.webm")
+    else:
+        playable = _ffmpeg(["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264",
+                            "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+                            "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:a", "aac",
+                            "-movflags", "+faststart", str(folder / "playable.mp4")],
+                           folder / "playable.mp4")
+    return StagedMedia(source, playable, info)
+
+
+def _audio_with_picture(source: Path, out: Path, info: MediaInfo) -> Path:
+    seconds = max(info.duration, 0.1)
+    return _ffmpeg(["-f", "lavfi", "-i", f"color=c=0x1e293b:s=640x360:r=5:d={seconds:.3f}",
+                    "-i", str(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
+                    "-preset", "veryfast", "-tune", "stillimage", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(out)], out)
+
+
+def _ffmpeg(args: list[str], out: Path, timeout: float = 1800) -> Path:
+    cmd = [media.ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        failed = proc.returncode != 0
+        reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["ffmpeg failed"]
+    except subprocess.TimeoutExpired:
+        failed, reason = True, [f"took longer than {timeout:g} s"]
+    if failed or not out.is_file() or out.stat().st_size == 0:
+        out.unlink(missing_ok=True)
+        raise media.MediaError(f"Could not prepare the file for playback ({reason[0][:120]}).")
+    return out

@@ -1,0 +1,163 @@
+"""The workbench's operations, shared by the page and the API: analyse, import, edit, undo, export.
+
+Nothing here knows about Gradio components; errors are one-line exceptions (MediaError,
+MeldFormatError, EditError, StoreError, PathError) that the UI turns into messages.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read_card
+from core.pipeline import Models, analyze, load_models
+
+from . import export, importer, media_prep, paths
+from .session import Session, from_analysis, vtt_text
+from .store import Store
+
+Progress = Callable[[float, str], None]
+
+
+class ModelError(RuntimeError):
+    """The models could not be loaded; one line."""
+
+
+class ModelHolder:
+    """Loads the models once (in the background at start-up) and hands them to every request."""
+
+    def __init__(self, checkpoint: str | None = None, models: Models | None = None):
+        self.checkpoint = checkpoint
+        self._models = models
+        self._error = ""
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        threading.Thread(target=self._try_get, daemon=True).start()
+
+    def _try_get(self) -> None:
+        try:
+            self.get()
+        except ModelError:
+            pass
+
+    def get(self) -> Models:
+        with self._lock:
+            if self._models is None and not self._error:
+                try:
+                    self._models = load_models(self.checkpoint)
+                except Exception as err:   # CheckpointError, TranscriptionError, a broken install
+                    self._error = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            if self._error:
+                raise ModelError(f"The model could not be loaded: {self._error}")
+            return self._models
+
+    def summary(self) -> dict:
+        """The checkpoint summary, read from its card without waiting for the weights."""
+        if self._models is not None:
+            return self._models.card.summary()
+        folder = self.checkpoint or (DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "card.json").is_file() else None)
+        try:
+            return read_card(folder).summary() if folder else ModelCard().summary()
+        except CheckpointError as err:
+            return {"name": "unreadable", "trained": False, "error": str(err)}
+
+
+class Workbench:
+    def __init__(self, holder: ModelHolder, root: str | Path | None = None):
+        self.holder = holder
+        self.root = Path(root).resolve() if root else paths.data_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.root / "workbench.sqlite3")
+
+    # ------------------------------------------------------------ paths
+
+    def folder(self, session_id: str) -> Path:
+        return paths.session_dir(self.root, session_id)
+
+    def playable(self, session: Session) -> Path | None:
+        path = paths.resolve_relative(self.root, session.media)
+        return path if path and path.is_file() else None
+
+    def source(self, session: Session) -> Path | None:
+        path = paths.resolve_relative(self.root, session.source)
+        return path if path and path.is_file() else None
+
+    def subtitles(self, session: Session) -> Path | None:
+        """A .vtt of the current rows (named by version, so the browser never shows a stale one)."""
+        if not session.rows:
+            return None
+        folder = self.folder(session.id) / "subtitles"
+        folder.mkdir(exist_ok=True)
+        out = folder / f"v{session.version}.vtt"
+        if not out.is_file():
+            for old in folder.glob("*.vtt"):
+                old.unlink(missing_ok=True)
+            out.write_text(vtt_text(session), encoding="utf-8")
+        return out
+
+    # ------------------------------------------------------------ creating sessions
+
+    def analyze(self, upload: str | Path, progress: Progress | None = None) -> Session:
+        report = progress or (lambda f, s: None)
+        report(0.0, "loading the models")
+        models = self.holder.get()
+        sid = paths.new_session_id()
+        folder = self.folder(sid)
+        try:
+            report(0.02, "preparing the file")
+            staged = media_prep.stage(upload, folder / "media")
+            result = analyze(staged.source, models, lambda f, stage: report(0.05 + 0.93 * f, stage))
+        except BaseException:
+            _remove_tree(folder)
+            raise
+        session = from_analysis(result, sid, Path(str(upload)).name, self.store.next_dialogue_id())
+        session.source_name = paths.safe_filename(Path(str(upload)).name)
+        session.source = paths.relative(self.root, staged.source)
+        session.media = paths.relative(self.root, staged.playable)
+        return self.store.create(session)
+
+    def import_csv(self, csv_path: str | Path, media_upload: str | Path | None = None,
+                   csv_name: str | None = None) -> tuple[list[Session], importer.Imported]:
+        imported = importer.read(csv_path, fallback_dialogue=self.store.next_dialogue_id())
+        name = csv_name or Path(str(csv_path)).name
+        sessions = importer.sessions_from(imported, name, paths.new_session_id)
+        if media_upload and sessions:
+            first = sessions[0]
+            staged = media_prep.stage(media_upload, self.folder(first.id) / "media")
+            first.source = paths.relative(self.root, staged.source)
+            first.media = paths.relative(self.root, staged.playable)
+            first.source_name = paths.safe_filename(Path(str(media_upload)).name)
+            first.duration, first.has_video = staged.info.duration, staged.info.has_video
+            late = [i for i, r in enumerate(first.rows) if r.end is not None and r.end > first.duration + 0.5]
+            if late:
+                first.problems.append(f"{len(late)} utterance(s) end after the media does "
+                                      f"({first.duration:.2f} s): first is utterance {late[0]}")
+            if len(sessions) > 1:
+                first.problems.append(f"the media file was attached to dialogue {first.dialogue_id} "
+                                      "(the first in the CSV)")
+        return [self.store.create(s) for s in sessions], imported
+
+    # ------------------------------------------------------------ editing
+
+    def apply(self, session_id: str, change: Callable[[Session], tuple[Session, str]]) -> tuple[Session, str]:
+        return self.store.update(session_id, change)
+
+    def undo(self, session_id: str) -> Session:
+        return self.store.undo(session_id)
+
+    # ------------------------------------------------------------ export
+
+    def export_csv(self, session_id: str) -> Path:
+        session = self.store.load(session_id)
+        return export.export_csv(session, self.folder(session_id) / "exports")
+
+    def export_zip(self, session_id: str, progress: Progress | None = None) -> export.ZipReport:
+        session = self.store.load(session_id)
+        return export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)
