@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import encoders, media
+from . import cache, encoders, media
 from .checkpoint import Checkpoint, load_or_untrained
 from .labels import sentiment_from_emotions
 from .transcribe import load_whisper, transcribe
@@ -46,6 +46,12 @@ class Models:
     @property
     def card(self):
         return self.checkpoint.card
+
+    def signature(self) -> dict:
+        """What decides an analysis besides the file: keys the analysis cache."""
+        card = self.card
+        return {"checkpoint": card.name, "created": card.created, "trained": card.trained_modalities,
+                "whisper": self.whisper_name, "language": self.language}
 
 
 def pick_device() -> str:
@@ -76,8 +82,8 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
 
 
 def analyze(path: str | Path, models: Models | None = None,
-            progress: Progress | None = None) -> Analysis:
-    """Analyse one video or audio file end to end."""
+            progress: Progress | None = None, use_cache: bool = True) -> Analysis:
+    """Analyse one video or audio file end to end (a file analysed before comes from the cache)."""
     models = models or load_models()
     report = progress or (lambda fraction, stage: None)
     timings: dict[str, float] = {}
@@ -85,6 +91,30 @@ def analyze(path: str | Path, models: Models | None = None,
     card = models.card
 
     report(0.0, "reading the file")
+    key = None
+    if use_cache:
+        with clock("cache"):
+            key = _cache_key(path, models)
+            hit = cache.load(key) if key else None
+        if hit is not None:
+            hit.source, hit.timings = str(path), dict(timings)
+            report(1.0, "done (from cache)")
+            return hit
+    analysis = _analyze_uncached(path, models, report, clock, timings)
+    if key and not any(p.error for p in analysis.utterances):
+        cache.store(key, analysis)
+    return analysis
+
+
+def _cache_key(path: str | Path, models: Models) -> str | None:
+    try:
+        return cache.cache_key(cache.file_digest(path), models.signature())
+    except OSError:
+        return None          # unreadable: probe() below says why, in one line
+
+
+def _analyze_uncached(path, models: Models, report: Progress, clock, timings) -> Analysis:
+    card = models.card
     with clock("decode"):
         info = media.probe(path)
         audio = media.load_audio(path) if info.has_audio else np.zeros(0, np.float32)

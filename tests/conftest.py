@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 
 import pytest
 
 from tests import mediagen
+
+# Analyses cached by earlier runs (or by older code) must never make a test pass: a fresh cache per run.
+os.environ["WORKBENCH_ANALYSIS_CACHE"] = tempfile.mkdtemp(prefix="analysis_cache_")
 
 THREE_SENTENCES = ["Kids are talking by the door.",
                    "The weather is lovely this morning.",

@@ -53,7 +53,7 @@ def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeyp
         return real(frames)
 
     monkeypatch.setattr(encoders, "encode_faces", flaky)
-    result = pipeline.analyze(talking_video, models)
+    result = pipeline.analyze(talking_video, models, use_cache=False)
     assert len(result.utterances) == 3
     assert "simulated decoder fault" in result.utterances[1].error
     assert not result.utterances[1].opinion("face").present
@@ -77,3 +77,11 @@ def test_cli_prints_table_and_writes_json(talking_video, tmp_path):
     assert "door" in proc.stdout.lower() and "emotion" in proc.stdout
     data = json.loads(out.read_text())
     assert len(data["utterances"]) == 3 and data["utterances"][0]["emotion"]
+
+
+def test_reopening_an_analysed_file_comes_from_the_cache(analysis, talking_video, models, tmp_path):
+    import shutil
+    copy = shutil.copy(talking_video, tmp_path / "renamed.mp4")   # same content, other name
+    again = pipeline.analyze(copy, models)                         # (its speed: python -m bench)
+    assert set(again.timings) == {"cache"} and again.source == str(copy)
+    assert [p.emotion_probs for p in again.utterances] == [p.emotion_probs for p in analysis.utterances]

@@ -1,0 +1,71 @@
+"""Analysis cache keyed by file content: reopening an analysed video is instant.
+
+Key = sha256 of the file's bytes + a signature of the models that produced the analysis (checkpoint
+name and date, Whisper model, language), so a new checkpoint never serves stale predictions.
+Entries are JSON files written atomically under `$WORKBENCH_ANALYSIS_CACHE`, else
+`$WORKBENCH_CACHE/analyses`, else ~/.cache/emotion-workbench/analyses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .types import Analysis
+from .whisper_convert import CACHE_ENV, DEFAULT_CACHE
+
+CACHE_VERSION = 1
+CHUNK = 1 << 20
+ANALYSIS_CACHE_ENV = "WORKBENCH_ANALYSIS_CACHE"
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    if os.environ.get(ANALYSIS_CACHE_ENV):
+        return Path(os.environ[ANALYSIS_CACHE_ENV]).expanduser()
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else DEFAULT_CACHE).expanduser() / "analyses"
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's content, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(digest: str, signature: dict) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, "code": __version__, "file": digest, "models": signature}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load(key: str) -> Analysis | None:
+    """The cached analysis for `key`, or None (a damaged entry counts as a miss)."""
+    path = cache_root() / f"{key}.json"
+    try:
+        return Analysis.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(key: str, analysis: Analysis) -> None:
+    """Write an entry atomically. A cache that cannot be written only costs speed: it is logged."""
+    root = cache_root()
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(analysis.to_dict(), f)
+        os.replace(tmp, root / f"{key}.json")
+    except OSError as err:
+        log.warning("analysis cache not written (%s)", err)
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
