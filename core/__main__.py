@@ -1,4 +1,4 @@
-"""Command line: `python -m core analyze VIDEO [--json OUT] [--checkpoint DIR]`."""
+"""Command line: `python -m core analyze VIDEO [--json OUT]` and `python -m core batch FOLDER --out DIR`."""
 
 from __future__ import annotations
 
@@ -81,10 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--whisper", default="base",
                    help="Whisper model: 'base' (packaged, offline), another name (online) or a .pt path")
     a.add_argument("--language", default="en", help="spoken language code; '' to let Whisper detect it")
+    b = sub.add_parser("batch", help="analyse every video in a folder into one JSON + CSV each")
+    b.add_argument("folder")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--jobs", type=int, default=1, help="worker processes (they share the CPU cores)")
+    b.add_argument("--checkpoint", help="checkpoint folder (default: assets/model, else untrained)")
     args = parser.parse_args(argv)
     if args.command == "analyze":
         return _analyze(args)
-    return 2
+    return _batch(args)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import analyze_folder, find_media
+    if not Path(args.folder).is_dir() or not find_media(args.folder):
+        print(f"error: no video or audio files in {args.folder}", file=sys.stderr)
+        return 1
+    results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint)
+    for r in results:
+        print(f"{'ok ' if r.ok else 'ERR'} {Path(r.source).name}: {r.message}")
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} analysed, {failed} failed; results in {args.out}")
+    return 1 if failed == len(results) else 0
 
 
 if __name__ == "__main__":

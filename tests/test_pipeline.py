@@ -85,3 +85,19 @@ def test_reopening_an_analysed_file_comes_from_the_cache(analysis, talking_video
     again = pipeline.analyze(copy, models)                         # (its speed: python -m bench)
     assert set(again.timings) == {"cache"} and again.source == str(copy)
     assert [p.emotion_probs for p in again.utterances] == [p.emotion_probs for p in analysis.utterances]
+
+
+def test_batch_folder_writes_json_and_csv_per_video(talking_video, media_dir, tmp_path):
+    import pandas as pd
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    import shutil
+    shutil.copy(talking_video, folder / "a.mp4")
+    mediagen.text_file_named(folder / "broken.mp4")
+    proc = subprocess.run([sys.executable, "-m", "core", "batch", str(folder), "--out", str(tmp_path / "out"),
+                           "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 analysed, 1 failed" in proc.stdout and "broken.mp4" in proc.stdout
+    table = pd.read_csv(tmp_path / "out" / "a.csv")
+    assert len(table) == 3 and "door" in table.loc[0, "text"].lower()
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["utterances"][2]["emotion"]
