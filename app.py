@@ -2,6 +2,9 @@
 
 Sessions, uploads and exports live in the data folder (`--data`, else $WORKBENCH_DATA, else ./data).
 On a Hugging Face Space this file is the app_file; the GPU is used when there is one.
+Limits: `--max-upload-mb`, `--max-seconds` (else $WORKBENCH_MAX_UPLOAD_MB, $WORKBENCH_MAX_SECONDS);
+login: `--auth user:pass[,user2:pass2]` or `--auth @FILE` (else $WORKBENCH_AUTH). See README,
+"Security and limits".
 """
 
 from __future__ import annotations
@@ -19,17 +22,36 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--data", default=None, help="data folder (default: $WORKBENCH_DATA or ./data)")
+    parser.add_argument("--max-upload-mb", type=float, default=None,
+                        help="largest upload in MB, 0 = no limit (default: $WORKBENCH_MAX_UPLOAD_MB or 500)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="longest media analysed, 0 = no limit (default: $WORKBENCH_MAX_SECONDS or 3600)")
+    parser.add_argument("--auth", default=os.environ.get("WORKBENCH_AUTH") or None,
+                        help="require a login: user:pass[,user2:pass2] or @FILE with one user:pass a line "
+                             "(default: $WORKBENCH_AUTH; none)")
+    parser.add_argument("--no-preload", action="store_true",
+                        default=os.environ.get("WORKBENCH_PRELOAD", "1").strip() in ("0", "false", "no"),
+                        help="load the models on the first analysis, not at start ($WORKBENCH_PRELOAD=0)")
     args = parser.parse_args()
+
+    from core.limits import Limits
+    try:
+        limits = Limits.from_env(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
+    except ValueError as err:
+        parser.error(str(err))
 
     ensure_ffmpeg_on_path()
     from webapp.service import ModelHolder, Workbench
     from webapp.ui import build_app, launch_kwargs
-    holder = ModelHolder(args.checkpoint)
-    holder.warm_up()
-    workbench = Workbench(holder, args.data)
+    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits)
+    try:
+        kwargs = launch_kwargs(workbench, args.auth)
+    except ValueError as err:
+        parser.error(f"--auth: {err}")
+    if not args.no_preload:
+        workbench.holder.warm_up()
     demo = build_app(workbench)
-    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port,
-                                                   **launch_kwargs(workbench))
+    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, **kwargs)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ TEXT_FILE = "text_encoder.safetensors"
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "model"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+MAX_CARD_BYTES = 4 * 2**20
 
 
 class CheckpointError(RuntimeError):
@@ -104,12 +105,23 @@ def read_card(folder: str | Path) -> ModelCard:
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint: {CARD_FILE} is missing")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise CheckpointError(f"{path} is not a valid card: larger than {MAX_CARD_BYTES // 2**20} MB")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, found {type(raw).__name__}")
         known = {k: v for k, v in raw.items() if k in ModelCard.__dataclass_fields__}
         card = ModelCard(**known)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} is not a valid card: {str(err).splitlines()[0][:160]}") from None
+        for name in ("emotions", "sentiments", "trained_modalities"):
+            if not isinstance(getattr(card, name), list):
+                raise ValueError(f"{name} is not a list")
+        for name in ("model", "text_encoder", "data", "metrics"):
+            if not isinstance(getattr(card, name), dict):
+                raise ValueError(f"{name} is not an object")
+    except (ValueError, TypeError, RecursionError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a valid card: {first}") from None
     if tuple(card.emotions) != EMOTIONS or tuple(card.sentiments) != SENTIMENTS:
         raise CheckpointError(f"{path}: the checkpoint's labels {card.emotions}/{card.sentiments} "
                               "differ from this app's")
@@ -128,15 +140,17 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
         raise CheckpointError(f"{folder}: {MODEL_FILE} is missing{hint}")
     try:
-        config = ModelConfig.from_dict(card.model)
+        config = _sane(ModelConfig.from_dict(card.model))
         model = EmotionModel(config)
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
         text_state = {}
         if (folder / TEXT_FILE).is_file():
             text_state = {k: v.float() for k, v in load_file(str(folder / TEXT_FILE)).items()}
-    except (SafetensorError, RuntimeError, ValueError, TypeError, OSError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    except (SafetensorError, RuntimeError, ValueError, TypeError, OSError, KeyError, AttributeError) as err:
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        first = (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200] if lines \
+            else type(err).__name__
         raise CheckpointError(f"{folder}: weights do not match the card ({first})") from None
     return Checkpoint(model.to(device).eval(), card, text_state)
 
@@ -148,6 +162,22 @@ def load_or_untrained(folder: str | Path | None = None) -> Checkpoint:
     if (DEFAULT_CHECKPOINT / CARD_FILE).is_file():
         return load_checkpoint(DEFAULT_CHECKPOINT)
     return untrained()
+
+
+MAX_DIM = 16384     # no shipped or trainable layer is anywhere near this wide
+
+
+def _sane(config: ModelConfig) -> ModelConfig:
+    """Refuse a card whose shapes would allocate absurd memory before any tensor is made."""
+    for name, value in config.to_dict().items():
+        if name == "modalities":
+            continue
+        if name == "dropout":
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"model.dropout {value!r} is not in [0, 1)")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+            raise ValueError(f"model.{name} {value!r} is not a whole number in 1..{MAX_DIM}")
+    return config
 
 
 def _atomic(path: Path, write) -> None:

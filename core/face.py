@@ -35,7 +35,7 @@ HAAR_FILE = "haarcascade_frontalface_default.xml"
 HAAR_SCALE_FACTOR = 1.1            # as in fer
 HAAR_MIN_NEIGHBORS = 5             # as in fer
 HAAR_MIN_SIZE = 24                 # pixels in the detection image (the cascade's own window)
-DETECT_MAX_SIDE = 480              # detection image size: finds faces from 1/20 of the longest side up
+DETECT_MAX_SIDE = 320              # detection image size: finds faces from about 1/13 of the longest side up (2x faster than 480)
 WEAK_FACE_RATIO = 0.5              # drop detections under this share of the best confidence
 FACE_MARGIN = 10                   # pixels added around the Haar box, as in fer
 

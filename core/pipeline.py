@@ -27,7 +27,7 @@ Progress = Callable[[float, str], None]
 
 STAGES = ("decode", "transcribe", "frames", "face", "text", "audio", "model")
 NO_SPEECH = "No speech found"
-FRAME_SIDE = 480          # frames are read at most this large (face detection runs at 480)
+FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
 
 

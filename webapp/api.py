@@ -53,8 +53,10 @@ def mount(wb: Workbench) -> None:
 
     def uid_at(session, position) -> int:
         try:
+            if int(position) < 0:
+                raise IndexError(position)
             return session.rows[int(position)].uid
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             raise gr.Error(f"no utterance {position} in this session ({len(session.rows)} utterances)",
                            print_exception=False) from None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read_card
+from core.limits import Limits
 from core.pipeline import Models, analyze, load_models
 
 from . import export, importer, media_prep, paths
@@ -65,8 +66,9 @@ class ModelHolder:
 
 
 class Workbench:
-    def __init__(self, holder: ModelHolder, root: str | Path | None = None):
+    def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None):
         self.holder = holder
+        self.limits = limits or Limits.from_env()
         self.root = Path(root).resolve() if root else paths.data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.root / "workbench.sqlite3")
@@ -101,7 +103,9 @@ class Workbench:
 
     def analyze(self, upload: str | Path, progress: Progress | None = None) -> Session:
         report = progress or (lambda f, s: None)
-        report(0.0, "loading the models")
+        report(0.0, "checking the file")
+        self.limits.check_media(upload)      # size, duration, frame size: before any heavy work
+        report(0.01, "loading the models")
         models = self.holder.get()
         sid = paths.new_session_id()
         folder = self.folder(sid)
@@ -120,7 +124,11 @@ class Workbench:
 
     def import_csv(self, csv_path: str | Path, media_upload: str | Path | None = None,
                    csv_name: str | None = None) -> tuple[list[Session], importer.Imported]:
+        self.limits.check_size(csv_path, "CSV file")
+        if media_upload:
+            self.limits.check_media(media_upload)
         imported = importer.read(csv_path, fallback_dialogue=self.store.next_dialogue_id())
+        self.limits.check_rows(imported.row_count)
         name = csv_name or Path(str(csv_path)).name
         sessions = importer.sessions_from(imported, name, paths.new_session_id)
         if media_upload and sessions:

@@ -4,7 +4,9 @@ table) → export. Layout and event wiring only; the handlers are in handlers.py
 
 from __future__ import annotations
 
+import hmac
 import secrets
+from pathlib import Path
 
 import gradio as gr
 
@@ -181,6 +183,42 @@ def _wire(h: Handlers, p: Page, c: dict) -> None:
                        concurrency_limit=1, **private)
 
 
-def launch_kwargs(wb: Workbench) -> dict:
-    """What launch() needs: the theme and css (Gradio 6 takes them there) and the data folder."""
-    return dict(theme=THEME, css=CSS, allowed_paths=[str(wb.root)])
+def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
+    """What launch() needs: the theme and css (Gradio 6 takes them there), the data folder, the upload
+    limit (Gradio refuses a bigger file before storing it) and, when `auth` is given, a login."""
+    kwargs = dict(theme=THEME, css=CSS, allowed_paths=[str(wb.root)],
+                  max_file_size=wb.limits.gradio_max_file_size())
+    if auth:
+        kwargs.update(auth=check_login(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")
+    return kwargs
+
+
+def parse_auth(spec: str) -> dict[str, str]:
+    """Logins from `user:pass`, `user1:pass1,user2:pass2`, or `@FILE` (one `user:pass` a line).
+    ValueError (one line, never echoing a password) if malformed."""
+    spec = spec.strip()
+    if spec.startswith("@"):
+        try:
+            lines = Path(spec[1:]).expanduser().read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise ValueError(f"cannot read the login file {spec[1:]}: {err.strerror}") from None
+        entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    else:
+        entries = [e.strip() for e in spec.split(",") if e.strip()]
+    logins: dict[str, str] = {}
+    for n, entry in enumerate(entries, 1):
+        user, sep, password = entry.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"login {n} is not of the form user:password")
+        logins[user.strip()] = password
+    if not logins:
+        raise ValueError("no login given (expected user:password)")
+    return logins
+
+
+def check_login(logins: dict[str, str]):
+    """Gradio's auth callable: constant-time comparison of the password."""
+    def check(user: str, password: str) -> bool:
+        expected = logins.get(str(user))
+        return expected is not None and hmac.compare_digest(expected.encode(), str(password).encode())
+    return check
