@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from .paths import safe_filename
 
 PLAYS_AS_IS = {(".mp4", "h264"), (".m4v", "h264"), (".mov", "h264")}
 WEBM_CODECS = {"vp8", "vp9", "av1"}
+# through 16-bit samples: NaN or infinite float samples (which make the AAC encoder fail) become
+# plain numbers; the playable copy loses nothing audible
+CLEAN_AUDIO = ("-af", "aformat=sample_fmts=s16")
 
 
 @dataclass
@@ -48,7 +52,7 @@ def stage(upload: str | Path, folder: Path) -> StagedMedia:
     else:
         playable = _ffmpeg(["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264",
                             "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
-                            "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:a", "aac",
+                            "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", *CLEAN_AUDIO, "-c:a", "aac",
                             "-movflags", "+faststart", str(folder / "playable.mp4")],
                            folder / "playable.mp4")
     return StagedMedia(source, playable, info)
@@ -59,7 +63,8 @@ def _audio_with_picture(source: Path, out: Path, info: MediaInfo) -> Path:
     return _ffmpeg(["-f", "lavfi", "-i", f"color=c=0x1e293b:s=640x360:r=5:d={seconds:.3f}",
                     "-i", str(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
                     "-preset", "veryfast", "-tune", "stillimage", "-pix_fmt", "yuv420p",
-                    "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(out)], out)
+                    *CLEAN_AUDIO, "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
+                    str(out)], out)
 
 
 def _ffmpeg(args: list[str], out: Path, timeout: float = 1800) -> Path:
@@ -67,7 +72,9 @@ def _ffmpeg(args: list[str], out: Path, timeout: float = 1800) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
         failed = proc.returncode != 0
-        reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["ffmpeg failed"]
+        lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip()
+                 for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
+        reason = [ln for ln in lines if ln][-1:] or ["ffmpeg failed"]
     except subprocess.TimeoutExpired:
         failed, reason = True, [f"took longer than {timeout:g} s"]
     if failed or not out.is_file() or out.stat().st_size == 0:
