@@ -16,7 +16,7 @@ from tests.conftest import THREE_SENTENCES
 
 @pytest.fixture(scope="module")
 def analysis(talking_video, models):
-    return pipeline.analyze(talking_video, models)
+    return pipeline.analyze(talking_video, models, use_cache=False)   # other tests may have cached it
 
 
 def test_three_utterances_with_words_faces_and_audio(analysis):

@@ -168,6 +168,9 @@ def to_meld_rows(session: Session) -> list[MeldRow]:
 
 # ------------------------------------------------------------------ edits
 
+MAX_SECONDS = 30 * 86400       # no media lasts longer; bigger numbers are mistakes or abuse
+
+
 def parse_seconds(value: Any) -> float:
     """Seconds from a number, "12.5", "12,5" or "0:00:12,500"; EditError otherwise."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -177,9 +180,11 @@ def parse_seconds(value: Any) -> float:
         try:
             seconds = parse_time(text) if ":" in text else float(text.replace(",", "."))
         except ValueError:
-            raise EditError(f"{text!r} is not a time: use seconds (12.5) or h:mm:ss,mmm") from None
+            raise EditError(f"{text[:40]!r} is not a time: use seconds (12.5) or h:mm:ss,mmm") from None
     if not math.isfinite(seconds) or seconds < 0:
-        raise EditError(f"{value!r} is not a time: it must be a number of seconds >= 0")
+        raise EditError(f"{str(value)[:40]!r} is not a time: it must be a number of seconds >= 0")
+    if seconds > MAX_SECONDS:
+        raise EditError(f"{str(value)[:40]!r} is not a time: more than {MAX_SECONDS // 86400} days")
     return round(seconds, 3)
 
 

@@ -111,7 +111,7 @@ def model_banner(summary: dict) -> str:
                           + (f", sentiment {m['sentiment_weighted_f1']:.1f}" if "sentiment_weighted_f1" in m else ""))
     fused_face = "face" in modalities
     untrained = [m for m in ("text", "face", "audio") if m not in modalities]
-    return (f"Model **{summary.get('name', '?')}**, trained on **{', '.join(modalities)}**"
+    return (f"Fusion model **{summary.get('name', '?')}**, trained on **{', '.join(modalities)}**"
             + (f" ({'; '.join(scores)})" if scores else "") + ". "
             + f"{face}{', and it is fused' if fused_face else ', shown beside the fused result but not fused'}. "
             + (f"No trained head for {', '.join(untrained)}: not fused." if untrained else ""))

@@ -1,0 +1,95 @@
+"""Limits on what one request may ask of the server, checked before any heavy work starts.
+
+    max_upload_mb   largest file accepted (upload, CSV, media)        $WORKBENCH_MAX_UPLOAD_MB  (500)
+    max_seconds     longest video or audio analysed or attached       $WORKBENCH_MAX_SECONDS    (3600)
+    max_pixels      largest frame (width x height) of a video         $WORKBENCH_MAX_PIXELS     (8K: 35.4 M)
+    max_csv_rows    most rows in one imported MELD CSV                $WORKBENCH_MAX_CSV_ROWS   (20000)
+
+A value of 0 switches that limit off. The checks read only the file size and ffmpeg's header probe
+(`core.media.probe`): an over-long or over-large file is refused before it is copied, decoded or
+transcribed. Every refusal is a `LimitError` (a `MediaError`), with a one-line message that says
+the limit and how to raise it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .media import MediaError, probe
+from .types import MediaInfo
+
+ENV = {"max_upload_mb": "WORKBENCH_MAX_UPLOAD_MB", "max_seconds": "WORKBENCH_MAX_SECONDS",
+       "max_pixels": "WORKBENCH_MAX_PIXELS", "max_csv_rows": "WORKBENCH_MAX_CSV_ROWS"}
+
+
+class LimitError(MediaError):
+    """A request is over one of the server's limits; one line, fit to show a user."""
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_mb: float = 500.0
+    max_seconds: float = 3600.0
+    max_pixels: int = 7680 * 4608
+    max_csv_rows: int = 20000
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Limits":
+        """Defaults, then the environment variables, then `overrides` that are not None."""
+        values = {}
+        for name, var in ENV.items():
+            raw = os.environ.get(var, "").strip()
+            if raw:
+                try:
+                    values[name] = type(getattr(cls, name))(float(raw))
+                except ValueError:
+                    raise ValueError(f"{var}={raw!r} is not a number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        limits = cls(**values)
+        for name in ENV:
+            if getattr(limits, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        return limits
+
+    @property
+    def max_bytes(self) -> int | None:
+        return int(self.max_upload_mb * 1024 * 1024) if self.max_upload_mb > 0 else None
+
+    def gradio_max_file_size(self) -> int | None:
+        """For `launch(max_file_size=...)`: Gradio refuses bigger uploads before they are stored."""
+        return self.max_bytes
+
+    def check_size(self, path: str | os.PathLike, what: str = "file") -> int:
+        """The file's size in bytes; LimitError if over max_upload_mb, MediaError if missing."""
+        p = Path(path)
+        if not p.is_file():
+            raise MediaError(f"File not found: {p.name}.")
+        size = p.stat().st_size
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise LimitError(f"The {what} is {size / 2**20:.1f} MB; this server accepts at most "
+                             f"{self.max_upload_mb:g} MB (WORKBENCH_MAX_UPLOAD_MB).")
+        return size
+
+    def check_media(self, path: str | os.PathLike) -> MediaInfo:
+        """Size, then the probe's duration and frame size: the MediaInfo if it is within limits."""
+        self.check_size(path)
+        info = probe(path)
+        if self.max_seconds > 0 and info.duration > self.max_seconds:
+            raise LimitError(f"The file lasts {_hms(info.duration)}; this server analyses at most "
+                             f"{_hms(self.max_seconds)} (WORKBENCH_MAX_SECONDS).")
+        if self.max_pixels > 0 and info.has_video and info.width * info.height > self.max_pixels:
+            raise LimitError(f"The video's frames are {info.width}x{info.height}; this server accepts at "
+                             f"most {self.max_pixels / 1e6:.1f} megapixels a frame (WORKBENCH_MAX_PIXELS).")
+        return info
+
+    def check_rows(self, n_rows: int) -> None:
+        if self.max_csv_rows > 0 and n_rows > self.max_csv_rows:
+            raise LimitError(f"The CSV holds {n_rows} rows; this server imports at most "
+                             f"{self.max_csv_rows} (WORKBENCH_MAX_CSV_ROWS).")
