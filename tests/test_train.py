@@ -1,0 +1,203 @@
+"""Training, evaluation and the shipped checkpoint (real packaged MiniLM, no mocks)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import checkpoint as ck
+from core import encoders
+from core.labels import EMOTIONS, SENTIMENTS
+from train import metrics
+from train.data import contexts_for, load_text_split
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = FIXTURES / "train_tiny.csv"
+MOJIBAKE = FIXTURES / "train_mojibake.csv"
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- metrics, by hand
+
+def test_metrics_match_hand_computed_values():
+    # classes A, B, C (+ D, never true nor predicted)
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 2, 2]
+    assert metrics.confusion_matrix(y_true, y_pred, 4) == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    # A: P 2/2, R 2/3, F1 0.8 | B: P 1/2, R 1/2, F1 0.5 | C: P 1/2, R 1/1, F1 2/3 | D: 0
+    assert metrics.per_class_f1(y_true, y_pred, 4) == pytest.approx([0.8, 0.5, 2 / 3, 0.0])
+    # weighted by support 3, 2, 1: (2.4 + 1.0 + 0.6667) / 6
+    assert metrics.weighted_f1(y_true, y_pred, 4) == pytest.approx(0.677777, abs=1e-6)
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(4 / 6)
+    assert metrics.macro_f1(y_true, y_pred, 4) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    rep = metrics.report(y_true, y_pred, ["A", "B", "C", "D"])
+    assert rep["weighted_f1"] == 67.78 and rep["accuracy"] == 66.67 and rep["rows"] == 6
+    assert rep["per_class"]["A"] == {"precision": 100.0, "recall": 66.67, "f1": 80.0, "support": 3}
+    assert rep["per_class"]["D"]["f1"] == 0.0
+    # all right / all wrong
+    assert metrics.weighted_f1([1, 2, 2], [1, 2, 2], 3) == 1.0
+    assert metrics.weighted_f1([1, 1], [0, 0], 3) == 0.0
+
+
+def test_confusion_png_is_an_image(tmp_path):
+    from PIL import Image
+    path = metrics.render_confusion_png([[5, 1, 0], [2, 7, 1], [0, 0, 3]], SENTIMENTS, tmp_path / "cm.png", "t")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 200 and img.size[1] > 200
+
+
+# ---------------------------------------------------------------- data
+
+def test_examples_carry_the_apps_context_and_repaired_text():
+    split = load_text_split(MOJIBAKE, turns=2)
+    assert len(split.examples) == 6 and len(split.skipped) == 1 and split.repaired == 4
+    first, second, third = split.examples[:3]
+    assert first.text.startswith("I\u2019m so happy") and first.context == ""
+    assert second.context == first.text
+    assert third.text == "Well\u2026 I don\u2019t know what to say."
+    assert third.context == encoders.build_context([first.text, second.text, third.text], 2, 2)
+    # the unlabelled row is still context for the next one; dialogue 1 starts afresh
+    assert split.examples[3].context == ""
+    assert split.examples[5].context.startswith("This row has a label nobody knows.")
+    assert load_text_split(MOJIBAKE, turns=0).examples[1].context == ""
+
+
+def test_contexts_follow_utterance_order_within_each_dialogue():
+    from core.meld import MeldRow
+    rows = [MeldRow("b", "", "", "", 7, 1), MeldRow("x", "", "", "", 8, 0), MeldRow("a", "", "", "", 7, 0)]
+    assert contexts_for(rows, 3) == ["a", "", ""]
+
+
+# ---------------------------------------------------------------- training
+
+def test_short_training_run_learns_its_own_rows(tmp_path):
+    from train import train
+    from train.evaluate import evaluate_split
+    out = tmp_path / "model"
+    threads = torch.get_num_threads()
+    try:
+        summary = train.main(["--train", str(TINY), "--dev", str(TINY), "--out", str(out), "--epochs", "8",
+                              "--threads", "1",    # tiny matrices: one thread is faster, and immune to a busy CPU
+                              "--batch-size", "14", "--tune-layers", "1", "--lr", "3e-3", "--encoder-lr", "1e-4",
+                              "--warmup", "0.1", "--context-turns", "2", "--tb", str(tmp_path / "tb"), "--quiet",
+                              "--no-final-eval"])     # the round trip is checked below
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = ck.load_checkpoint(out)
+    assert ckpt.card.trained_modalities == ["text"] and ckpt.card.text_encoder["context_turns"] == 2
+    assert ckpt.card.text_encoder["tuned_layers"] == [5]
+    assert all(k.startswith("bert.encoder.layer.5.") for k in ckpt.text_state)
+    assert set(ckpt.model.config.modalities) == {"text", "face", "audio"}   # kept for later training
+    assert ckpt.card.metrics["dev"]["rows"] == 28
+    assert any(p.name.startswith("events.") for p in (tmp_path / "tb").iterdir())
+    # 7 classes, 4 rows each: chance is 14 %
+    result = evaluate_split(load_text_split(TINY, 2), ckpt)
+    assert result["emotion"]["accuracy"] >= 70.0, result["emotion"]
+    assert result["sentiment"]["accuracy"] >= 70.0, result["sentiment"]
+    assert summary["emotion_accuracy"] == result["emotion"]["accuracy"]
+
+
+# ---------------------------------------------------------------- the shipped checkpoint
+
+def test_shipped_checkpoint_files_are_small():
+    files = [p for p in ck.DEFAULT_CHECKPOINT.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {ck.CARD_FILE, ck.MODEL_FILE, ck.TEXT_FILE}
+    for p in files:
+        assert p.stat().st_size <= MAX_FILE_BYTES, f"{p.name} is {p.stat().st_size} bytes"
+
+
+def test_shipped_card_says_what_it_learned():
+    card = ck.read_card(ck.DEFAULT_CHECKPOINT)
+    assert card.trained_modalities == ["text"]
+    assert card.data["train"]["csv"] == "train_sent_emo.csv" and card.data["train"]["examples"] == 9989
+    assert card.data["dev"]["csv"] == "dev_sent_emo.csv" and card.data["dev"]["examples"] == 1109
+    assert card.text_encoder["tuned"] and card.text_encoder["context_turns"] >= 0
+    dev = card.metrics["dev"]
+    assert dev["rows"] == 1109
+    # far above the frozen-MiniLM linear probe (51.8 / 61.5 on dev)
+    assert dev["emotion_weighted_f1"] >= 57.0 and dev["sentiment_weighted_f1"] >= 65.0
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    checkpoint = ck.load_checkpoint(ck.DEFAULT_CHECKPOINT)
+    text = encoders.apply_text_state(encoders.TextEncoder(checkpoint.card.text_encoder["name"]),
+                                     checkpoint.text_state)
+    return checkpoint, text
+
+
+def _app_predict(shipped, texts):
+    """What the app shows for a transcript: core.pipeline's own text path and fusion."""
+    checkpoint, text = shipped
+    turns = int(checkpoint.card.text_encoder.get("context_turns", 0))
+    contexts = [encoders.build_context(texts, i, turns) for i in range(len(texts))] if turns else None
+    vectors = text.encode(texts, contexts)
+    try:
+        from core import pipeline
+        from core.types import Utterance, UtterancePrediction
+    except ImportError:                      # pipeline's heavier imports missing: same model call
+        out = checkpoint.model({"text": vectors})
+        return [(EMOTIONS[e], SENTIMENTS[s]) for e, s in
+                zip(out.emotion_logits.argmax(-1).tolist(), out.sentiment_logits.argmax(-1).tolist())]
+    models = pipeline.Models(checkpoint, text_encoder=text)
+    preds = [UtterancePrediction(index=i, utterance=Utterance(0.0, 1.0, t)) for i, t in enumerate(texts)]
+    pipeline._predict(models, preds, vectors, [None] * len(texts), [None] * len(texts), [False] * len(texts))
+    return [(p.emotion, p.sentiment) for p in preds]
+
+
+@pytest.mark.parametrize("sentence, expected", [
+    ("I am so happy for you!", ("joy", "positive")),
+    ("Get out of my house, I hate you!", ("anger", "negative")),
+])
+def test_shipped_checkpoint_reads_clear_sentences(shipped, sentence, expected):
+    assert _app_predict(shipped, [sentence]) == [expected]
+
+
+def test_shipped_checkpoint_in_a_dialogue(shipped):
+    got = _app_predict(shipped, ["Hi.", "I am so happy for you!", "Get out of my house, I hate you!"])
+    assert got[1] == ("joy", "positive") and got[2] == ("anger", "negative")
+
+
+# ---------------------------------------------------------------- the evaluation command
+
+def test_evaluate_command_on_mojibake_fixture(tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", "--csv", str(MOJIBAKE), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("emotion_weighted_f1", "emotion_accuracy", "sentiment_weighted_f1", "sentiment_accuracy"):
+        assert 0.0 <= last[key] <= 100.0
+    assert last["rows"] == 6 and last["skipped_rows"] == 1 and last["repaired_rows"] == 4
+    assert "per_class" not in last and "anger" in proc.stdout          # per-class table is printed
+    assert "skipped" in proc.stderr
+    for name in ("metrics.json", "predictions.csv", "confusion_emotion.png", "confusion_sentiment.png"):
+        assert (out / name).is_file()
+    # the figures agree with the predictions it wrote, recomputed by hand
+    with open(out / "predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["Utterance"].startswith("I\u2019m so happy")
+    hits = sum(r["Emotion"] == r["Predicted_Emotion"] for r in rows)
+    assert last["emotion_accuracy"] == round(100 * hits / 6, 2)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["emotion"]["confusion"][EMOTIONS.index("anger")][EMOTIONS.index("anger")] == \
+        sum(r["Emotion"] == "anger" == r["Predicted_Emotion"] for r in rows)
+    for label in SENTIMENTS:      # sentiment per-class F1 = 2 TP / (2 TP + FP + FN), counted by hand
+        tp = sum(r["Sentiment"] == label == r["Predicted_Sentiment"] for r in rows)
+        fp = sum(r["Sentiment"] != label == r["Predicted_Sentiment"] for r in rows)
+        fn = sum(r["Predicted_Sentiment"] != label == r["Sentiment"] for r in rows)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        assert saved["sentiment"]["per_class"][label]["f1"] == round(100 * f1, 2)
+
+
+def test_evaluate_command_refuses_a_non_meld_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", "--csv", str(bad), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
