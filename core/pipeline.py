@@ -7,6 +7,7 @@ MediaError with a one-line message; a file with no speech gives an Analysis whos
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ Progress = Callable[[float, str], None]
 STAGES = ("decode", "transcribe", "frames", "face", "text", "audio", "model")
 NO_SPEECH = "No speech found"
 FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
+WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
 
 
@@ -125,8 +127,9 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
 
     report(0.1, "transcribing")
     with clock("transcribe"):
-        utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
-                                language=models.language)
+        with WHISPER_LOCK:
+            utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
+                                    language=models.language)
     if not utterances:
         analysis.message = f"{NO_SPEECH}: the audio is silent or holds no words Whisper could hear."
         return analysis
