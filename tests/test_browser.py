@@ -5,12 +5,12 @@ screenshots (to $WORKBENCH_SCREENSHOTS if set, else the test's tmp folder)."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from core.meld import read_meld_csv
+from tests.serving import start_workbench
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -19,19 +19,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="needs /usr/bin/chromium: apt-get install -y chromium")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(models, tmp_path_factory):
-    from webapp.service import ModelHolder, Workbench
-    from webapp.ui import build_app, launch_kwargs
-    wb = Workbench(ModelHolder(models=models), tmp_path_factory.mktemp("browser-data"))
-    demo = build_app(wb)
-    demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_kwargs(wb))
+    demo, _ = start_workbench(models, tmp_path_factory.mktemp("browser-data"))
     yield demo.local_url
     demo.close()
 

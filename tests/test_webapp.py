@@ -3,7 +3,6 @@ through gradio_client (upload → analyse → change a label → export → the 
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.labels import EMOTIONS
+from tests.serving import start_workbench
 from core.meld import COLUMNS, read_meld_csv
 from webapp import charts, export, importer, paths, views
 from webapp.session import (EditError, Row, Session, merge_next, set_dialogue_id, set_field,
@@ -242,19 +242,9 @@ def test_handlers_save_valid_corrections_and_revert_invalid_ones(handlers):
 
 # ------------------------------------------------------------------ the app, through gradio_client
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(models, tmp_path_factory):
-    from webapp.service import ModelHolder, Workbench
-    from webapp.ui import build_app, launch_kwargs
-    wb = Workbench(ModelHolder(models=models), tmp_path_factory.mktemp("workbench-data"))
-    demo = build_app(wb)
-    demo.queue().launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_kwargs(wb))
+    demo, wb = start_workbench(models, tmp_path_factory.mktemp("workbench-data"))
     yield demo, wb
     demo.close()
 
