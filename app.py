@@ -3,7 +3,9 @@
 Sessions, uploads and exports live in the data folder (`--data`, else $WORKBENCH_DATA, else ./data).
 On a Hugging Face Space this file is the app_file; the GPU is used when there is one.
 Limits: `--max-upload-mb`, `--max-seconds` (else $WORKBENCH_MAX_UPLOAD_MB, $WORKBENCH_MAX_SECONDS);
-login: `--auth user:pass[,user2:pass2]` or `--auth @FILE` (else $WORKBENCH_AUTH). See README,
+login: `--auth user:pass[,user2:pass2]` or `--auth @FILE` (else $WORKBENCH_AUTH); analyses per hour
+per user: `--rate-per-hour N` (else $WORKBENCH_RATE_PER_HOUR, else 30; 0 = no limit). Checkpoints
+copied into the data folder's `models/` can be picked in the app ("Model"). See README,
 "Security and limits".
 """
 
@@ -29,21 +31,32 @@ def main() -> None:
     parser.add_argument("--auth", default=os.environ.get("WORKBENCH_AUTH") or None,
                         help="require a login: user:pass[,user2:pass2] or @FILE with one user:pass a line "
                              "(default: $WORKBENCH_AUTH; none)")
+    parser.add_argument("--rate-per-hour", type=int, default=None,
+                        help="analyses per hour per user (login, else IP address), 0 = no limit "
+                             "(default: $WORKBENCH_RATE_PER_HOUR or 30)")
     parser.add_argument("--no-preload", action="store_true",
                         default=os.environ.get("WORKBENCH_PRELOAD", "1").strip() in ("0", "false", "no"),
                         help="load the models on the first analysis, not at start ($WORKBENCH_PRELOAD=0)")
     args = parser.parse_args()
 
     from core.limits import Limits
+    from webapp.ratelimit import RateLimiter
     try:
         limits = Limits.from_env(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
+        rate = RateLimiter.from_env(args.rate_per_hour)
     except ValueError as err:
         parser.error(str(err))
+    if args.checkpoint:
+        from core.checkpoint import CheckpointError, load_checkpoint
+        try:
+            load_checkpoint(args.checkpoint)          # small: the fusion model and its card, no encoder
+        except (CheckpointError, OSError) as err:
+            parser.error(f"--checkpoint: {err}")
 
     ensure_ffmpeg_on_path()
     from webapp.service import ModelHolder, Workbench
     from webapp.ui import build_app, launch_kwargs
-    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits)
+    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate)
     try:
         kwargs = launch_kwargs(workbench, args.auth)
     except ValueError as err:

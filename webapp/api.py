@@ -10,8 +10,12 @@
     export(session_id)                      -> MELD CSV file
     export_zip(session_id)                  -> zip of the CSV and the clips
     import_meld(csv, media)                 -> session ids, problems
+    models()                                -> the checkpoints to pick from, with their cards
+    use_model(key)                          -> the checkpoint now used for the next analyses
 
-`utterance_id` is the row's position (its Utterance_ID in the export), from 0.
+`utterance_id` is the row's position (its Utterance_ID in the export), from 0. `key` is a checkpoint's
+key from models() ("shipped", "models/NAME", "checkpoint"); a broken one raises an error and the model
+in use is kept. analyze is counted against the per-user rate limit (an error when over it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 import gradio as gr
 
 from .common import USER_ERRORS, fail
+from .ratelimit import client_key
 from .service import Workbench
 from .session import merge_next, set_field, split_row
 from .views import table_records
@@ -40,7 +45,9 @@ def mount(wb: Workbench) -> None:
         listing = gr.JSON(label="sessions")
         problems = gr.JSON(label="problems")
         file_out = gr.File(label="file")
-        buttons = [gr.Button(visible=False) for _ in range(10)]
+        key = gr.Textbox(label="key")
+        model_list = gr.JSON(label="checkpoints")
+        model_info = gr.JSON(label="checkpoint")
 
     def guarded(fn):
         @functools.wraps(fn)
@@ -64,11 +71,11 @@ def mount(wb: Workbench) -> None:
         session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""))
         return table_records(session)
 
-    def analyze(media, progress=gr.Progress()):
+    def analyze(media, request: gr.Request = None, progress=gr.Progress()):
         """Analyse a video or audio file: a new session and its utterance table."""
         if not media:
             raise gr.Error("no file given", print_exception=False)
-        session = wb.analyze(media, lambda f, stage: progress(f, desc=stage))
+        session = wb.analyze(media, lambda f, stage: progress(f, desc=stage), user=client_key(request))
         return session.id, table_records(session)
 
     def edit(session_id, utterance_id, field, value):
@@ -110,6 +117,16 @@ def mount(wb: Workbench) -> None:
         created, imported = wb.import_csv(csv, media)
         return [s.id for s in created], [str(p) for p in imported.problems] + imported.notes
 
+    def models():
+        """The checkpoints to pick from (shipped, the data folder's models/, --checkpoint), with their cards."""
+        entries = wb.checkpoints()
+        current = wb.current_model(entries)
+        return [e.to_dict(current=e.key == current) for e in entries]
+
+    def use_model(key):
+        """Use the checkpoint `key` (from /models) for the next analyses; its card."""
+        return wb.use_model(key).to_dict(current=True)
+
     endpoints = [
         (analyze, [media], [sid, rows]),
         (edit, [sid, pos, name, value], [rows]),
@@ -121,8 +138,12 @@ def mount(wb: Workbench) -> None:
         (export, [sid], [file_out]),
         (export_zip, [sid], [file_out]),
         (import_meld, [csv, media], [listing, problems]),
+        (models, [], [model_list]),
+        (use_model, [key], [model_info]),
     ]
+    queues = {"analyze": "analysis", "export_zip": "export", "use_model": "model"}
+    with gr.Column(visible=False):
+        buttons = [gr.Button(visible=False) for _ in endpoints]
     for button, (fn, inputs, outputs) in zip(buttons, endpoints):
         button.click(guarded(fn), inputs, outputs, api_name=fn.__name__,
-                     concurrency_id={"analyze": "analysis", "export_zip": "export"}.get(fn.__name__, "session"),
-                     concurrency_limit=1)
+                     concurrency_id=queues.get(fn.__name__, "session"), concurrency_limit=1)

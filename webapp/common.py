@@ -11,12 +11,13 @@ from core.meld import MeldFormatError
 from core.transcribe import TranscriptionError
 
 from .paths import PathError
+from .ratelimit import RateLimited
 from .service import ModelError
 from .session import EditError, Session
 from .store import StoreError
 
 USER_ERRORS = (MediaError, MeldFormatError, TranscriptionError, ModelError, StoreError, PathError,
-               EditError, OSError)
+               EditError, RateLimited, OSError)
 
 
 def fail(err: BaseException) -> gr.Error:

@@ -15,6 +15,7 @@ import gradio as gr
 from . import charts, views
 from .common import USER_ERRORS, fail, first_uid, num, position
 from .corrections import Corrections
+from .ratelimit import client_key
 from .service import Workbench
 from .session import Session
 
@@ -133,25 +134,30 @@ class Handlers(Corrections):
                      f"**{current.get('name')}**.*")
         return text
 
+    def banner_for(self, session_id: str | None) -> str:
+        """The banner for the open session (by id), e.g. after the model in use changed."""
+        return self.banner(self._session(session_id))
+
     def sessions_update(self, current: str | None = None):
         return gr.update(choices=views.session_choices(self.wb.store.list()), value=current)
 
     # ------------------------------------------------------------ opening
 
-    def analyse(self, upload: str | None, progress=gr.Progress()) -> dict:
+    def analyse(self, upload: str | None, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not upload:
             raise gr.Error("Upload or record a file first.", print_exception=False)
         try:
-            session = self.wb.analyze(upload, lambda f, stage: progress(f, desc=stage))
+            session = self.wb.analyze(upload, lambda f, stage: progress(f, desc=stage),
+                                      user=client_key(request))
         except USER_ERRORS as err:
             raise fail(err) from None
         note = "" if session.rows else "Nothing to annotate."
         return self.view(session, first_uid(session), note, player="reload", full=True)
 
-    def example(self, progress=gr.Progress()) -> dict:
+    def example(self, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not EXAMPLE.is_file():
             raise gr.Error("The example video is missing: run scripts/make_example.py.", print_exception=False)
-        return self.analyse(str(EXAMPLE), progress)
+        return self.analyse(str(EXAMPLE), request, progress)
 
     def import_csv(self, csv_file: str | None, media_file: str | None, progress=gr.Progress()) -> dict:
         if not csv_file:

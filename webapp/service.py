@@ -14,11 +14,13 @@ from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read
 from core.limits import Limits
 from core.pipeline import Models, analyze, load_models
 
-from . import export, importer, media_prep, paths
+from . import checkpoints, export, importer, media_prep, paths
+from .ratelimit import RateLimiter
 from .session import Session, from_analysis, vtt_text
 from .store import Store
 
 Progress = Callable[[float, str], None]
+MODELS_FOLDER = "models"      # checkpoints copied here (a folder each) are offered by the picker
 
 
 class ModelError(RuntimeError):
@@ -26,13 +28,16 @@ class ModelError(RuntimeError):
 
 
 class ModelHolder:
-    """Loads the models once (in the background at start-up) and hands them to every request."""
+    """Loads the models once (in the background at start-up) and hands them to every request.
+    `switch` replaces them for the next requests; analyses already running keep the old ones."""
 
     def __init__(self, checkpoint: str | None = None, models: Models | None = None):
         self.checkpoint = checkpoint
+        self.given = checkpoint            # the --checkpoint folder, listed by the picker
         self._models = models
         self._error = ""
         self._lock = threading.Lock()
+        self._switch_lock = threading.Lock()
 
     def warm_up(self) -> None:
         threading.Thread(target=self._try_get, daemon=True).start()
@@ -49,29 +54,82 @@ class ModelHolder:
                 try:
                     self._models = load_models(self.checkpoint)
                 except Exception as err:   # CheckpointError, TranscriptionError, a broken install
-                    self._error = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                    self._error = _first_line(err)
             if self._error:
                 raise ModelError(f"The model could not be loaded: {self._error}")
             return self._models
 
+    def switch(self, folder: str | Path) -> ModelCard:
+        """Load the checkpoint in `folder` and use it from the next request on. ModelError (one
+        line) if it cannot be loaded: the model in use is kept."""
+        with self._switch_lock:
+            current = self._models
+            same = dict(whisper_name=current.whisper_name, language=current.language,
+                        device=current.device) if current is not None else {}
+            try:
+                models = load_models(str(folder), **same)
+            except Exception as err:       # CheckpointError, a text encoder not to be had offline
+                why = _first_line(err).replace(str(folder), Path(folder).name)
+                raise ModelError(f"{Path(folder).name} could not be loaded, the model in use is kept: {why}") from None
+            with self._lock:
+                self._models, self._error, self.checkpoint = models, "", str(folder)
+            return models.card
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder the model in use comes from (None: given already loaded, or untrained)."""
+        if self.checkpoint:
+            return Path(self.checkpoint).expanduser().resolve()
+        if self._models is None and (DEFAULT_CHECKPOINT / "card.json").is_file():
+            return DEFAULT_CHECKPOINT
+        return None
+
     def summary(self) -> dict:
         """The checkpoint summary, read from its card without waiting for the weights."""
         if self._models is not None:
-            return self._models.card.summary()
+            return dict(self._models.card.summary(), created=self._models.card.created)
         folder = self.checkpoint or (DEFAULT_CHECKPOINT if (DEFAULT_CHECKPOINT / "card.json").is_file() else None)
         try:
-            return read_card(folder).summary() if folder else ModelCard().summary()
+            card = read_card(folder) if folder else ModelCard()
+            return dict(card.summary(), created=card.created)
         except CheckpointError as err:
             return {"name": "unreadable", "trained": False, "error": str(err)}
 
 
 class Workbench:
-    def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None):
+    def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None,
+                 rate: RateLimiter | None = None):
         self.holder = holder
         self.limits = limits or Limits.from_env()
+        self.rate = rate or RateLimiter(0)      # no limit unless given one (app.py gives one)
         self.root = Path(root).resolve() if root else paths.data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.models_dir = self.root / MODELS_FOLDER
+        self.models_dir.mkdir(exist_ok=True)
         self.store = Store(self.root / "workbench.sqlite3")
+
+    # ------------------------------------------------------------ models
+
+    def checkpoints(self) -> list[checkpoints.Entry]:
+        """The checkpoints the picker offers (shipped, models/ folder, --checkpoint), scanned now."""
+        return checkpoints.scan(self.models_dir, self.holder.given)
+
+    def current_model(self, entries: list[checkpoints.Entry] | None = None) -> str | None:
+        """The key of the checkpoint in use, among `entries` (None when it is none of them)."""
+        return checkpoints.current_key(self.checkpoints() if entries is None else entries,
+                                       self.holder.folder, self.holder.summary())
+
+    def use_model(self, key: str) -> checkpoints.Entry:
+        """Switch to the listed checkpoint `key` for the next analyses (ModelError: the current is kept)."""
+        entries = self.checkpoints()
+        entry = checkpoints.find(entries, key)
+        if entry is None:
+            known = ", ".join(e.key for e in entries)
+            raise ModelError(f"no checkpoint {str(key)[:60]!r} (listed: {known}); the model in use is kept")
+        if not entry.usable:
+            raise ModelError(f"{entry.folder.name} cannot be used ({entry.problem}); the model in use is kept")
+        self.holder.switch(entry.folder)
+        return entry
 
     # ------------------------------------------------------------ paths
 
@@ -101,7 +159,10 @@ class Workbench:
 
     # ------------------------------------------------------------ creating sessions
 
-    def analyze(self, upload: str | Path, progress: Progress | None = None) -> Session:
+    def analyze(self, upload: str | Path, progress: Progress | None = None, user: str | None = None) -> Session:
+        """Analyse a file into a new session. `user` (ratelimit.client_key) is counted against the
+        rate limit first, before the file is even read (RateLimited when over)."""
+        self.rate.check(user)
         report = progress or (lambda f, s: None)
         report(0.0, "checking the file")
         self.limits.check_media(upload)      # size, duration, frame size: before any heavy work
@@ -164,6 +225,11 @@ class Workbench:
     def export_zip(self, session_id: str, progress: Progress | None = None) -> export.ZipReport:
         session = self.store.load(session_id)
         return export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _remove_tree(folder: Path) -> None:

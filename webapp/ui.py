@@ -12,7 +12,7 @@ import gradio as gr
 
 from core.labels import EMOTIONS, SENTIMENTS
 
-from . import api, charts, views
+from . import api, charts, model_picker, views
 from .handlers import Handlers, Page
 from .service import ModelHolder, Workbench
 
@@ -52,6 +52,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nWhat is said, how it sounds and what the face shows — utterance by "
                     "utterance; correct it, export it as MELD, retrain on it.")
         banner = gr.Markdown(views.model_banner(wb.holder.summary()), elem_id="banner")
+        picker = model_picker.build(wb)
 
         with gr.Accordion("1 · Input", open=True) as input_box:
             with gr.Row(equal_height=False):
@@ -144,7 +145,9 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                         import_btn=import_btn, prev_btn=prev_btn, next_btn=next_btn, split_btn=split_btn,
                         merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn, csv_btn=csv_btn,
                         zip_btn=zip_btn)
-        _wire(Handlers(wb, page), page, controls)
+        handlers = Handlers(wb, page)
+        _wire(handlers, page, controls)
+        model_picker.wire(model_picker.PickerHandlers(wb, picker, banner, sid, handlers.banner_for), demo)
     demo.workbench = wb
     return demo
 

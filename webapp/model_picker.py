@@ -1,0 +1,116 @@
+"""The "Model" accordion: pick the checkpoint used for the next analyses, read its card, re-scan
+the models folder. Layout (build) and its handlers; the listing is checkpoints.py, the loading
+ModelHolder.switch. The model is the server's: a switch applies to every user's next analysis,
+and sessions analysed before keep their predictions (each says which model made it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+
+from . import checkpoints, views
+from .service import ModelError, Workbench
+
+
+@dataclass
+class Picker:
+    """The accordion's components."""
+
+    choice: Any
+    refresh: Any
+    card: Any
+    status: Any
+
+
+def build(wb: Workbench) -> Picker:
+    """The accordion (call inside `with gr.Blocks()`, where it should appear)."""
+    entries = wb.checkpoints()
+    current = wb.current_model(entries)
+    with gr.Accordion("Model", open=False, elem_id="model-box"):
+        with gr.Row(equal_height=True):
+            choice = gr.Dropdown(choices=choices(entries), value=current, interactive=True, scale=4,
+                                 label="Checkpoint used for the next analyses (of every user of this server)",
+                                 elem_id="model-pick")
+            refresh = gr.Button("↻ Re-scan models folder", scale=0, min_width=180, elem_id="model-refresh")
+        status = gr.Markdown(status_text(wb, entries, current), elem_id="model-status")
+        card = gr.Markdown(checkpoints.card_markdown(checkpoints.find(entries, current), current=True),
+                           elem_id="model-card")
+        gr.Markdown(f"To add a model, copy its checkpoint folder (`card.json` + `model.safetensors`, as "
+                    f"written by `train/`) into `{wb.models_dir}` and re-scan. Sessions analysed before "
+                    "keep their predictions.")
+    return Picker(choice, refresh, card, status)
+
+
+def choices(entries: list[checkpoints.Entry]) -> list[tuple[str, str]]:
+    return [(e.label, e.key) for e in entries]
+
+
+def status_text(wb: Workbench, entries: list[checkpoints.Entry], current: str | None, note: str = "") -> str:
+    name = wb.holder.summary().get("name", "?")
+    where = f" (`{current}`)" if current else " (not in this list)"
+    text = f"**In use:** {name}{where} · {len(entries)} checkpoint(s) listed · {wb.rate.describe()}"
+    return f"{note}  \n{text}" if note else text
+
+
+class PickerHandlers:
+    """`banner` is the page's model banner, redrawn by `banner_text(session_id)` after a switch."""
+
+    def __init__(self, wb: Workbench, picker: Picker, banner: Any = None, sid: Any = None,
+                 banner_text: Callable[[str | None], str] | None = None):
+        self.wb, self.p, self.banner, self.sid = wb, picker, banner, sid
+        self.banner_text = banner_text or (lambda session_id: views.model_banner(wb.holder.summary()))
+
+    def outputs(self, banner: bool = True) -> list:
+        return [self.p.choice, self.p.card, self.p.status] + ([self.banner] if banner else [])
+
+    def refresh(self, session_id: str | None = None) -> dict:
+        """Re-scan the models folder; show the checkpoint in use."""
+        entries = self.wb.checkpoints()
+        current = self.wb.current_model(entries)
+        out = self._render(entries, current, current)
+        out[self.banner] = self.banner_text(session_id)
+        return out
+
+    def on_load(self) -> dict:
+        """The page opened: the list and the model in use now (the banner is the session's)."""
+        entries = self.wb.checkpoints()
+        current = self.wb.current_model(entries)
+        return self._render(entries, current, current)
+
+    def select(self, key: str | None, session_id: str | None = None, progress=gr.Progress()) -> dict:
+        """Show the chosen checkpoint's card and use it for the next analyses (a broken one: say
+        why and keep the model in use)."""
+        entries = self.wb.checkpoints()
+        current = self.wb.current_model(entries)
+        if not key or key == current:
+            return self._render(entries, current, current)
+        entry = checkpoints.find(entries, key)
+        name = entry.card.name if entry and entry.card else key
+        progress(0.1, desc=f"loading {name}")
+        try:
+            self.wb.use_model(key)
+        except ModelError as err:
+            gr.Warning(str(err))
+            return self._render(entries, current, key, note=f"⚠ {err}")
+        gr.Info(f"The next analyses use {name}.")
+        out = self._render(entries, key, key, note=f"✓ Switched to **{name}**.")
+        out[self.banner] = self.banner_text(session_id)
+        return out
+
+    def _render(self, entries: list[checkpoints.Entry], current: str | None, shown: str | None,
+                note: str = "") -> dict:
+        entry = checkpoints.find(entries, shown)
+        return {self.p.choice: gr.update(choices=choices(entries), value=current),
+                self.p.card: checkpoints.card_markdown(entry, current=shown == current),
+                self.p.status: status_text(self.wb, entries, current, note)}
+
+
+def wire(h: PickerHandlers, demo: gr.Blocks) -> None:
+    """The accordion's events (private: the API has /models and /use_model)."""
+    private = dict(api_visibility="private")
+    h.p.choice.select(h.select, [h.p.choice, h.sid], h.outputs(), concurrency_id="model", concurrency_limit=1,
+                     show_progress_on=[h.p.card], **private)
+    h.p.refresh.click(h.refresh, [h.sid], h.outputs(), show_progress="hidden", **private)
+    demo.load(h.on_load, None, h.outputs(banner=False), show_progress="hidden", **private)
