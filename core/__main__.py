@@ -1,4 +1,8 @@
-"""Command line: `python -m core analyze VIDEO [--json OUT]` and `python -m core batch FOLDER --out DIR`."""
+"""Command line: `python -m core analyze VIDEO [--json OUT]` and `python -m core batch FOLDER --out DIR`.
+
+Both apply the app's limits (core/limits.py: --max-mb / --max-upload-mb, --max-seconds, else the
+WORKBENCH_MAX_* variables) and refuse an over-limit file in one line before any model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -41,14 +45,21 @@ def format_table(analysis: Analysis) -> str:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from .media import MediaError
+
+    path = Path(args.video)
+    try:                                    # size, duration, frame size: before torch or a model loads
+        args.limits.check_media(path)
+    except MediaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
     from tqdm import tqdm
 
     from .checkpoint import CheckpointError
-    from .media import MediaError
     from .pipeline import analyze, load_models
     from .transcribe import TranscriptionError
 
-    path = Path(args.video)
     bar = tqdm(total=100, desc="loading models", unit="%", file=sys.stderr,
                bar_format="{desc:<18} {bar} {percentage:3.0f}%")
 
@@ -71,8 +82,16 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-mb", "--max-upload-mb", dest="max_mb", type=float, default=None,
+                        help="largest file in MB, 0 = no limit (default: $WORKBENCH_MAX_UPLOAD_MB or 500)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="longest video or audio in seconds, 0 = no limit "
+                             "(default: $WORKBENCH_MAX_SECONDS or 3600)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="analyse a video or audio file")
     a.add_argument("video", help="video or audio file")
@@ -81,12 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--whisper", default="base",
                    help="Whisper model: 'base' (packaged, offline), another name (online) or a .pt path")
     a.add_argument("--language", default="en", help="spoken language code; '' to let Whisper detect it")
+    _add_limit_flags(a)
     b = sub.add_parser("batch", help="analyse every video in a folder into one JSON + CSV each")
     b.add_argument("folder")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--jobs", type=int, default=1, help="worker processes (they share the CPU cores)")
     b.add_argument("--checkpoint", help="checkpoint folder (default: assets/model, else untrained)")
+    _add_limit_flags(b)
     args = parser.parse_args(argv)
+    from .limits import Limits
+    try:
+        args.limits = Limits.from_env(max_upload_mb=args.max_mb, max_seconds=args.max_seconds)
+    except ValueError as err:
+        parser.error(str(err))
     if args.command == "analyze":
         return _analyze(args)
     return _batch(args)
@@ -97,12 +123,15 @@ def _batch(args: argparse.Namespace) -> int:
     if not Path(args.folder).is_dir() or not find_media(args.folder):
         print(f"error: no video or audio files in {args.folder}", file=sys.stderr)
         return 1
-    results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint)
+    results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint,
+                             limits=args.limits)
     for r in results:
-        print(f"{'ok ' if r.ok else 'ERR'} {Path(r.source).name}: {r.message}")
-    failed = sum(not r.ok for r in results)
-    print(f"{len(results) - failed} analysed, {failed} failed; results in {args.out}")
-    return 1 if failed == len(results) else 0
+        print(f"{'SKIP' if r.skipped else 'ok  ' if r.ok else 'ERR '} {Path(r.source).name}: {r.message}")
+    skipped = sum(r.skipped for r in results)
+    failed = sum(not r.ok for r in results) - skipped
+    print(f"{len(results) - failed - skipped} analysed, {failed} failed, {skipped} skipped (over a limit); "
+          f"results in {args.out}")
+    return 1 if failed + skipped == len(results) else 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def load(key: str) -> Analysis | None:
     path = cache_root() / f"{key}.json"
     try:
         return Analysis.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):   # e.g. "null" or a list
         return None
 
 

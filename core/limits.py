@@ -1,14 +1,17 @@
 """Limits on what one request may ask of the server, checked before any heavy work starts.
 
     max_upload_mb   largest file accepted (upload, CSV, media)        $WORKBENCH_MAX_UPLOAD_MB  (500)
+                    flag --max-upload-mb (app.py and `python -m core`, which also takes --max-mb)
     max_seconds     longest video or audio analysed or attached       $WORKBENCH_MAX_SECONDS    (3600)
+                    flag --max-seconds (app.py and `python -m core`)
     max_pixels      largest frame (width x height) of a video         $WORKBENCH_MAX_PIXELS     (8K: 35.4 M)
     max_csv_rows    most rows in one imported MELD CSV                $WORKBENCH_MAX_CSV_ROWS   (20000)
 
 A value of 0 switches that limit off. The checks read only the file size and ffmpeg's header probe
 (`core.media.probe`): an over-long or over-large file is refused before it is copied, decoded or
 transcribed. Every refusal is a `LimitError` (a `MediaError`), with a one-line message that says
-the limit and how to raise it.
+the limit and how to raise it. The app (webapp/service.py) and the command line (core/__main__.py,
+core/batch.py) apply the same checks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from .types import MediaInfo
 
 ENV = {"max_upload_mb": "WORKBENCH_MAX_UPLOAD_MB", "max_seconds": "WORKBENCH_MAX_SECONDS",
        "max_pixels": "WORKBENCH_MAX_PIXELS", "max_csv_rows": "WORKBENCH_MAX_CSV_ROWS"}
+FLAGS = {"max_upload_mb": "--max-upload-mb", "max_seconds": "--max-seconds"}
+
+
+def how_to_raise(name: str) -> str:
+    """Where a limit is set, for the end of a refusal: '(--max-seconds or WORKBENCH_MAX_SECONDS)'."""
+    return f"({FLAGS[name]} or {ENV[name]})" if name in FLAGS else f"({ENV[name]})"
 
 
 class LimitError(MediaError):
@@ -73,8 +82,8 @@ class Limits:
             raise MediaError(f"File not found: {p.name}.")
         size = p.stat().st_size
         if self.max_bytes is not None and size > self.max_bytes:
-            raise LimitError(f"The {what} is {size / 2**20:.1f} MB; this server accepts at most "
-                             f"{self.max_upload_mb:g} MB (WORKBENCH_MAX_UPLOAD_MB).")
+            raise LimitError(f"The {what} is {size / 2**20:.1f} MB; the limit is "
+                             f"{self.max_upload_mb:g} MB {how_to_raise('max_upload_mb')}.")
         return size
 
     def check_media(self, path: str | os.PathLike) -> MediaInfo:
@@ -82,14 +91,14 @@ class Limits:
         self.check_size(path)
         info = probe(path)
         if self.max_seconds > 0 and info.duration > self.max_seconds:
-            raise LimitError(f"The file lasts {_hms(info.duration)}; this server analyses at most "
-                             f"{_hms(self.max_seconds)} (WORKBENCH_MAX_SECONDS).")
+            raise LimitError(f"The file lasts {_hms(info.duration)}; the limit is "
+                             f"{_hms(self.max_seconds)} {how_to_raise('max_seconds')}.")
         if self.max_pixels > 0 and info.has_video and info.width * info.height > self.max_pixels:
-            raise LimitError(f"The video's frames are {info.width}x{info.height}; this server accepts at "
-                             f"most {self.max_pixels / 1e6:.1f} megapixels a frame (WORKBENCH_MAX_PIXELS).")
+            raise LimitError(f"The video's frames are {info.width}x{info.height}; the limit is "
+                             f"{self.max_pixels / 1e6:.1f} megapixels a frame {how_to_raise('max_pixels')}.")
         return info
 
     def check_rows(self, n_rows: int) -> None:
         if self.max_csv_rows > 0 and n_rows > self.max_csv_rows:
-            raise LimitError(f"The CSV holds {n_rows} rows; this server imports at most "
-                             f"{self.max_csv_rows} (WORKBENCH_MAX_CSV_ROWS).")
+            raise LimitError(f"The CSV holds {n_rows} rows; the limit is "
+                             f"{self.max_csv_rows} {how_to_raise('max_csv_rows')}.")

@@ -1,4 +1,5 @@
-"""Hardening, part 1: a corpus of malformed inputs (media, MELD CSVs, checkpoints) and the limits.
+"""Hardening, part 1: a corpus of malformed inputs (media, MELD CSVs, checkpoints, Whisper files,
+cache entries) and the limits.
 
 Each input is generated here (nothing is committed). Every one must give a clear one-line message
 (or, where the input is odd but usable, a plain result), and a session saved before must stay
@@ -8,9 +9,7 @@ side of the same inputs, and API payloads, are in test_hardening_server.py.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import pickle
 import struct
 import zipfile
@@ -370,6 +369,59 @@ def test_a_bad_checkpoint_is_one_line_in_the_app(tmp_path, untouched, bench, med
     assert "card.json is missing" in one_line(str(err.value))
     assert wb.store.list() == [] and not any((wb.root / "sessions").glob("*")) \
         if (wb.root / "sessions").exists() else True
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "empty"])
+def test_a_bad_whisper_file_is_refused_without_unpickling(content, tmp_path):
+    """`--whisper my.pt`: tensors only (torch.load with weights_only=True); a pickle that would run code
+    is refused in one line and runs nothing."""
+    from core.transcribe import TranscriptionError, load_whisper
+    path, marker = tmp_path / "whisper.pt", tmp_path / "UNPICKLED"
+    if content == "pickle":
+        _pickle_to(path, marker)
+    else:
+        path.write_bytes(b"not a checkpoint" if content == "text" else b"")
+    with pytest.raises(TranscriptionError) as err:
+        load_whisper(str(path), device="cpu")
+    assert "whisper.pt" in one_line(str(err.value)) and not marker.exists()
+
+
+# ====================================================================== caches and outputs
+
+@pytest.mark.parametrize("blob", ["", "{not json", "null", "[]", '"text"', '{"utterances": [5]}', "{}",
+                                  '{"source": "x", "media": 3}'])
+def test_a_damaged_analysis_cache_entry_is_a_miss(blob, tmp_path, monkeypatch):
+    from core import cache
+    monkeypatch.setenv(cache.ANALYSIS_CACHE_ENV, str(tmp_path))
+    key = cache.cache_key("0" * 64, {"models": "test"})
+    (tmp_path / f"{key}.json").write_text(blob, encoding="utf-8")
+    assert cache.load(key) is None                  # analysed again instead of failing for ever
+
+
+def test_batch_csv_cells_are_formula_safe(tmp_path):
+    import pandas as pd
+    from core.batch import write_outputs
+    from core.types import Analysis, MediaInfo, Utterance, UtterancePrediction
+    texts = ["=HYPERLINK(\"http://evil\")", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3", "plain words"]
+    preds = [UtterancePrediction(i, Utterance(i, i + 0.5, t), [1 / 7] * 7, [0.2, 0.5, 0.3],
+                                 error="=1+1" if i == 0 else "") for i, t in enumerate(texts)]
+    write_outputs(Analysis("x.mp4", MediaInfo("x.mp4", 5.0, True, True), preds), tmp_path / "x")
+    table = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
+    for cell in list(table["text"]) + list(table["error"]):
+        assert cell[:1] not in ("=", "+", "-", "@"), cell
+    assert table["text"].tolist()[-1] == "plain words" and table["text"].tolist()[0] == "'" + texts[0]
+
+
+def test_whisper_clips_never_end_past_the_last_audio_frame():
+    """openai-whisper's loop never ended when a clip's end, rounded to 10 ms, passed the last mel frame
+    (speech running to the end of the file): the server hung on such clips."""
+    from core.transcribe import SAMPLE_RATE, _clips
+    for n_samples in range(34_800, 36_000, 7):               # about 2.2 s, every 10-ms rounding case
+        duration = n_samples / SAMPLE_RATE
+        clips = _clips([(0.3, duration - 0.05)], duration)  # speech up to the end
+        last_frame = n_samples // 160                         # whisper's content frames
+        assert all(round(t * 100) <= last_frame for t in clips), (n_samples, clips)
+        assert clips[-1] >= duration - 0.011
 
 
 # ====================================================================== names and logins

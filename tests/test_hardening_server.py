@@ -2,7 +2,8 @@
 
 * bad API payloads and over-limit uploads get one-line errors; the server keeps serving and a session
   saved before is untouched;
-* 8 gradio_client sessions at once each analyse and correct; none sees another's annotations;
+* 8 gradio_client sessions at once each analyse (real Whisper, face and model) and correct; none sees
+  another's annotations;
 * `python app.py` killed with SIGKILL in the middle of annotating, restarted (with a login this time):
   every acknowledged correction is there.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from core.labels import EMOTIONS
+from core.labels import EMOTIONS, SENTIMENTS
 from core.limits import Limits
 from tests import mediagen
 from tests.serving import free_port
@@ -142,50 +144,98 @@ def test_bad_files_through_the_server(kind, server, client, untouched, tmp_path)
 
 # ====================================================================== 8 sessions at once
 
-def _quick_analysis(path, models=None, progress=None, **kwargs):
-    """The pipeline's real first stage (probe and decode) and two fixed utterances: Whisper on this
-    shared 2-core machine takes minutes under load, and the pipeline is tested on its own elsewhere."""
-    from core import media
-    from core.types import Analysis, Utterance, UtterancePrediction
-    info = media.probe(path)
-    media.load_audio(path)
-    probs = [1 / len(EMOTIONS)] * len(EMOTIONS)
-    preds = [UtterancePrediction(i, Utterance(i * 0.5, i * 0.5 + 0.4, f"words {i}"), probs, [0.2, 0.5, 0.3])
-             for i in range(2)]
-    return Analysis(source=str(path), media=info, utterances=preds, model={"name": "stub"})
+# one clip per client, two short spoken sentences each: (sentence, a word Whisper must hear in it)
+CLIENT_SPEECH = [(("Kids are talking by the door.", "door"), ("Bring me a cup of tea.", "tea")),
+                 (("My sister plays the piano.", "piano"), ("The soup is hot.", "soup")),
+                 (("Please close the window.", "window"), ("The train leaves at noon.", "train")),
+                 (("I really love this new song.", "song"), ("Feed the cat.", "cat")),
+                 (("Where did you put my keys?", "keys"), ("The garden needs water.", "garden")),
+                 (("That was a terrible movie.", "movie"), ("Our teacher wrote a letter.", "letter")),
+                 (("We are going to the beach.", "beach"), ("The doctor will call you.", "doctor")),
+                 (("My brother bought a red car.", "brother"), ("The bus is late again.", "bus"))]
+EIGHT_CLIENTS_TIMEOUT = 900     # seconds for the whole test: a hang fails here instead of blocking CI
 
 
-def test_eight_clients_at_once(server, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def eight_clips(tmp_path_factory):
+    """Eight short talking videos (a still face under two spoken sentences), each with other words."""
+    if not mediagen.have_espeak():
+        pytest.fail("espeak-ng is required for the speech tests: apt-get install espeak-ng")
+    folder = tmp_path_factory.mktemp("eight")
+    face = mediagen.face_image(folder / "face.png")
+    clips = []
+    for k, speech in enumerate(CLIENT_SPEECH):
+        wav, _ = mediagen.speech_with_pauses([s for s, _ in speech], folder / f"speech{k}.wav",
+                                             pause=1.2, lead=0.3)
+        clips.append(mediagen.talking_video(wav, folder / f"talk{k}.mp4", image=face, size="320x180"))
+    return clips
+
+
+def _server_stacks() -> str:
+    """Where the server's threads are (for a failure message when a call does not come back)."""
+    import traceback
+    where = []
+    for frame in sys._current_frames().values():
+        stack = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)
+                 if "/core/" in f.filename or "/webapp/" in f.filename or "/whisper/" in f.filename]
+        if stack:
+            where.append(" <- ".join(reversed(stack[-6:])))
+    return "\n".join(where) or "(no thread in core/, webapp/ or whisper/)"
+
+
+def test_eight_clients_at_once(server, eight_clips):
+    """Eight gradio_client sessions analyse (real Whisper, face and model, one analysis at a time on the
+    server) and correct at once; each reads back exactly its own work and nothing of the others'."""
     from gradio_client import Client, handle_file
-    import webapp.service
-    monkeypatch.setattr(webapp.service, "analyze", _quick_analysis)
-    clip = mediagen.testsrc_video(tmp_path / "clip.mp4", seconds=1.2, silent=True, size="160x120")
     url, wb = server[0].local_url, server[1]
-    speakers = [f"Annotator {k}" for k in range(8)]
+    deadline = time.monotonic() + EIGHT_CLIENTS_TIMEOUT
 
-    def work(k: int) -> tuple[str, list[dict]]:
+    def call(client, *args, api_name):
+        return client.submit(*args, api_name=api_name).result(timeout=max(1.0, deadline - time.monotonic()))
+
+    def work(k: int) -> dict:
         c = Client(url, verbose=False)
-        sid, rows = c.predict(handle_file(str(clip)), api_name="/analyze")
-        assert len(rows) == 2
-        c.predict(sid, k % 2, "emotion", EMOTIONS[k % len(EMOTIONS)], api_name="/edit")
-        c.predict(sid, k % 2, "speaker", speakers[k], api_name="/edit")
-        c.predict(sid, k % 2, "text", f"corrected by client {k}", api_name="/edit")
-        return sid, c.predict(sid, api_name="/session")
+        sid, analysed = call(c, handle_file(str(eight_clips[k])), api_name="/analyze")
+        assert len(analysed) == 2, (k, analysed)
+        r = k % 2                                        # half the clients correct row 0, half row 1
+        emotion = next(e for e in EMOTIONS[k % 7:] + EMOTIONS if e != analysed[r]["emotion"])
+        sentiment = next(s for s in SENTIMENTS if s != analysed[r]["sentiment"])
+        edits = {"emotion": emotion, "sentiment": sentiment, "speaker": f"Annotator {k}",
+                 "text": f"corrected by client {k}"}
+        for field, value in edits.items():
+            call(c, sid, r, field, value, api_name="/edit")
+        return dict(sid=sid, row=r, edits=edits, analysed=analysed, read=call(c, sid, api_name="/session"))
 
-    t0 = time.time()
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(work, range(8)))
-    elapsed = time.time() - t0
-    ids = [sid for sid, _ in results]
-    assert len(set(ids)) == 8
-    for k, (sid, rows) in enumerate(results):
-        mine, other = rows[k % 2], rows[1 - k % 2]
-        assert mine["speaker"] == speakers[k] and mine["text"] == f"corrected by client {k}"
-        assert mine["emotion"] == EMOTIONS[k % len(EMOTIONS)] and mine["corrected"]
-        assert other["speaker"] == "" and other["text"] == f"words {1 - k % 2}" and not other["corrected"]
-        stored = wb.store.load(sid)                          # and that is what was saved
-        assert stored.rows[k % 2].speaker == speakers[k] and stored.version >= 3
-    print(f"8 clients: {elapsed:.1f} s")
+    t0 = time.monotonic()
+    pool = ThreadPoolExecutor(8)
+    futures = [pool.submit(work, k) for k in range(8)]
+    try:
+        results = [f.result(timeout=max(1.0, deadline - time.monotonic())) for f in futures]
+    except TimeoutError:
+        pytest.fail(f"8 clients did not finish in {EIGHT_CLIENTS_TIMEOUT} s; server threads:\n{_server_stacks()}")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    elapsed = time.monotonic() - t0
+
+    assert len({res["sid"] for res in results}) == 8
+    words = [[w for _, w in speech] for speech in CLIENT_SPEECH]
+    for k, res in enumerate(results):
+        heard = " ".join(row["text"] for row in res["analysed"]).lower()
+        assert words[k][0] in heard, (k, heard)              # its own speech, really transcribed
+        rows, r = res["read"], res["row"]
+        assert [row["id"] for row in rows] == [0, 1]
+        mine = rows[r]
+        assert {f: mine[f] for f in res["edits"]} == res["edits"], (k, mine)
+        assert set(res["edits"]) <= set(mine["corrected"])
+        assert rows[1 - r] == res["analysed"][1 - r]          # the other row: exactly as analysed
+        seen = " ".join(f"{row['text']} {row['speaker']}" for row in rows).lower()
+        seen_words = set(re.findall(r"[a-z]+", seen))
+        for j in set(range(8)) - {k}:                         # nothing of any other client
+            assert f"client {j}" not in seen and f"annotator {j}" not in seen, (k, j, seen)
+            assert not seen_words & set(words[j]), (k, j, seen)
+        stored = wb.store.load(res["sid"])                    # and that is what was saved
+        assert stored.rows[r].text == res["edits"]["text"] and stored.version >= 4
+    print(f"8 clients, real analyses: {elapsed:.1f} s")
 
 
 # ====================================================================== SIGKILL mid-annotation
