@@ -1,14 +1,18 @@
-"""Benchmark: `python -m bench [--seconds 60] [--keep DIR]`.
+"""Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR]`.
 
 Generates a talking video (espeak-ng speech over a still face, 25 fps, 640x360), analyses it with
-the default models and prints seconds per stage, total, real-time factor, peak memory and the word
-error rate of the transcript against the words that were spoken.
+the default models and prints the device, seconds per stage, total, real-time factor, peak memory
+and the word error rate of the transcript against the words that were spoken. Then the throughput
+of `python -m core batch` on `--batch` such videos, and how long `app.py` takes to answer its
+first HTTP request and its first analysis.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +28,11 @@ SENTENCES = [
     "The garden looks wonderful in the spring.", "That was a terrible thing to say.",
     "Could you help me carry these boxes upstairs?", "We finally finished the project on time.",
 ]
+
+
+QUICK_SECONDS = 20.0
+APP_TIMEOUT = 300.0          # seconds to wait for app.py before giving up
+FIRST_CLIP_SECONDS = 6.0     # the app's first analysis is of a clip this long
 
 
 def make_video(seconds: float, folder: Path) -> tuple[Path, str]:
@@ -48,13 +57,84 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def distinct_copies(video: Path, count: int, folder: Path) -> Path:
+    """`count` copies of `video` that differ only in a metadata tag (so the content cache misses)."""
+    from tests import mediagen
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        mediagen.ffmpeg("-i", str(video), "-map", "0", "-c", "copy", "-metadata", f"comment=copy {i}",
+                        str(folder / f"video_{i:02d}.mp4"))
+    return folder
+
+
+def batch_throughput(video: Path, count: int, jobs: int, folder: Path) -> tuple[float, int]:
+    """Wall seconds for `python -m core batch` on `count` copies, and how many succeeded."""
+    videos = distinct_copies(video, count, folder / "batch_in")
+    env = dict(os.environ, WORKBENCH_ANALYSIS_CACHE=str(folder / "batch_cache"))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "core", "batch", str(videos), "--out", str(folder / "batch_out"),
+                           "--jobs", str(jobs)], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"batch failed: {proc.stderr.strip()[-400:]}")
+    return seconds, len(list((folder / "batch_out").glob("*.json")))
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_first_request(clip: Path, folder: Path) -> tuple[float | None, float | None]:
+    """Seconds from starting app.py (default preload) to an HTTP 200, and to its first analysis."""
+    import urllib.request
+    port = free_port()
+    env = dict(os.environ, WORKBENCH_ANALYSIS_CACHE=str(folder / "app_cache"))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data", str(folder / "app_data")],
+                            cwd=Path(__file__).resolve().parent, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    http = analysed = None
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        while time.perf_counter() - t0 < APP_TIMEOUT and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        http = time.perf_counter() - t0
+                        break
+            except OSError:
+                time.sleep(0.1)
+        if http is not None:
+            from gradio_client import Client, handle_file
+            client = Client(url, verbose=False)
+            client.predict(handle_file(str(clip)), api_name="/analyze")
+            analysed = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return http, analysed
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--keep", help="keep the generated video in this folder")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated video")
+    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_SECONDS:.0f}-s video and a batch of 3")
+    parser.add_argument("--batch", type=int, default=10, help="videos in the batch run (0: skip it)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="batch worker processes")
+    parser.add_argument("--no-app", action="store_true", help="skip timing app.py's first request")
+    parser.add_argument("--keep", help="keep the generated media in this folder")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.batch = QUICK_SECONDS, min(args.batch, 3)
 
     import torch
+    from core.media import cut_clip
     from core.pipeline import STAGES, analyze, load_models
     from core.transcribe import word_error_rate
 
@@ -71,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = analyze(video, models, use_cache=False)
     total = time.perf_counter() - t0
+    os.environ["WORKBENCH_ANALYSIS_CACHE"] = str(folder / "cache")
     analyze(video, models)                       # fills the cache
     t0 = time.perf_counter()
     analyze(video, models)                       # reopening: from the cache
@@ -78,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     heard = " ".join(p.utterance.text for p in result.utterances)
     peak = peak_rss_mb()
 
-    print(f"\nmachine: {torch.get_num_threads()} torch threads, cuda={torch.cuda.is_available()}")
+    gpu = f" ({torch.cuda.get_device_name(0)})" if models.device.startswith("cuda") else ""
+    print(f"\ndevice: {models.device}{gpu}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
     print(f"model load (once per process): {load_s:6.2f} s")
     print(f"{'stage':<12}{'seconds':>9}")
     for stage in STAGES:
@@ -88,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"utterances {len(result.utterances)}, WER {100 * word_error_rate(spoken, heard):.1f} %")
     print(f"reopening the analysed video (cache): {reopen:.3f} s")
     print(f"peak RSS: {peak:.0f} MB")
+    sys.stdout.flush()
+
+    if args.batch > 0:
+        seconds, done = batch_throughput(video, args.batch, args.jobs, folder)
+        print(f"batch: {done}/{args.batch} videos of {result.media.duration:.0f} s with --jobs {args.jobs} in "
+              f"{seconds:.1f} s (model loading included): {60 * done / seconds:.2f} videos per minute, "
+              f"{seconds / max(done, 1):.2f} s per video")
+        sys.stdout.flush()
+    if not args.no_app:
+        clip = cut_clip(video, 0.0, FIRST_CLIP_SECONDS, folder / "first_clip.mp4")
+        http, analysed = app_first_request(clip, folder)
+        print("app.py: " + (f"HTTP 200 after {http:.1f} s" if http is not None else "no HTTP answer") +
+              (f", first analysis ({FIRST_CLIP_SECONDS:.0f}-s clip, models loaded by then) done after "
+               f"{analysed:.1f} s" if analysed is not None else ""))
     return 0
 
 

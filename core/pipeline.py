@@ -21,6 +21,7 @@ import torch
 from . import cache, encoders, media
 from .checkpoint import Checkpoint, load_or_untrained
 from .labels import sentiment_from_emotions
+from .threads import one_cpu_thread
 from .transcribe import load_whisper, transcribe
 from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 
@@ -57,6 +58,7 @@ class Models:
 
 
 def pick_device() -> str:
+    """"cuda" when a GPU is usable (Whisper fp16, text encoder fp16, face net and fusion fp32), else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -74,6 +76,10 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     else:
         models.text_encoder = encoders.load_text_encoder(text_cfg["name"])
     models.text_encoder.to(device)
+    if device.startswith("cuda"):      # half precision where it is safe: the BERT encoder; fusion stays fp32
+        models.text_encoder.half()
+    from .face import load_face_net
+    load_face_net(device=device)
     if "video" in ckpt.model.config.modalities:
         try:
             models.video_encoder = encoders.VideoEncoder(text_cfg.get("video_weights")).to(device)
@@ -140,7 +146,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
     report(0.5, "reading faces")
     frames = _frames_per_utterance(path, info, utterances, errors, clock)
     with clock("face"):
-        faces = _per_utterance(frames, encoders.encode_faces, errors, "face")
+        faces = _per_utterance(frames, partial(encoders.encode_faces, device=models.device), errors, "face")
 
     report(0.7, "reading text")
     with clock("text"):
@@ -150,13 +156,14 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
         text_vectors = models.text_encoder.encode(texts, contexts)
 
     report(0.8, "reading audio")
-    with clock("audio"):
+    cpu = models.device == "cpu"
+    with clock("audio"), one_cpu_thread(cpu):      # small ops: a second thread only waits (core.threads)
         segments = [media.audio_segment(audio, u.start, u.end) for u in utterances]
         mels = _per_utterance(segments, encoders.log_mel, errors, "audio")
         voiced = [not encoders.audio_is_silent(s) for s in segments]
 
     report(0.9, "fusing")
-    with clock("model"):
+    with clock("model"), one_cpu_thread(cpu):
         _predict(models, preds, text_vectors, faces, mels, voiced)
     for i, pred in enumerate(preds):
         pred.error = "; ".join(errors[i])

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .types import Utterance
+from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
 DEFAULT_MODEL = "base"
@@ -144,6 +145,7 @@ def load_whisper(name: str = DEFAULT_MODEL, device: str | None = None):
     with _LOCK:
         if key not in _MODELS:
             _MODELS[key] = _load_model(str(name), device)
+            speed_up_decoder(_MODELS[key])
     return _MODELS[key]
 
 
@@ -207,7 +209,10 @@ def _clips(regions: list[tuple[float, float]], duration: float) -> list[float]:
             spans[-1][1] = b
         else:
             spans.append([a, b])
-    return [t for a, b in spans for t in (max(0.0, a - CLIP_PAD), min(duration, b + CLIP_PAD))]
+    # end on a whole 10-ms mel frame: openai-whisper rounds a clip end past its last frame up and then
+    # loops for ever on an empty segment when the speech runs to the end of the file
+    last = np.floor(duration * 100) / 100
+    return [t for a, b in spans for t in (max(0.0, a - CLIP_PAD), float(min(last, b + CLIP_PAD)))]
 
 
 def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
@@ -324,11 +329,13 @@ def _hallucinated(piece: _Piece, start: float, end: float, audio: np.ndarray,
 
 
 def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
-               progress: bool = False) -> list[Utterance]:
+               progress: bool = False, sliding: bool = False) -> list[Utterance]:
     """Utterances in `audio` (float32, 16 kHz, mono): text, times and Whisper's confidence.
 
     `model` is a loaded Whisper, a name for `load_whisper`, or None for the default.
-    `language=None` lets Whisper detect it. `progress=True` shows Whisper's tqdm bar.
+    `language=None` lets Whisper detect it. `progress=True` shows a tqdm bar. The speech is cut
+    in its pauses into 30-s windows decoded as a batch (core.whisper_batch); `sliding=True` runs
+    openai-whisper's own sliding-window loop instead (about twice as slow; kept to compare).
     """
     import torch
 
@@ -342,13 +349,17 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
         model = load_whisper(model or DEFAULT_MODEL)
     cuda = model.device.type == "cuda"
     duration = len(audio) / SAMPLE_RATE
+    clips = _clips(regions, duration)
     try:
         with torch.random.fork_rng(devices=[model.device] if cuda else []):
             torch.manual_seed(SEED)
-            result = model.transcribe(audio, language=language, fp16=cuda, temperature=TEMPERATURES,
-                                      condition_on_previous_text=False, word_timestamps=True,
-                                      clip_timestamps=_clips(regions, duration),
-                                      verbose=False if progress else None)
+            if sliding:
+                result = model.transcribe(audio, language=language, fp16=cuda, temperature=TEMPERATURES,
+                                          condition_on_previous_text=False, word_timestamps=True,
+                                          clip_timestamps=clips, verbose=False if progress else None)
+            else:
+                windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
+                result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress)
     except Exception as err:
         raise TranscriptionError(f"Whisper failed: {_first_line(err)}") from err
     gaps = _gaps(regions, duration)

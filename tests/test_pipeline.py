@@ -46,11 +46,11 @@ def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeyp
     real = encoders.encode_faces
     calls = {"n": 0}
 
-    def flaky(frames):
+    def flaky(frames, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated decoder fault")
-        return real(frames)
+        return real(frames, **kwargs)
 
     monkeypatch.setattr(encoders, "encode_faces", flaky)
     result = pipeline.analyze(talking_video, models, use_cache=False)
@@ -101,3 +101,28 @@ def test_batch_folder_writes_json_and_csv_per_video(talking_video, media_dir, tm
     table = pd.read_csv(tmp_path / "out" / "a.csv")
     assert len(table) == 3 and "door" in table.loc[0, "text"].lower()
     assert json.loads((tmp_path / "out" / "a.json").read_text())["utterances"][2]["emotion"]
+
+
+def test_a_gpu_is_picked_when_there_is_one(monkeypatch):
+    # Mocked: there is no GPU on this machine, so torch is told there is one; nothing runs on it.
+    import torch
+    from core import transcribe, whisper_batch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pipeline.pick_device() == "cuda" and transcribe._device(None) == "cuda"
+    assert whisper_batch.precision("cuda")[0] == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pipeline.pick_device() == "cpu" and transcribe._device(None) == "cpu"
+    assert whisper_batch.precision("cpu")[0] == torch.float32
+
+
+def test_the_face_net_runs_on_the_models_device(talking_video, models, monkeypatch):
+    seen = []
+    real = encoders.encode_faces
+
+    def spy(frames, **kwargs):          # a spy, not a mock: the real encoder still runs
+        seen.append(kwargs.get("device"))
+        return real(frames, **kwargs)
+
+    monkeypatch.setattr(encoders, "encode_faces", spy)
+    pipeline.analyze(talking_video, models, use_cache=False)
+    assert seen and set(seen) == {models.device}

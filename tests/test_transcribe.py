@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from core import transcribe as tr
+from core import whisper_batch as wb
 from core import whisper_convert as wc
 from core.types import Utterance
 from tests import mediagen
@@ -254,3 +255,80 @@ def test_unknown_names_and_missing_files_are_clear_errors(tmp_path):
 ])
 def test_word_error_rate(reference, hypothesis, expected):
     assert tr.word_error_rate(reference, hypothesis) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- windows (core.whisper_batch)
+
+def _talk(seconds: float, sentence: float = 2.3, pause: float = 1.0) -> list[tuple[float, float]]:
+    """Speech regions of sentences `sentence` s long separated by `pause` s, from 0.5 s on."""
+    regions, t = [], 0.5
+    while t + sentence < seconds:
+        regions.append((t, t + sentence))
+        t += sentence + pause
+    return regions
+
+
+def test_windows_are_cut_in_pauses_and_balanced():
+    regions = _talk(61.0)
+    audio = np.zeros(61 * 16000, np.float32)
+    windows = wb.plan_windows([(0.0, 61.0)], regions, audio)
+    assert len(windows) == 3                                   # not 30 + 30 + a 1-s tail
+    assert windows[0].start == 0.0 and windows[-1].end == 61.0
+    for left, right in zip(windows, windows[1:]):
+        assert left.end == right.start
+        assert not any(a < left.end < b for a, b in regions)   # no sentence is cut in two
+    lengths = [w.end - w.start for w in windows]
+    assert max(lengths) <= wb.WINDOW_SECONDS - wb.EDGE_SECONDS and max(lengths) - min(lengths) < 4.0
+
+
+def test_speech_without_a_pause_is_cut_at_its_quietest_point():
+    audio = np.full(70 * 16000, 0.3, np.float32)
+    audio[int(25.5 * 16000):int(25.51 * 16000)] = 0.0          # one 10-ms dip, no real pause
+    windows = wb.plan_windows([(0.0, 70.0)], [(0.0, 70.0)], audio)
+    assert windows[0].end == pytest.approx(25.5) and windows[-1].end == 70.0
+    assert all(w.end - w.start <= wb.WINDOW_SECONDS - wb.EDGE_SECONDS for w in windows)
+
+
+def test_short_audio_is_one_window_and_long_silences_stay_out():
+    regions = [(1.0, 3.0), (40.0, 42.0)]
+    clips = tr._clips(regions, 45.0)
+    windows = wb.plan_windows(list(zip(clips[::2], clips[1::2])), regions, np.zeros(45 * 16000, np.float32))
+    assert [(w.start, w.end) for w in windows] == [(0.0, 4.0), (39.0, 43.0)]
+
+
+def test_windowed_decoding_matches_whisper_own_loop(model, tmp_path):
+    """The batched windows give the words and boundaries openai-whisper's sliding loop gives."""
+    if not mediagen.have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    wav, _ = mediagen.speech_with_pauses(SENTENCES, tmp_path / "speech.wav", pause=1.0)
+    audio = _decode(wav)
+    windowed, sliding = tr.transcribe(audio, model), tr.transcribe(audio, model, sliding=True)
+    assert [u.text for u in windowed] == [u.text for u in sliding]
+    for a, b in zip(windowed, sliding):
+        assert abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
+
+
+def test_fp16_and_bigger_batches_only_on_a_gpu():
+    assert wb.precision("cpu") == (torch.float32, wb.BATCH_CPU)
+    assert wb.precision("cuda") == (torch.float16, wb.BATCH_CUDA)
+
+
+def test_cpu_decoder_reads_a_contiguous_output_projection(model):
+    """The CPU speed-up keeps the decoder's logits equal to openai-whisper's own computation."""
+    decoder = model.decoder
+    assert decoder.logits_weight.is_contiguous()
+    assert "logits_weight" not in model.state_dict()             # a cache, never saved
+    tokens = torch.tensor([[50258, 50259, 50359]])
+    features = torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state)
+    with torch.no_grad():
+        ours = decoder(tokens, features)
+        x = decoder.ln(_blocks(decoder, tokens, features))
+        theirs = (x @ decoder.token_embedding.weight.T).float()
+    assert torch.allclose(ours, theirs, atol=1e-3)
+
+
+def _blocks(decoder, tokens, features):
+    x = decoder.token_embedding(tokens) + decoder.positional_embedding[:tokens.shape[-1]]
+    for block in decoder.blocks:
+        x = block(x, features, mask=decoder.mask)
+    return x
