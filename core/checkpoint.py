@@ -57,12 +57,18 @@ class ModelCard:
     def trained(self) -> bool:
         return bool(self.trained_modalities)
 
+    @property
+    def context(self) -> tuple[int, int]:
+        """(previous, following) utterances the text encoder reads as context (core.encoders.build_context)."""
+        return (max(0, int(self.text_encoder.get("context_turns", 0) or 0)),
+                max(0, int(self.text_encoder.get("context_ahead", 0) or 0)))
+
     def summary(self) -> dict[str, Any]:
         """The short form shown in the app and stored in every Analysis."""
         return {"name": self.name, "trained": self.trained,
                 "trained_modalities": list(self.trained_modalities),
                 "text_encoder": self.text_encoder.get("name", ""),
-                "context_turns": int(self.text_encoder.get("context_turns", 0)),
+                "context_turns": self.context[0], "context_ahead": self.context[1],
                 "data": self.data, "metrics": self.metrics}
 
 

@@ -52,12 +52,32 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
-def build_context(texts: Sequence[str], index: int, turns: int) -> str:
-    """The `turns` utterances before `index`, most recent first (so truncation drops the oldest)."""
-    if turns <= 0:
+CONTEXT_JOIN = " | "                  # between context utterances
+AHEAD_MARK = " || "                   # after the following utterances, before the previous ones
+
+
+def build_context(texts: Sequence[str], index: int, turns: int, ahead: int = 0) -> str:
+    """The dialogue around utterance `index`, read as its second segment.
+
+    The `ahead` utterances that follow it (in order) then AHEAD_MARK, then the `turns`
+    utterances before it, most recent first, so that truncation drops the oldest first.
+    With ahead == 0 it is only the previous utterances (the format of older checkpoints).
+    """
+    previous = [t.strip() for t in texts[max(0, index - turns):index] if t.strip()] if turns > 0 else []
+    before = CONTEXT_JOIN.join(reversed(previous))
+    if ahead <= 0:
+        return before
+    following = [t.strip() for t in texts[index + 1:index + 1 + ahead] if t.strip()]
+    if not following and not before:
         return ""
-    previous = [t.strip() for t in texts[max(0, index - turns):index] if t.strip()]
-    return " | ".join(reversed(previous))
+    return (CONTEXT_JOIN.join(following) + AHEAD_MARK + before).strip()
+
+
+def build_contexts(texts: Sequence[str], turns: int, ahead: int = 0) -> list[str] | None:
+    """build_context for every utterance of one dialogue (None when no context is read)."""
+    if turns <= 0 and ahead <= 0:
+        return None
+    return [build_context(texts, i, turns, ahead) for i in range(len(texts))]
 
 
 class TextEncoder(torch.nn.Module):

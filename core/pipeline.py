@@ -150,9 +150,8 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
 
     report(0.7, "reading text")
     with clock("text"):
-        turns = int(card.text_encoder.get("context_turns", 0))
         texts = [u.text for u in utterances]
-        contexts = [encoders.build_context(texts, i, turns) for i in range(len(texts))] if turns else None
+        contexts = encoders.build_contexts(texts, *card.context)
         text_vectors = models.text_encoder.encode(texts, contexts)
 
     report(0.8, "reading audio")

@@ -110,6 +110,23 @@ def test_build_context_most_recent_first():
     assert encoders.build_context(texts, 0, 3) == ""
 
 
+def test_build_context_reads_the_following_utterance_first():
+    texts = ["a", "b", "c", "d"]
+    assert encoders.build_context(texts, 1, 2, ahead=1) == "c || a"
+    assert encoders.build_context(texts, 0, 2, ahead=1) == "b ||"          # nothing before
+    assert encoders.build_context(texts, 3, 2, ahead=1) == "|| c | b"      # nothing after
+    assert encoders.build_context(["only"], 0, 3, ahead=1) == ""
+    assert encoders.build_contexts(texts, 0) is None
+    assert encoders.build_contexts(texts, 1, 1) == ["b ||", "c || a", "d || b", "|| c"]
+
+
+def test_card_context_defaults_for_old_cards():
+    card = ck.ModelCard(text_encoder={"name": "minilm", "context_turns": 3})
+    assert card.context == (3, 0)
+    card.text_encoder["context_ahead"] = 1
+    assert card.context == (3, 1) and card.summary()["context_ahead"] == 1
+
+
 def test_log_mel_shape_level_and_silence():
     t = np.arange(16000 * 2) / 16000
     tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)

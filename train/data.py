@@ -67,24 +67,25 @@ def dialogue_order(rows: list[MeldRow]) -> list[list[int]]:
             for idx in groups.values()]
 
 
-def contexts_for(rows: list[MeldRow], turns: int) -> list[str]:
-    """The context of every row: its dialogue's previous `turns` utterances, as the app builds it."""
+def contexts_for(rows: list[MeldRow], turns: int, ahead: int = 0) -> list[str]:
+    """The context of every row as the app builds it: its dialogue's previous `turns` utterances
+    (and the `ahead` that follow it, see core.encoders.build_context)."""
     out = [""] * len(rows)
-    if turns <= 0:
+    if turns <= 0 and ahead <= 0:
         return out
     for group in dialogue_order(rows):
         texts = [rows[i].utterance for i in group]
         for pos, i in enumerate(group):
-            out[i] = build_context(texts, pos, turns)
+            out[i] = build_context(texts, pos, turns, ahead)
     return out
 
 
-def text_examples(rows: list[MeldRow], turns: int) -> tuple[list[TextExample], list[str]]:
+def text_examples(rows: list[MeldRow], turns: int, ahead: int = 0) -> tuple[list[TextExample], list[str]]:
     """Labelled rows as examples (file order) and a note for each row left out.
 
     An unlabelled row is no example, but its words still count as context for the next rows.
     """
-    contexts = contexts_for(rows, turns)
+    contexts = contexts_for(rows, turns, ahead)
     examples, skipped = [], []
     for i, row in enumerate(rows):
         if row.emotion not in EMOTIONS or row.sentiment not in SENTIMENTS:
@@ -99,14 +100,14 @@ def text_examples(rows: list[MeldRow], turns: int) -> tuple[list[TextExample], l
     return examples, skipped
 
 
-def load_text_split(path: str | Path, turns: int, limit: int | None = None) -> TextSplit:
+def load_text_split(path: str | Path, turns: int, limit: int | None = None, ahead: int = 0) -> TextSplit:
     """Read a MELD-format CSV (core.meld: validates, repairs mojibake) into text examples.
 
     `limit` keeps the first `limit` examples (for quick runs); contexts still come from the
     whole file.
     """
     table = read_meld_csv(path)
-    examples, skipped = text_examples(table.rows, turns)
+    examples, skipped = text_examples(table.rows, turns, ahead)
     if limit is not None:
         examples = examples[:limit]
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()

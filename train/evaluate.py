@@ -62,9 +62,8 @@ def predict_texts(checkpoint: ck.Checkpoint, encoder: TextEncoder, texts: list[s
 
 def evaluate_split(split: TextSplit, checkpoint: ck.Checkpoint, encoder: TextEncoder | None = None) -> dict:
     """Reports for emotion and sentiment, plus the predicted indices, for a split's examples."""
-    turns = int(checkpoint.card.text_encoder.get("context_turns", 0))
     examples = split.examples
-    contexts = [e.context for e in examples] if turns else None
+    contexts = [e.context for e in examples] if any(checkpoint.card.context) else None
     encoder = encoder or text_encoder_for(checkpoint)
     emo_p, sen_p = predict_texts(checkpoint, encoder, [e.text for e in examples], contexts)
     emo, sen = emo_p.argmax(-1).tolist(), sen_p.argmax(-1).tolist()
@@ -116,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except ck.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    turns = int(checkpoint.card.text_encoder.get("context_turns", 0))
+    turns, ahead = checkpoint.card.context
     try:
-        split = load_text_split(args.csv, turns)
+        split = load_text_split(args.csv, turns, ahead=ahead)
     except (OSError, ValueError) as err:      # core.meld.MeldFormatError is a ValueError or not: both end here
         print(f"error: cannot read {args.csv}: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
               file=sys.stderr)
@@ -138,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_split(split, checkpoint)
     head = {**summary(result, len(split.examples)), "csv": str(args.csv),
             "checkpoint": str(args.checkpoint), "model": checkpoint.card.name,
-            "context_turns": turns, "skipped_rows": len(split.skipped), "repaired_rows": split.repaired}
+            "context_turns": turns, "context_ahead": ahead, "skipped_rows": len(split.skipped),
+            "repaired_rows": split.repaired}
     out = Path(args.out) if args.out else Path("runs") / f"eval-{Path(args.csv).stem}"
     write_outputs(out, split, result, head)
-    print(f"checkpoint {args.checkpoint} ({checkpoint.card.name}; context: {turns} previous utterances)")
+    print(f"checkpoint {args.checkpoint} ({checkpoint.card.name}; context: {turns} previous"
+          f"{f' and {ahead} following' if ahead else ''} utterances)")
     print(f"{args.csv}: {len(split.examples)} rows scored, {len(split.skipped)} skipped, "
           f"{split.repaired} with repaired text")
     print(metrics.format_report("emotion", result["emotion"]))
