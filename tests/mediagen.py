@@ -125,3 +125,39 @@ def text_file_named(out: Path) -> Path:
 def empty_file(out: Path) -> Path:
     out.write_bytes(b"")
     return out
+
+
+# ---------------------------------------------------------------- tiny labelled clips (retraining tests)
+
+def tone_clip(out: Path, freq: float, seconds: float = 1.0, volume: float = 0.3,
+              size: str = "96x64") -> Path:
+    """A flat grey picture (no face) over a sine tone: a clip whose only cue is its audio."""
+    ffmpeg("-f", "lavfi", "-i", f"color=c=0x505050:s={size}:r=10",
+           "-f", "lavfi", "-i", f"sine=frequency={freq:.1f}:sample_rate=16000",
+           "-af", f"volume={volume:.3f}", "-t", f"{seconds:.3f}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-c:a", "aac", "-ac", "1", str(out))
+    return out
+
+
+def still_clip(image: Path, out: Path, seconds: float = 1.0, fps: int = 10) -> Path:
+    """A still image looped over a silent track: a clip whose only cue is its picture."""
+    ffmpeg("-loop", "1", "-framerate", str(fps), "-i", str(image),
+           "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", f"{seconds:.3f}",
+           "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-c:a", "aac", str(out))
+    return out
+
+
+def face_variant(out: Path, rng: np.random.Generator, cover_mouth: bool) -> Path:
+    """The astronaut's face, shifted, scaled and lit a little differently each time; optionally
+    with a grey patch over the mouth (the FER net's features then differ clearly)."""
+    from PIL import Image
+    dx, dy = (int(v) for v in rng.integers(-10, 11, 2))
+    side = int(rng.integers(150, 190))
+    img = Image.fromarray(face_array()).crop((96 + dx, dy + 10, 352 + dx, 266 + dy)).resize((side, side))
+    a = np.clip(np.asarray(img, np.float32) * rng.uniform(0.85, 1.15), 0, 255).astype(np.uint8)
+    if cover_mouth:
+        k = side / 160
+        a[int(95 * k):int(125 * k), int(45 * k):int(115 * k)] = 90
+    Image.fromarray(a).save(out)
+    return out

@@ -71,6 +71,24 @@ def test_contexts_follow_utterance_order_within_each_dialogue():
     from core.meld import MeldRow
     rows = [MeldRow("b", "", "", "", 7, 1), MeldRow("x", "", "", "", 8, 0), MeldRow("a", "", "", "", 7, 0)]
     assert contexts_for(rows, 3) == ["a", "", ""]
+    assert contexts_for(rows, 3, ahead=1) == ["|| a", "", "b ||"]
+
+
+def test_weight_average_follows_slowly_and_swaps_back():
+    from train.ema import WeightAverage
+    w = torch.nn.Parameter(torch.zeros(3))
+    average = WeightAverage({"w": w}, decay=0.9)
+    for _ in range(200):
+        with torch.no_grad():
+            w.fill_(1.0)
+        average.update()
+    with torch.no_grad():
+        w.fill_(5.0)
+    with average.applied():
+        assert torch.allclose(w, torch.ones(3), atol=1e-3)   # the average of the recent past, not 5
+    assert torch.equal(w.detach(), torch.full((3,), 5.0))     # the raw weights come back
+    with pytest.raises(ValueError):
+        WeightAverage({"w": w}, decay=1.0)
 
 
 # ---------------------------------------------------------------- training
@@ -119,8 +137,8 @@ def test_shipped_card_says_what_it_learned():
     assert card.text_encoder["tuned"] and card.text_encoder["context_turns"] >= 0
     dev = card.metrics["dev"]
     assert dev["rows"] == 1109
-    # far above the frozen-MiniLM linear probe (51.8 / 61.5 on dev)
-    assert dev["emotion_weighted_f1"] >= 57.0 and dev["sentiment_weighted_f1"] >= 65.0
+    # far above the frozen-MiniLM linear probe (51.8 / 61.5 on dev); the dev scores the README states
+    assert dev["emotion_weighted_f1"] >= 58.5 and dev["sentiment_weighted_f1"] >= 68.0
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +152,7 @@ def shipped():
 def _app_predict(shipped, texts):
     """What the app shows for a transcript: core.pipeline's own text path and fusion."""
     checkpoint, text = shipped
-    turns = int(checkpoint.card.text_encoder.get("context_turns", 0))
-    contexts = [encoders.build_context(texts, i, turns) for i in range(len(texts))] if turns else None
+    contexts = encoders.build_contexts(texts, *checkpoint.card.context)
     vectors = text.encode(texts, contexts)
     try:
         from core import pipeline

@@ -21,11 +21,15 @@ What it does, top to bottom:
 
 Seeded and single-process: the same command on the same machine gives the same checkpoint.
 TensorBoard logs go to --tb (default runs/<out folder name>).
+
+With --clips DIR (or --train naming the workbench's export zip or folder) it trains on clips
+instead: text, face and audio; see train/retrain.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -46,18 +50,25 @@ from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel, ModelConfig
 
 from . import metrics
+from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options
 from .data import TextExample, TextSplit, load_text_split
+from .ema import WeightAverage
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--train", required=True, help="MELD-format CSV to fit on")
-    p.add_argument("--dev", required=True, help="MELD-format CSV to choose the epoch on")
+    p.add_argument("--train", required=True,
+                   help="MELD-format CSV to fit on (with clips: also the workbench's export zip or folder)")
+    p.add_argument("--dev", default=None, help="MELD-format CSV to choose the epoch on (required without clips)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--init", default=None, help="start from this checkpoint folder")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder (packaged alias or HF name)")
     p.add_argument("--context-turns", type=int, default=3, help="previous utterances read as context (0: none)")
+    p.add_argument("--context-ahead", type=int, default=0,
+                   help="following utterances read as context too (the app has the whole video)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="score and keep an exponential moving average of the weights with this decay (0: off)")
     p.add_argument("--tune-layers", type=int, default=2, help="top encoder layers to fine-tune")
     p.add_argument("--tune-attention", type=int, default=0,
                    help="layers below those whose self-attention block is fine-tuned too")
@@ -79,7 +90,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="checkpoint name in its card")
     p.add_argument("--no-final-eval", action="store_true", help="skip the dev check of the saved files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    add_clip_options(p)
+    return p
+
+
+def clip_mode(args: argparse.Namespace) -> bool:
+    """Clips were asked for: --clips/--dev-clips, or --train names an export zip or folder."""
+    train = Path(args.train)
+    return bool(args.clips or args.dev_clips) or train.is_dir() or train.suffix.lower() == ".zip"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Text path: the options as before (clip-only ones removed). Clip path: its own defaults
+    for the options left unset (train.retrain.fill_defaults)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if clip_mode(args):
+        p.set_defaults(**UNSET_IN_CLIP_MODE)
+        return p.parse_args(argv)
+    if not args.dev:
+        p.error("--dev is required when training on text only (or give --clips DIR to train on clips)")
+    for name in CLIP_OPTIONS:
+        delattr(args, name)
+    return args
 
 
 # ---------------------------------------------------------------- frozen bottom, tuned top
@@ -183,6 +216,9 @@ def headline(scores: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if hasattr(args, "clips"):               # the clip path: text, face and audio (train/retrain.py)
+        from .retrain import main as retrain_main
+        return retrain_main(args)
     t_start = time.time()
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -196,8 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     # -- data
-    train = load_text_split(args.train, args.context_turns, args.limit)
-    dev = load_text_split(args.dev, args.context_turns, args.dev_limit)
+    train = load_text_split(args.train, args.context_turns, args.limit, args.context_ahead)
+    dev = load_text_split(args.dev, args.context_turns, args.dev_limit, args.context_ahead)
     if not train.examples or not dev.examples:
         raise SystemExit(f"no labelled rows in {args.train if not train.examples else args.dev}")
     log(f"train: {len(train.examples)} examples ({len(train.skipped)} rows skipped), "
@@ -261,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     writer.add_text("args", json.dumps(vars(args), indent=2))
     rng = np.random.default_rng(args.seed)
     best = {"epoch": 0, "key": (-1.0, -1.0)}
+    average = WeightAverage({**{f"model.{n}": p for n, p in model.named_parameters()}, **trainable},
+                            args.ema) if args.ema else None
     history = []
     step = 0
     t_train = time.time()
@@ -283,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             optimizer.step()
             schedule.step()
+            if average:
+                average.update()
             step += 1
             seen, total_loss = seen + 1, total_loss + loss.item()
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
@@ -290,7 +330,10 @@ def main(argv: list[str] | None = None) -> dict:
             writer.add_scalar("train/loss_fused", loss_main.item(), step)
             writer.add_scalar("train/lr_encoder", schedule.get_last_lr()[-1], step)
 
-        emo, sen = predict_cached(encoder, tuned, model, dev_cache)
+        with average.applied() if average else contextlib.nullcontext():
+            emo, sen = predict_cached(encoder, tuned, model, dev_cache)
+            snapshot = {"model": copy.deepcopy(model.state_dict()),
+                        "tuned": {n: p.detach().clone() for n, p in trainable.items()}}
         dev_scores = score(dev, emo, sen)
         head = headline(dev_scores)
         history.append({"epoch": epoch, **head, "seconds": round(time.time() - t_train, 1)})
@@ -301,9 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"({time.time() - t_train:.0f} s)")
         key = (head["emotion_weighted_f1"], head["sentiment_weighted_f1"])
         if key > best["key"]:
-            best = {"epoch": epoch, "key": key, "scores": dev_scores,
-                    "model": copy.deepcopy(model.state_dict()),
-                    "tuned": {n: p.detach().clone() for n, p in trainable.items()}}
+            best = {"epoch": epoch, "key": key, "scores": dev_scores, **snapshot}
     writer.flush()
     train_seconds = time.time() - t_train
 
@@ -315,13 +356,16 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     text_state = {n: p.detach() for n, p in trainable.items()}
     card = ck.ModelCard(
-        name=args.name or f"meld-text-{args.text_model}-ctx{args.context_turns}",
+        name=args.name or (f"meld-text-{args.text_model}-ctx{args.context_turns}"
+                           + (f"+{args.context_ahead}" if args.context_ahead else "")),
         text_encoder={"name": args.text_model, "dim": encoder.dim, "context_turns": args.context_turns,
+                      "context_ahead": args.context_ahead,
                       "tuned": bool(text_state), "tuned_layers": list(range(n_layers - k, n_layers)),
                       "tuned_attention_layers": list(range(first, n_layers - k)),
                       "max_tokens": encoder.max_tokens,
                       "pooling": "mean over the utterance's own tokens (segment 0)",
-                      "context": "previous utterances of the same dialogue, most recent first, "
+                      "context": (f"the {args.context_ahead} following utterance(s), ' || ', then " if args.context_ahead
+                                  else "") + "previous utterances of the same dialogue, most recent first, "
                                  "joined by ' | ', as the second segment; no speaker names"},
         trained_modalities=["text"],
         data={"train": train.describe(), "dev": dev.describe(),

@@ -1,0 +1,38 @@
+"""The command-line options of the clip path (kept light: train.train imports this for its parser)."""
+
+from __future__ import annotations
+
+# options of the clip path only; the text-only path never sees them
+CLIP_OPTIONS = ("clips", "dev_clips", "feature_cache", "modalities", "patience", "holdout", "jobs")
+# text-path options whose defaults the clip path replaces when they are not given
+UNSET_IN_CLIP_MODE = {"epochs": None, "lr": None, "tune_layers": None, "context_turns": None, "context_ahead": None}
+SCRATCH = {"epochs": 30, "lr": 1e-3, "patience": 5, "tune_layers": 0, "context_turns": 3, "context_ahead": 0}
+# None: the --init checkpoint's own context
+FROM_INIT = {"epochs": 10, "lr": 3e-4, "patience": 3, "tune_layers": 0, "context_turns": None, "context_ahead": None}
+
+
+def add_clip_options(p) -> None:
+    """The options of the clip path, as a group of train.train's parser."""
+    clip = p.add_argument_group(
+        "training on clips (text, face and audio; train/retrain.py)",
+        "Unset options get the clip path's own defaults: 30 epochs, patience 5, lr 1e-3, frozen text "
+        "(--tune-layers 0), 3 previous utterances as context; with --init: 10 epochs, patience 3, lr 3e-4, "
+        "the checkpoint's context. --ema is not used on clips.")
+    clip.add_argument("--clips", default=None,
+                      help="folder of dia<D>_utt<U>.mp4 clips, or the MELD release folder; switches to the clip path")
+    clip.add_argument("--dev-clips", default=None, help="clips of --dev (default: from --clips or beside --dev)")
+    clip.add_argument("--feature-cache", default=None,
+                      help="feature cache folder (default $WORKBENCH_CACHE/features, else ~/.cache/emotion-workbench/features)")
+    clip.add_argument("--modalities", default="text,face,audio", help="modalities to train, comma-separated")
+    clip.add_argument("--patience", type=int, default=None,
+                      help="stop after this many epochs without a better dev emotion wF1")
+    clip.add_argument("--holdout", type=float, default=0.1, help="share of train held out as dev when --dev is absent")
+    clip.add_argument("--jobs", type=int, default=2, help="threads extracting clip features")
+
+
+def fill_defaults(args) -> None:
+    """Defaults of the clip path for options left unset (lower LR, fewer epochs with --init)."""
+    table = {**SCRATCH, **FROM_INIT} if args.init else SCRATCH
+    for key, value in table.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)

@@ -1,0 +1,197 @@
+"""Face and audio features of utterance clips, computed by the app's own code and cached on disk.
+
+A clip is one utterance, so it is read exactly as core.pipeline reads an utterance spanning
+[0, duration]: audio decoded once to 16 kHz mono (core.media.load_audio), its log-mel
+(core.encoders.log_mel) and whether it is silent (audio_is_silent); FACE_FRAMES frames spread
+across the clip (encoders.sample_times), read at the pipeline's FRAME_SIDE (core.media.read_frames)
+and passed through encoders.encode_faces. So training sees the features the app computes.
+
+The cache is keyed by the sha256 of the clip's bytes and FEATURE_VERSION (which names every
+setting that changes the features, and the face weights' digest): a renamed clip is a hit, a
+re-cut one is not. Entries are .npz files (numpy arrays only, read with allow_pickle=False) under
+--feature-cache, else $WORKBENCH_CACHE/features, else ~/.cache/emotion-workbench/features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from core import encoders, media
+from core.cache import file_digest
+from core.face import DEFAULT_WEIGHTS
+from core.pipeline import FRAME_SIDE
+from core.whisper_convert import CACHE_ENV, DEFAULT_CACHE
+
+FEATURE_SCHEMA = 1
+
+
+@lru_cache(maxsize=1)
+def feature_version() -> str:
+    """Every setting the features depend on, so a change never serves stale features."""
+    face = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:12] if DEFAULT_WEIGHTS.is_file() else "none"
+    return (f"clipfeat{FEATURE_SCHEMA}-sr{encoders.SAMPLE_RATE}-mel{encoders.N_MELS}x{encoders.MEL_STEPS}"
+            f"-fft{encoders.N_FFT}-hop{encoders.HOP_LENGTH}-rms{encoders.SILENCE_RMS:g}"
+            f"-face{encoders.FACE_FRAMES}@{FRAME_SIDE}-fer{face}")
+
+
+def default_root() -> Path:
+    """$WORKBENCH_CACHE/features, else ~/.cache/emotion-workbench/features."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else DEFAULT_CACHE).expanduser() / "features"
+
+
+@dataclass
+class ClipFeatures:
+    """The face and audio inputs of one clip, with what the pipeline's modality mask needs."""
+
+    face: np.ndarray             # [FACE_DIM] float32 (zeros when no face)
+    face_present: bool
+    mel: np.ndarray              # [N_MELS, MEL_STEPS] float32 (zeros when no audio track)
+    has_audio: bool
+    voiced: bool                 # not silent: the audio modality is present
+    duration: float
+    frames_with_face: int = 0
+    frames_seen: int = 0
+
+    @property
+    def audio_present(self) -> bool:
+        return self.has_audio and self.voiced
+
+
+def extract_clip(path: str | Path) -> ClipFeatures:
+    """Features of one utterance clip, the way core.pipeline computes them (MediaError if unreadable)."""
+    info = media.probe(path)
+    face = np.zeros(encoders.FACE_DIM, np.float32)
+    mel = np.zeros((encoders.N_MELS, encoders.MEL_STEPS), np.float32)
+    present, with_face, seen, voiced = False, 0, 0, False
+    if info.has_audio:
+        audio = media.load_audio(path)
+        segment = media.audio_segment(audio, 0.0, info.duration or len(audio) / media.SAMPLE_RATE)
+        mel = encoders.log_mel(segment).numpy().astype(np.float32)
+        voiced = not encoders.audio_is_silent(segment)
+    if info.has_video:
+        times = encoders.sample_times(0.0, info.duration, encoders.FACE_FRAMES)
+        result = encoders.encode_faces(media.read_frames(path, times, max_side=FRAME_SIDE))
+        present, with_face, seen = result.present, result.frames_with_face, result.frames_seen
+        face = result.vector.astype(np.float32)
+    return ClipFeatures(face, present, mel, info.has_audio, voiced, float(info.duration), with_face, seen)
+
+
+class FeatureCache:
+    """Content-keyed .npz files: key = sha256(feature_version + clip sha256)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root else default_root()
+        self.version = feature_version()
+
+    def path(self, digest: str) -> Path:
+        key = hashlib.sha256(f"{self.version}\n{digest}".encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.npz"
+
+    def load(self, digest: str) -> ClipFeatures | None:
+        path = self.path(digest)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return ClipFeatures(z["face"].astype(np.float32), bool(z["face_present"]),
+                                    z["mel"].astype(np.float32), bool(z["has_audio"]), bool(z["voiced"]),
+                                    float(z["duration"]), int(z["frames_with_face"]), int(z["frames_seen"]))
+        except (OSError, KeyError, ValueError):
+            return None                       # a damaged entry is extracted again
+
+    def store(self, digest: str, f: ClipFeatures) -> None:
+        path = self.path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                np.savez(out, face=f.face, face_present=f.face_present, mel=f.mel, has_audio=f.has_audio,
+                         voiced=f.voiced, duration=f.duration, frames_with_face=f.frames_with_face,
+                         frames_seen=f.frames_seen, version=np.str_(self.version))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+@dataclass
+class ExtractStats:
+    """What a feature pass did: clips asked for, cache hits, extractions, failures, speed."""
+
+    clips: int = 0
+    from_cache: int = 0
+    extracted: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)     # clip name -> one-line reason
+
+    @property
+    def clips_per_second(self) -> float:
+        return round(self.extracted / self.seconds, 2) if self.extracted and self.seconds > 0 else 0.0
+
+    def describe(self, cache: FeatureCache) -> dict:
+        return {"dir": str(cache.root), "version": cache.version, "clips": self.clips,
+                "from_cache": self.from_cache, "extracted": self.extracted, "failed": self.failed,
+                "extract_seconds": round(self.seconds, 1), "clips_per_second": self.clips_per_second}
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return (text[:160] or type(err).__name__) if isinstance(err, media.MediaError) \
+        else f"{type(err).__name__}: {text[:140]}"
+
+
+def clip_features(clips: dict[str, Path], cache: FeatureCache, jobs: int = 2,
+                  quiet: bool = False) -> tuple[dict[str, ClipFeatures], ExtractStats]:
+    """Features for {clip name: path}: from the cache when the content was seen, else extracted.
+
+    A clip that cannot be read is left out of the result and listed in stats.failures with its
+    reason. Identical files (same bytes) are extracted once.
+    """
+    from tqdm import tqdm
+    stats = ExtractStats(clips=len(clips))
+    out: dict[str, ClipFeatures] = {}
+    todo: dict[str, list[str]] = {}                     # content digest -> names
+    for name, path in clips.items():
+        try:
+            digest = file_digest(path)
+        except OSError as err:
+            stats.failures[name] = f"cannot be read: {err.strerror or err}"
+            continue
+        hit = cache.load(digest) if digest not in todo else None
+        if hit is not None:
+            out[name] = hit
+            stats.from_cache += 1
+        else:
+            todo.setdefault(digest, []).append(name)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(extract_clip, clips[names[0]]): (digest, names) for digest, names in todo.items()}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="extracting clip features",
+                           unit="clip", disable=quiet or not futures, file=sys.stderr):
+            digest, names = futures[future]
+            try:
+                feats = future.result()
+            except Exception as err:                    # one bad clip never stops the others
+                for name in names:
+                    stats.failures[name] = _one_line(err)
+                continue
+            cache.store(digest, feats)
+            stats.extracted += 1
+            stats.from_cache += len(names) - 1
+            for name in names:
+                out[name] = feats
+    stats.seconds = time.perf_counter() - t0
+    stats.failed = len(stats.failures)
+    return out, stats
