@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,8 @@ def batch_throughput(video: Path, count: int, jobs: int, folder: Path) -> tuple[
     """Wall seconds for `python -m core batch` on `count` copies, and how many succeeded."""
     videos = distinct_copies(video, count, folder / "batch_in")
     env = dict(os.environ, WORKBENCH_ANALYSIS_CACHE=str(folder / "batch_cache"))
+    for stale in ("batch_out", "batch_cache"):       # a reused --keep folder must not count old results
+        shutil.rmtree(folder / stale, ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "core", "batch", str(videos), "--out", str(folder / "batch_out"),
                            "--jobs", str(jobs)], capture_output=True, text=True, env=env)

@@ -7,6 +7,8 @@ MediaError with a one-line message; a file with no speech gives an Analysis whos
 
 from __future__ import annotations
 
+import copy
+
 import threading
 import time
 from contextlib import contextmanager
@@ -73,8 +75,9 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     if ckpt.text_state:   # a tuned encoder is the checkpoint's own copy, never the shared cached one
         models.text_encoder = encoders.apply_text_state(encoders.TextEncoder(text_cfg["name"]),
                                                         ckpt.text_state)
-    else:
-        models.text_encoder = encoders.load_text_encoder(text_cfg["name"])
+    else:                 # the cached encoder is shared by the process: move or halve only a copy of it
+        shared = encoders.load_text_encoder(text_cfg["name"])
+        models.text_encoder = shared if device == "cpu" else copy.deepcopy(shared)
     models.text_encoder.to(device)
     if device.startswith("cuda"):      # half precision where it is safe: the BERT encoder; fusion stays fp32
         models.text_encoder.half()

@@ -332,9 +332,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         with average.applied() if average else contextlib.nullcontext():
             emo, sen = predict_cached(encoder, tuned, model, dev_cache)
-            snapshot = {"model": copy.deepcopy(model.state_dict()),
+            dev_scores = score(dev, emo, sen)
+            key = (dev_scores["emotion"]["weighted_f1"], dev_scores["sentiment"]["weighted_f1"])
+            if key > best["key"]:            # copy the (averaged) weights only when they are the best yet
+                best = {"epoch": epoch, "key": key, "scores": dev_scores,
+                        "model": copy.deepcopy(model.state_dict()),
                         "tuned": {n: p.detach().clone() for n, p in trainable.items()}}
-        dev_scores = score(dev, emo, sen)
         head = headline(dev_scores)
         history.append({"epoch": epoch, **head, "seconds": round(time.time() - t_train, 1)})
         for key, value in head.items():
@@ -342,9 +345,6 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"epoch {epoch}: dev emotion wF1 {head['emotion_weighted_f1']:.2f} acc {head['emotion_accuracy']:.2f} | "
             f"sentiment wF1 {head['sentiment_weighted_f1']:.2f} acc {head['sentiment_accuracy']:.2f} "
             f"({time.time() - t_train:.0f} s)")
-        key = (head["emotion_weighted_f1"], head["sentiment_weighted_f1"])
-        if key > best["key"]:
-            best = {"epoch": epoch, "key": key, "scores": dev_scores, **snapshot}
     writer.flush()
     train_seconds = time.time() - t_train
 
