@@ -130,7 +130,7 @@ def card_markdown(entry: Entry | None, current: bool = False) -> str:
     if not f["metrics"]:
         lines.append("- **Metrics:** none recorded")
     for split, m in f["metrics"].items():
-        parts = [f"{label} {m[k]:.1f}" for k, label in (("emotion_weighted_f1", "emotion"),
+        parts = [f"{label} {m[k]:.2f}" for k, label in (("emotion_weighted_f1", "emotion"),
                                                          ("sentiment_weighted_f1", "sentiment")) if k in m]
         lines.append(f"- **{split.capitalize()} weighted F1:** {' · '.join(parts)}")
     if f["created"]:
