@@ -17,7 +17,7 @@ import pandas as pd
 
 from .limits import LimitError, Limits
 from .media import MediaError
-from .types import Analysis
+from .types import Analysis, error_line
 
 MEDIA_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".wav", ".mp3", ".m4a", ".ogg", ".flac"}
 CSV_COLUMNS = ["id", "start", "end", "text", "emotion", "emotion_confidence", "sentiment",
@@ -70,7 +70,7 @@ def _run_one(path: str, out_dir: str) -> BatchItem:
     except (MediaError, CheckpointError, TranscriptionError) as err:
         return BatchItem(path, False, str(err))
     except Exception as err:            # one file must never stop the batch
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        first = error_line(err) if str(err).strip() else ""
         return BatchItem(path, False, f"{type(err).__name__}: {first}".rstrip(": "))
     write_outputs(analysis, Path(out_dir) / Path(path).stem)
     return BatchItem(path, True, analysis.message or f"{len(analysis.utterances)} utterances")

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .types import Utterance
+from .types import Utterance, error_line
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
@@ -160,12 +160,7 @@ def _load_model(name: str, device: str):
     try:
         return _load_checkpoint(path, device)
     except Exception as err:
-        raise TranscriptionError(f"Cannot load Whisper checkpoint {path.name}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__
+        raise TranscriptionError(f"Cannot load Whisper checkpoint {path.name}: {error_line(err, 160)}") from None
 
 
 # --------------------------------------------------------------------------- voice activity
@@ -361,7 +356,7 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
                 windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
                 result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress)
     except Exception as err:
-        raise TranscriptionError(f"Whisper failed: {_first_line(err)}") from err
+        raise TranscriptionError(f"Whisper failed: {error_line(err, 160)}") from err
     gaps = _gaps(regions, duration)
     pieces = _pieces(result.get("segments") or [], gaps)
     utterances = []

@@ -125,3 +125,9 @@ class Analysis:
 
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
+
+
+def error_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (its type's name when empty), cut to `limit` characters."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -15,6 +15,7 @@ from typing import Any
 
 from core.checkpoint import (CARD_FILE, DEFAULT_CHECKPOINT, MODEL_FILE, PICKLE_SUFFIXES, CheckpointError,
                              ModelCard, read_card)
+from core.types import error_line
 
 SHIPPED = "shipped"
 GIVEN = "checkpoint"           # the key of a --checkpoint folder outside models/
@@ -146,7 +147,7 @@ def _entry(key: str, folder: Path, source: str) -> Entry:
     try:
         card = read_card(folder)
     except (CheckpointError, OSError) as err:
-        return Entry(key, folder, source, None, _first_line(err).replace(str(folder), folder.name))
+        return Entry(key, folder, source, None, error_line(err, 240).replace(str(folder), folder.name))
     if not (folder / MODEL_FILE).is_file():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
@@ -190,6 +191,3 @@ def _one_paragraph(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:240] if text else type(err).__name__

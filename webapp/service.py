@@ -12,6 +12,7 @@ from typing import Callable
 
 from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read_card
 from core.limits import Limits
+from core.types import error_line
 from core.pipeline import Models, analyze, load_models
 
 from . import checkpoints, export, importer, media_prep, paths
@@ -54,7 +55,7 @@ class ModelHolder:
                 try:
                     self._models = load_models(self.checkpoint)
                 except Exception as err:   # CheckpointError, TranscriptionError, a broken install
-                    self._error = _first_line(err)
+                    self._error = error_line(err)
             if self._error:
                 raise ModelError(f"The model could not be loaded: {self._error}")
             return self._models
@@ -69,7 +70,7 @@ class ModelHolder:
             try:
                 models = load_models(str(folder), **same)
             except Exception as err:       # CheckpointError, a text encoder not to be had offline
-                why = _first_line(err).replace(str(folder), Path(folder).name)
+                why = error_line(err).replace(str(folder), Path(folder).name)
                 raise ModelError(f"{Path(folder).name} could not be loaded, the model in use is kept: {why}") from None
             with self._lock:
                 self._models, self._error, self.checkpoint = models, "", str(folder)
@@ -225,11 +226,6 @@ class Workbench:
     def export_zip(self, session_id: str, progress: Progress | None = None) -> export.ZipReport:
         session = self.store.load(session_id)
         return export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _remove_tree(folder: Path) -> None:
