@@ -41,7 +41,7 @@ from . import fit_clips as fit
 from . import metrics
 from .clip_args import fill_defaults
 from .features import FeatureCache, clip_features
-from .train import frozen_states
+from .train import frozen_states, tune_setup
 
 SHOWN = 20                   # names printed per problem list (all are counted; the card keeps 50)
 
@@ -61,24 +61,6 @@ def _report(title: str, names: list[str]) -> None:
 def _texts(split: clipdata.ClipSplit) -> tuple[list[str], list[str]]:
     """Utterances and their contexts ("" = none: tokenised exactly as no context at all)."""
     return [e.text for e in split.examples], [e.context for e in split.examples]
-
-
-def _text_setup(encoder: TextEncoder, tune: int, attention: int):
-    """Freeze the encoder except its top `tune` layers (and the attention of `attention` below)."""
-    layers = encoder.bert.encoder.layer
-    n = len(layers)
-    k = max(0, min(tune, n))
-    a = max(0, min(attention, n - k)) if k else 0
-    first = n - k - a
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    tuned = layers[first:]
-    for j, layer in enumerate(tuned):
-        for p in (layer if first + j >= n - k else layer.attention).parameters():
-            p.requires_grad_(True)
-    trainable = {f"bert.encoder.layer.{first + j}.{name}": p for j, layer in enumerate(tuned)
-                 for name, p in layer.named_parameters() if p.requires_grad}
-    return first, tuned, trainable, list(range(n - k, n)), list(range(first, n - k))
 
 
 def _inputs(split, feats, encoder, first: int, tuned: bool, quiet: bool) -> fit.Inputs:
@@ -192,7 +174,7 @@ def _run(args, workdir: Path, log, t_start: float) -> dict:
     encoder = TextEncoder(name)
     if init:
         apply_text_state(encoder, init.text_state)
-    first, tuned, trainable, tuned_layers, attn_layers = _text_setup(encoder, args.tune_layers, args.tune_attention)
+    first, tuned, trainable, tuned_layers, attn_layers = tune_setup(encoder, args.tune_layers, args.tune_attention)
     t0 = time.time()
     train_in = _inputs(train, feats["train"], encoder, first, bool(trainable), args.quiet)
     dev_in = _inputs(dev, feats["dev"], encoder, first, bool(trainable), args.quiet)

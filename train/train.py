@@ -126,6 +126,28 @@ def run_layers(bert, hidden: torch.Tensor, attention_mask: torch.Tensor, layers)
     return hidden
 
 
+def tune_setup(encoder: TextEncoder, tune: int, attention: int):
+    """Freeze the encoder except its top `tune` layers and the self-attention of `attention` below.
+
+    Returns (first layer run in every step, those layers, the trainable tensors by state-dict name,
+    the fully tuned layer indices, the attention-only layer indices).
+    """
+    layers = encoder.bert.encoder.layer
+    n = len(layers)
+    k = max(0, min(tune, n))
+    a = max(0, min(attention, n - k))
+    first = n - k - a
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    tuned = layers[first:]
+    for j, layer in enumerate(tuned):
+        for p in (layer if first + j >= n - k else layer.attention).parameters():
+            p.requires_grad_(True)
+    trainable = {f"bert.encoder.layer.{first + j}.{name}": p for j, layer in enumerate(tuned)
+                 for name, p in layer.named_parameters() if p.requires_grad}
+    return first, tuned, trainable, list(range(n - k, n)), list(range(first, n - k))
+
+
 @torch.no_grad()
 def frozen_states(encoder: TextEncoder, examples: list[TextExample], n_frozen: int,
                   batch_size: int = 64, quiet: bool = False) -> list[dict]:
@@ -246,22 +268,11 @@ def main(argv: list[str] | None = None) -> dict:
         init = ck.load_checkpoint(args.init)
         model = init.model
         apply_text_state(encoder, init.text_state)
-    layers = encoder.bert.encoder.layer
-    n_layers = len(layers)
-    k = max(0, min(args.tune_layers, n_layers))
-    a = max(0, min(args.tune_attention, n_layers - k))
-    first = n_layers - k - a                      # layers [first:] run in every step
-    tuned = layers[first:]
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    for j, layer in enumerate(tuned):
-        block = layer if first + j >= n_layers - k else layer.attention
-        for p in block.parameters():
-            p.requires_grad_(True)
-    trainable = {f"bert.encoder.layer.{first + j}.{n}": p for j, layer in enumerate(tuned)
-                 for n, p in layer.named_parameters() if p.requires_grad}
+    first, tuned, trainable, tuned_layers, attention_layers = tune_setup(encoder, args.tune_layers,
+                                                                         args.tune_attention)
+    n_layers = len(encoder.bert.encoder.layer)
     log(f"fine-tuning {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M encoder parameters "
-        f"(layers {first}-{n_layers - 1}; attention only below {n_layers - k})")
+        f"(layers {first}-{n_layers - 1}; attention only in {attention_layers})")
 
     # -- the frozen bottom, once
     t0 = time.time()
@@ -360,8 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
                            + (f"+{args.context_ahead}" if args.context_ahead else "")),
         text_encoder={"name": args.text_model, "dim": encoder.dim, "context_turns": args.context_turns,
                       "context_ahead": args.context_ahead,
-                      "tuned": bool(text_state), "tuned_layers": list(range(n_layers - k, n_layers)),
-                      "tuned_attention_layers": list(range(first, n_layers - k)),
+                      "tuned": bool(text_state), "tuned_layers": tuned_layers,
+                      "tuned_attention_layers": attention_layers,
                       "max_tokens": encoder.max_tokens,
                       "pooling": "mean over the utterance's own tokens (segment 0)",
                       "context": (f"the {args.context_ahead} following utterance(s), ' || ', then " if args.context_ahead
