@@ -4,9 +4,13 @@ Sessions, uploads and exports live in the data folder (`--data`, else $WORKBENCH
 On a Hugging Face Space this file is the app_file; the GPU is used when there is one.
 Limits: `--max-upload-mb`, `--max-seconds` (else $WORKBENCH_MAX_UPLOAD_MB, $WORKBENCH_MAX_SECONDS);
 login: `--auth user:pass[,user2:pass2]` or `--auth @FILE` (else $WORKBENCH_AUTH); analyses per hour
-per user: `--rate-per-hour N` (else $WORKBENCH_RATE_PER_HOUR, else 30; 0 = no limit). Checkpoints
-copied into the data folder's `models/` can be picked in the app ("Model"). See README,
-"Security and limits".
+per user: `--rate-per-hour N` (else $WORKBENCH_RATE_PER_HOUR, else 30; 0 = no limit; model switches
+count too). Checkpoints copied into the data folder's `models/` can be picked in the app ("Model", or
+the API's /use_model); a pick changes the model of every user, so `--allow-model-switch {auto,yes,no}`
+(else $WORKBENCH_MODEL_SWITCH, else auto) says who may: auto allows it when the server is reachable
+from this machine only (--host 127.0.0.1, localhost or ::1, no share link) or requires a login
+(--auth), and refuses it otherwise (e.g. --host 0.0.0.0 without --auth, as on a public Space: the
+checkpoints and their cards are still shown). See README, "Security and limits".
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import os
 
 from core.media import ensure_ffmpeg_on_path
+from webapp.switch_policy import MODES, decide, mode_from_env
 
 
 def main() -> None:
@@ -32,8 +37,12 @@ def main() -> None:
                         help="require a login: user:pass[,user2:pass2] or @FILE with one user:pass a line "
                              "(default: $WORKBENCH_AUTH; none)")
     parser.add_argument("--rate-per-hour", type=int, default=None,
-                        help="analyses per hour per user (login, else IP address), 0 = no limit "
-                             "(default: $WORKBENCH_RATE_PER_HOUR or 30)")
+                        help="analyses (and model switches) per hour per user (login, else IP address), "
+                             "0 = no limit (default: $WORKBENCH_RATE_PER_HOUR or 30)")
+    parser.add_argument("--allow-model-switch", choices=MODES, default=None,
+                        help="may visitors switch the server's model (for every user)? auto: only when "
+                             "the server is local (127.0.0.1, localhost, ::1) or --auth is set; yes; no "
+                             "(default: $WORKBENCH_MODEL_SWITCH or auto)")
     parser.add_argument("--no-preload", action="store_true",
                         default=os.environ.get("WORKBENCH_PRELOAD", "1").strip() in ("0", "false", "no"),
                         help="load the models on the first analysis, not at start ($WORKBENCH_PRELOAD=0)")
@@ -44,6 +53,8 @@ def main() -> None:
     try:
         limits = Limits.from_env(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
         rate = RateLimiter.from_env(args.rate_per_hour)
+        shared = os.environ.get("GRADIO_SHARE", "").strip().lower() == "true"   # as launch() reads it
+        model_switch = decide(mode_from_env(args.allow_model_switch), args.host, bool(args.auth), shared)
     except ValueError as err:
         parser.error(str(err))
     if args.checkpoint:
@@ -56,11 +67,12 @@ def main() -> None:
     ensure_ffmpeg_on_path()
     from webapp.service import ModelHolder, Workbench
     from webapp.ui import build_app, launch_kwargs
-    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate)
+    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch)
     try:
         kwargs = launch_kwargs(workbench, args.auth)
     except ValueError as err:
         parser.error(f"--auth: {err}")
+    print(f"Model switching: {'allowed' if model_switch.allowed else 'off'} ({model_switch.why})")
     if not args.no_preload:
         workbench.holder.warm_up()
     demo = build_app(workbench)

@@ -1,13 +1,21 @@
 """The model picker (issue #5): the shipped checkpoint and every checkpoint folder copied into the
 data folder's models/ are listed with their cards; picking one makes the next analysis use it
 (sessions analysed before keep theirs); a broken folder is listed with its problem and picking it
-keeps the model in use. Through the Workbench, the page's handlers and gradio_client."""
+keeps the model in use. Through the Workbench, the page's handlers and gradio_client.
+
+Who may switch (--allow-model-switch, switch_policy.py): the decision for each case; when it is off,
+the page shows the cards read-only and /use_model answers one line, the model in use unchanged; an
+allowed switch counts against the per-user rate limit. These use stand-in models (no weights loaded)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +23,9 @@ from core import checkpoint as ck
 from core.checkpoint import save_checkpoint, untrained
 from core.model import ModelConfig
 from webapp import checkpoints
-from webapp.service import ModelError, ModelHolder, Workbench
+from webapp import switch_policy as sp
+from webapp.ratelimit import RateLimited, RateLimiter
+from webapp.service import ModelError, ModelHolder, SwitchRefused, Workbench
 
 TINY = "tiny-retrained"
 
@@ -174,5 +184,151 @@ def test_api_lists_and_switches_models(models, shared_data, talking_video):
         assert [m["key"] for m in client.predict(api_name="/models") if m["current"]] == ["models/tiny"]
         session_id, rows = client.predict(handle_file(str(talking_video)), api_name="/analyze")
         assert rows and server_wb.store.load(session_id).model["name"] == TINY
+    finally:
+        demo.close()
+
+
+# ------------------------------------------------------------------ who may switch (no weights loaded)
+
+@pytest.mark.parametrize("mode, host, auth, shared, allowed", [
+    ("auto", "127.0.0.1", False, False, True),
+    ("auto", "localhost", False, False, True),
+    ("auto", "LocalHost ", False, False, True),
+    ("auto", "::1", False, False, True),
+    ("auto", "[::1]", False, False, True),
+    ("auto", "0.0.0.0", False, False, False),          # a public Space
+    ("auto", "::", False, False, False),
+    ("auto", "192.168.1.20", False, False, False),
+    ("auto", "", False, False, False),                 # not known to be local
+    ("auto", None, False, False, False),
+    ("auto", "0.0.0.0", True, False, True),            # visitors must log in
+    ("auto", "127.0.0.1", False, True, False),         # a share link makes a local server public
+    ("auto", "127.0.0.1", True, True, True),
+    ("yes", "0.0.0.0", False, False, True),
+    ("no", "127.0.0.1", True, False, False),
+])
+def test_switch_policy(mode, host, auth, shared, allowed):
+    policy = sp.decide(mode, host, auth, shared)
+    assert policy.allowed is allowed and policy.why
+    if allowed:
+        assert policy.refusal == ""
+    else:
+        assert policy.refusal.startswith("Switching models is off on this server (") and "\n" not in policy.refusal
+
+
+def test_switch_policy_texts_and_configuration(monkeypatch):
+    public = sp.decide("auto", "0.0.0.0", auth=False)
+    assert public.refusal == ("Switching models is off on this server (public, no --auth): "
+                              "start it with --allow-model-switch yes")
+    assert sp.decide("no", "127.0.0.1", auth=False).refusal == \
+        "Switching models is off on this server (--allow-model-switch no)"
+    monkeypatch.delenv(sp.ENV, raising=False)
+    assert sp.mode_from_env() == "auto"
+    monkeypatch.setenv(sp.ENV, " NO ")
+    assert sp.mode_from_env() == "no" and sp.mode_from_env("yes") == "yes"     # the flag wins
+    monkeypatch.setenv(sp.ENV, "maybe")
+    with pytest.raises(ValueError, match=sp.ENV):
+        sp.mode_from_env()
+    with pytest.raises(ValueError, match="auto, yes, no"):
+        sp.decide("sometimes", "127.0.0.1", auth=False)
+
+
+def test_app_refuses_a_bad_setting_before_starting():
+    env = {**os.environ, sp.ENV: "maybe"}
+    proc = subprocess.run([sys.executable, "app.py"], cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"${sp.ENV}='maybe' is not one of auto, yes, no" in proc.stderr
+
+
+def stand_in(folder: Path = ck.DEFAULT_CHECKPOINT) -> SimpleNamespace:
+    """What ModelHolder needs of loaded models, without loading any weights."""
+    return SimpleNamespace(card=ck.read_card(folder), whisper_name="base", language="en", device="cpu")
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """A switch "loads" stand-ins; `loaded` lists the folders asked for."""
+    loaded: list[str] = []
+    def fake_load(folder, **kwargs):
+        loaded.append(Path(folder).name)
+        return stand_in(Path(folder))
+    monkeypatch.setattr("webapp.service.load_models", fake_load)
+    return loaded
+
+
+PUBLIC = sp.decide("auto", "0.0.0.0", auth=False)
+ANN = SimpleNamespace(username=None, client=SimpleNamespace(host="203.0.113.1"), session_hash="s1")
+
+
+def test_workbench_refuses_a_switch_when_off_and_counts_one_when_on(shared_data, no_loading):
+    wb = Workbench(ModelHolder(models=stand_in()), shared_data, rate=RateLimiter(1), model_switch=PUBLIC)
+    before = wb.holder.get()
+    for _ in range(3):                                   # refused ones are not counted
+        with pytest.raises(SwitchRefused, match="public, no --auth"):
+            wb.use_model("models/tiny", user="ip:203.0.113.1")
+    assert wb.holder.get() is before and wb.current_model() == "shipped" and no_loading == []
+    wb.model_switch = sp.decide("yes", "0.0.0.0", auth=False)
+    assert wb.use_model("models/tiny", user="ip:203.0.113.1").key == "models/tiny"
+    with pytest.raises(RateLimited, match="Rate limit reached"):
+        wb.use_model("shipped", user="ip:203.0.113.1")   # counted before any loading
+    assert no_loading == ["tiny"] and wb.current_model() == "models/tiny"
+    wb.use_model("shipped", user="ip:203.0.113.2")       # another user: unaffected
+    assert wb.current_model() == "shipped"
+
+
+def test_page_handler_is_read_only_when_switching_is_off(shared_data, no_loading):
+    from webapp.model_picker import Picker, PickerHandlers
+    wb = Workbench(ModelHolder(models=stand_in()), shared_data, model_switch=PUBLIC)
+    before = wb.holder.get()
+    h = PickerHandlers(wb, Picker("choice", "refresh", "card", "status"), "banner")
+    loaded = h.on_load()
+    assert "read-only" in loaded["choice"]["label"] and "Switching models is off" in loaded["status"]
+    assert [key for _, key in loaded["choice"]["choices"]][:1] == ["shipped"]
+    out = h.select("models/tiny", None, lambda *a, **k: None, ANN)
+    assert out["choice"]["value"] == "shipped" and "read-only" in out["choice"]["label"]
+    assert TINY in out["card"] and "in use" not in out["card"]          # its card, shown
+    note = out["status"].splitlines()[0]
+    assert "Switching models is off on this server (public, no --auth)" in note
+    assert "--allow-model-switch yes" in note and "banner" not in out
+    assert wb.holder.get() is before and wb.current_model() == "shipped" and no_loading == []
+
+
+@pytest.mark.filterwarnings("ignore:Rate limit reached:UserWarning")
+def test_page_handler_switch_counts_against_the_rate_limit(shared_data, no_loading):
+    from webapp.model_picker import Picker, PickerHandlers
+    wb = Workbench(ModelHolder(models=stand_in()), shared_data, rate=RateLimiter(1))
+    h = PickerHandlers(wb, Picker("choice", "refresh", "card", "status"), "banner")
+    progress = lambda *a, **k: None
+    out = h.select("models/tiny", None, progress, ANN)
+    assert out["choice"]["value"] == "models/tiny" and "Switched" in out["status"]
+    assert "a switch counts as one" in out["status"] and "Checkpoint used" in out["choice"]["label"]
+    out = h.select("shipped", None, progress, ANN)
+    assert out["choice"]["value"] == "models/tiny" and "Rate limit reached" in out["status"]
+    assert "banner" not in out and wb.current_model() == "models/tiny" and no_loading == ["tiny"]
+
+
+def test_api_use_model_refused_when_off_allowed_when_on(shared_data, no_loading):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from tests.serving import start_workbench
+    models = stand_in()
+    demo, server_wb = start_workbench(models, shared_data)
+    server_wb.model_switch, server_wb.rate = PUBLIC, RateLimiter(1)
+    try:
+        ann = Client(demo.local_url, verbose=False, headers={"X-Forwarded-For": "203.0.113.1"})
+        with pytest.raises(AppError) as err:
+            ann.predict("models/tiny", api_name="/use_model")
+        message = str(err.value)
+        assert "Switching models is off on this server (public, no --auth)" in message
+        assert "Traceback" not in message and "\n" not in message.strip()
+        assert server_wb.holder.get() is models and no_loading == []
+        assert [m["key"] for m in ann.predict(api_name="/models") if m["current"]] == ["shipped"]
+
+        server_wb.model_switch = sp.decide("auto", "0.0.0.0", auth=True)
+        now = ann.predict("models/tiny", api_name="/use_model")
+        assert now["key"] == "models/tiny" and now["current"] and no_loading == ["tiny"]
+        with pytest.raises(AppError, match="Rate limit reached"):
+            ann.predict("shipped", api_name="/use_model")
+        assert server_wb.current_model() == "models/tiny"
     finally:
         demo.close()

@@ -15,7 +15,9 @@
 
 `utterance_id` is the row's position (its Utterance_ID in the export), from 0. `key` is a checkpoint's
 key from models() ("shipped", "models/NAME", "checkpoint"); a broken one raises an error and the model
-in use is kept. analyze is counted against the per-user rate limit (an error when over it).
+in use is kept. use_model changes the model of every user, so it raises an error (one line, the model
+in use kept) when the server refuses switching (`--allow-model-switch`: by default on a public server
+without --auth). analyze and use_model are counted against the per-user rate limit (an error when over).
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def mount(wb: Workbench) -> None:
         current = wb.current_model(entries)
         return [e.to_dict(current=e.key == current) for e in entries]
 
-    def use_model(key):
-        """Use the checkpoint `key` (from /models) for the next analyses; its card."""
-        return wb.use_model(key).to_dict(current=True)
+    def use_model(key, request: gr.Request = None):
+        """Use the checkpoint `key` (from /models) for the next analyses of every user; its card.
+        Refused when the server does not allow switching (see --allow-model-switch)."""
+        return wb.use_model(key, user=client_key(request)).to_dict(current=True)
 
     endpoints = [
         (analyze, [media], [sid, rows]),

@@ -1,7 +1,12 @@
 """The "Model" accordion: pick the checkpoint used for the next analyses, read its card, re-scan
 the models folder. Layout (build) and its handlers; the listing is checkpoints.py, the loading
 ModelHolder.switch. The model is the server's: a switch applies to every user's next analysis,
-and sessions analysed before keep their predictions (each says which model made it)."""
+and sessions analysed before keep their predictions (each says which model made it).
+
+When the server refuses switching (`wb.model_switch`, from --allow-model-switch; by default on a
+public server without --auth) the accordion is read-only: the checkpoints are listed and picking
+one shows its card with one line saying why it is not switched. An allowed switch counts against
+the per-user rate limit, like an analysis."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from . import checkpoints, views
+from .ratelimit import RateLimited, client_key
 from .service import ModelError, Workbench
 
 
@@ -31,8 +37,7 @@ def build(wb: Workbench) -> Picker:
     with gr.Accordion("Model", open=False, elem_id="model-box"):
         with gr.Row(equal_height=True):
             choice = gr.Dropdown(choices=choices(entries), value=current, interactive=True, scale=4,
-                                 label="Checkpoint used for the next analyses (of every user of this server)",
-                                 elem_id="model-pick")
+                                 label=choice_label(wb), elem_id="model-pick")
             refresh = gr.Button("↻ Re-scan models folder", scale=0, min_width=180, elem_id="model-refresh")
         status = gr.Markdown(status_text(wb, entries, current), elem_id="model-status")
         card = gr.Markdown(checkpoints.card_markdown(checkpoints.find(entries, current), current=True),
@@ -47,10 +52,21 @@ def choices(entries: list[checkpoints.Entry]) -> list[tuple[str, str]]:
     return [(e.label, e.key) for e in entries]
 
 
+def choice_label(wb: Workbench) -> str:
+    """The dropdown's label: what picking does on this server."""
+    if wb.model_switch.allowed:
+        return "Checkpoint used for the next analyses (of every user of this server)"
+    return "Checkpoints (read-only: switching models is off on this server; pick one to read its card)"
+
+
 def status_text(wb: Workbench, entries: list[checkpoints.Entry], current: str | None, note: str = "") -> str:
     name = wb.holder.summary().get("name", "?")
     where = f" (`{current}`)" if current else " (not in this list)"
-    text = f"**In use:** {name}{where} · {len(entries)} checkpoint(s) listed · {wb.rate.describe()}"
+    counted = wb.rate.enabled and wb.model_switch.allowed
+    rate = wb.rate.describe() + (" (a switch counts as one)" if counted else "")
+    text = f"**In use:** {name}{where} · {len(entries)} checkpoint(s) listed · {rate}"
+    if not wb.model_switch.allowed and not note:
+        text += f"  \n{wb.model_switch.refusal}."
     return f"{note}  \n{text}" if note else text
 
 
@@ -79,19 +95,22 @@ class PickerHandlers:
         current = self.wb.current_model(entries)
         return self._render(entries, current, current)
 
-    def select(self, key: str | None, session_id: str | None = None, progress=gr.Progress()) -> dict:
-        """Show the chosen checkpoint's card and use it for the next analyses (a broken one: say
-        why and keep the model in use)."""
+    def select(self, key: str | None, session_id: str | None = None, progress=gr.Progress(),
+               request: gr.Request = None) -> dict:
+        """Show the chosen checkpoint's card and use it for the next analyses (switching off on this
+        server, a broken checkpoint, over the rate limit: say why in one line, keep the model in use)."""
         entries = self.wb.checkpoints()
         current = self.wb.current_model(entries)
         if not key or key == current:
             return self._render(entries, current, current)
+        if not self.wb.model_switch.allowed:
+            return self._render(entries, current, key, note=f"🔒 {self.wb.model_switch.refusal}.")
         entry = checkpoints.find(entries, key)
         name = entry.card.name if entry and entry.card else key
         progress(0.1, desc=f"loading {name}")
         try:
-            self.wb.use_model(key)
-        except ModelError as err:
+            self.wb.use_model(key, user=client_key(request))
+        except (ModelError, RateLimited) as err:
             gr.Warning(str(err))
             return self._render(entries, current, key, note=f"⚠ {err}")
         gr.Info(f"The next analyses use {name}.")
@@ -102,7 +121,8 @@ class PickerHandlers:
     def _render(self, entries: list[checkpoints.Entry], current: str | None, shown: str | None,
                 note: str = "") -> dict:
         entry = checkpoints.find(entries, shown)
-        return {self.p.choice: gr.update(choices=choices(entries), value=current),
+        return {self.p.choice: gr.update(choices=choices(entries), value=current,
+                                         label=choice_label(self.wb)),
                 self.p.card: checkpoints.card_markdown(entry, current=shown == current),
                 self.p.status: status_text(self.wb, entries, current, note)}
 

@@ -1,9 +1,11 @@
-"""Per-user rate limit on analyses: at most N in any sliding hour, per user.
+"""Per-user rate limit on analyses and model switches (one shared count): at most N in any sliding
+hour, per user.
 
 The user is the login name when the app has one, else the client's IP address as uvicorn reports
 it (behind a reverse proxy, uvicorn takes it from X-Forwarded-For when the proxy's address is in
 $FORWARDED_ALLOW_IPS; 127.0.0.1 is trusted by default), else the Gradio session. The check is made
-before any file is read, so an over-limit request costs nothing and other users are unaffected.
+before any file is read or checkpoint loaded, so an over-limit request costs nothing and other users
+are unaffected.
 `0` switches the limit off.
 """
 

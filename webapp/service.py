@@ -1,7 +1,9 @@
 """The workbench's operations, shared by the page and the API: analyse, import, edit, undo, export.
 
 Nothing here knows about Gradio components; errors are one-line exceptions (MediaError,
-MeldFormatError, EditError, StoreError, PathError) that the UI turns into messages.
+MeldFormatError, EditError, StoreError, PathError, ModelError, RateLimited) that the UI turns into
+messages. Switching the server's model obeys `model_switch` (switch_policy.py: refused on a public
+server without a login unless --allow-model-switch yes) and counts against the per-user rate limit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from . import checkpoints, export, importer, media_prep, paths
 from .ratelimit import RateLimiter
 from .session import Session, from_analysis, vtt_text
 from .store import Store
+from .switch_policy import ALLOWED, SwitchPolicy
 
 Progress = Callable[[float, str], None]
 MODELS_FOLDER = "models"      # checkpoints copied here (a folder each) are offered by the picker
@@ -26,6 +29,10 @@ MODELS_FOLDER = "models"      # checkpoints copied here (a folder each) are offe
 
 class ModelError(RuntimeError):
     """The models could not be loaded; one line."""
+
+
+class SwitchRefused(ModelError):
+    """Switching models is off on this server (switch_policy); one line, the model in use is kept."""
 
 
 class ModelHolder:
@@ -99,10 +106,11 @@ class ModelHolder:
 
 class Workbench:
     def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None,
-                 rate: RateLimiter | None = None):
+                 rate: RateLimiter | None = None, model_switch: SwitchPolicy | None = None):
         self.holder = holder
         self.limits = limits or Limits.from_env()
         self.rate = rate or RateLimiter(0)      # no limit unless given one (app.py gives one)
+        self.model_switch = model_switch or ALLOWED     # app.py decides from --allow-model-switch
         self.root = Path(root).resolve() if root else paths.data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.models_dir = self.root / MODELS_FOLDER
@@ -120,8 +128,13 @@ class Workbench:
         return checkpoints.current_key(self.checkpoints() if entries is None else entries,
                                        self.holder.folder, self.holder.summary())
 
-    def use_model(self, key: str) -> checkpoints.Entry:
-        """Switch to the listed checkpoint `key` for the next analyses (ModelError: the current is kept)."""
+    def use_model(self, key: str, user: str | None = None) -> checkpoints.Entry:
+        """Switch to the listed checkpoint `key` for the next analyses (ModelError: the current is
+        kept). Refused first when switching is off (SwitchRefused), then `user` (ratelimit.client_key)
+        is counted against the rate limit like an analysis (RateLimited when over)."""
+        if not self.model_switch.allowed:
+            raise SwitchRefused(self.model_switch.refusal)
+        self.rate.check(user)
         entries = self.checkpoints()
         entry = checkpoints.find(entries, key)
         if entry is None:
