@@ -8,11 +8,16 @@ alignment reuses the encoder's output. A window whose text looks wrong (too repe
 improbable) is decoded again by sampling at rising temperatures, as openai-whisper does. The
 segments come back in openai-whisper's format ("seek", "start", "end", "text", "tokens", "words",
 "avg_logprob", "no_speech_prob", ...), times in seconds from the start of the audio.
+
+On a CPU the decoder runs in dynamic int8 (speed_up_decoder; $WORKBENCH_WHISPER_INT8=0 keeps it
+fp32): decoding steps are memory-bound there, and the benchmark's transcript is word for word the
+same as in fp32 (bench.py prints the word error rate beside the time).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import types
 from dataclasses import dataclass
 
@@ -31,6 +36,7 @@ BATCH_CUDA = 16
 COMPRESSION_RATIO_THRESHOLD = 2.4   # openai-whisper's defaults for retrying a window
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
+INT8_ENV = "WORKBENCH_WHISPER_INT8"   # "0": keep the CPU decoder in fp32
 
 
 @dataclass
@@ -95,26 +101,78 @@ class _Aligner:
 
 
 def _decoder_forward(self, x: torch.Tensor, xa: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
-    """openai-whisper's TextDecoder.forward with the output projection read from a contiguous copy."""
+    """openai-whisper's TextDecoder.forward with the output projection done by `self.logits`."""
     offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
     x = self.token_embedding(x) + self.positional_embedding[offset: offset + x.shape[-1]]
     x = x.to(xa.dtype)
     for block in self.blocks:
         x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
-    x = self.ln(x)
-    b, t, d = x.shape
-    return torch.mm(x.reshape(b * t, d), self.logits_weight).reshape(b, t, -1).float()
+    return self.logits(self.ln(x)).float()
 
 
-def speed_up_decoder(model) -> None:
-    """On CPU, keep the tied output projection transposed and contiguous (about 100 MB for base):
-    each decoding step multiplies by it, and the transposed view costs 20-40 % of the step there."""
+class _Logits(torch.nn.Module):
+    """The tied output projection, transposed and contiguous once (about 100 MB for base): read
+    through a transposed view, it cost 20-40 % of each decoding step on a CPU."""
+
+    def __init__(self, embedding: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight_t", embedding.detach().t().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return torch.mm(x.reshape(b * t, d), self.weight_t).reshape(b, t, -1)
+
+
+def _plain_linears(module: torch.nn.Module) -> None:
+    """Swap whisper's Linear subclass for torch's own (what dynamic quantisation recognises)."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.Linear) and type(child) is not torch.nn.Linear:
+            plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain)
+        else:
+            _plain_linears(child)
+
+
+def _int8_decoder(decoder) -> bool:
+    """Dynamic int8 quantisation of the decoder's linear layers and its output projection (weights
+    int8 per tensor, activations quantised on the fly). Decoding is memory-bound on a CPU, so
+    this makes it about 1.5x faster; the encoder stays fp32. False if torch lacks it."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        return False
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # torch.ao.quantization warns that it will move to torchao
+        _plain_linears(decoder.blocks)
+        quantize_dynamic(decoder.blocks, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        weight = decoder.token_embedding.weight
+        projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        projection.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+        decoder.logits = quantize_dynamic(torch.nn.Sequential(projection), {torch.nn.Linear},
+                                          dtype=torch.qint8)
+    return True
+
+
+def speed_up_decoder(model, int8: bool | None = None) -> str:
+    """On a CPU: an int8 decoder (unless `int8` is False or $WORKBENCH_WHISPER_INT8=0), else an
+    fp32 one with a contiguous output projection. Returns the decoder's precision ("int8",
+    "fp32"); a GPU model is left as it is ("fp16" there)."""
     decoder = model.decoder
-    if model.device.type != "cpu" or hasattr(decoder, "logits_weight"):
-        return
-    decoder.register_buffer("logits_weight", decoder.token_embedding.weight.detach().t().contiguous(),
-                            persistent=False)
+    if model.device.type != "cpu":
+        return "fp16"
+    if hasattr(decoder, "logits"):
+        return decoder.precision
+    if int8 is None:
+        int8 = os.environ.get(INT8_ENV, "1").strip().lower() not in ("0", "false", "no")
+    if int8 and _int8_decoder(decoder):
+        decoder.precision = "int8"
+    else:
+        decoder.logits = _Logits(decoder.token_embedding.weight)
+        decoder.precision = "fp32"
     decoder.forward = types.MethodType(_decoder_forward, decoder)
+    return decoder.precision
 
 
 def _needs_retry(result) -> bool:

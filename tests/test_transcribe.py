@@ -313,18 +313,45 @@ def test_fp16_and_bigger_batches_only_on_a_gpu():
     assert wb.precision("cuda") == (torch.float16, wb.BATCH_CUDA)
 
 
-def test_cpu_decoder_reads_a_contiguous_output_projection(model):
-    """The CPU speed-up keeps the decoder's logits equal to openai-whisper's own computation."""
-    decoder = model.decoder
-    assert decoder.logits_weight.is_contiguous()
-    assert "logits_weight" not in model.state_dict()             # a cache, never saved
+@pytest.fixture(scope="module")
+def fp32_model():
+    """A second copy of Whisper base with the fp32 CPU decoder (not the cached int8 one)."""
+    fresh = tr._load_model("base", "cpu")
+    assert wb.speed_up_decoder(fresh, int8=False) == "fp32"
+    return fresh
+
+
+def test_fp32_cpu_decoder_reads_a_contiguous_output_projection(fp32_model):
+    """The fp32 speed-up keeps the decoder's logits equal to openai-whisper's own computation."""
+    decoder = fp32_model.decoder
+    assert decoder.logits.weight_t.is_contiguous()
+    assert not any("weight_t" in k for k in fp32_model.state_dict())      # a cache, never saved
     tokens = torch.tensor([[50258, 50259, 50359]])
-    features = torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state)
+    features = torch.randn(1, fp32_model.dims.n_audio_ctx, fp32_model.dims.n_audio_state)
     with torch.no_grad():
         ours = decoder(tokens, features)
         x = decoder.ln(_blocks(decoder, tokens, features))
         theirs = (x @ decoder.token_embedding.weight.T).float()
     assert torch.allclose(ours, theirs, atol=1e-3)
+
+
+def test_int8_cpu_decoder_hears_the_same_words_as_fp32(model, fp32_model, tmp_path):
+    """The default CPU decoder is int8 (faster); on speech it gives fp32's words and boundaries."""
+    if not mediagen.have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    assert model.decoder.precision == "int8"
+    wav, _ = mediagen.speech_with_pauses(SENTENCES, tmp_path / "speech.wav", pause=1.0)
+    audio = _decode(wav)
+    int8, fp32 = tr.transcribe(audio, model), tr.transcribe(audio, fp32_model)
+    assert [u.text for u in int8] == [u.text for u in fp32]
+    for a, b in zip(int8, fp32):
+        assert abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
+
+
+def test_int8_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(wb.INT8_ENV, "0")
+    fresh = tr._load_model("base", "cpu")
+    assert wb.speed_up_decoder(fresh) == "fp32" and wb.speed_up_decoder(fresh) == "fp32"
 
 
 def _blocks(decoder, tokens, features):
