@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from core.media import cut_clip
     from core.pipeline import STAGES, analyze, load_models
-    from core.transcribe import word_error_rate
+    from core.transcribe import load_whisper, word_error_rate
 
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = f" ({torch.cuda.get_device_name(0)})" if models.device.startswith("cuda") else ""
     print(f"\ndevice: {models.device}{gpu}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
-    print(f"model load (once per process): {load_s:6.2f} s")
+    print(f"model load (once per process): {load_s:6.2f} s; Whisper decoder: "
+          f"{getattr(load_whisper(device=models.device).decoder, 'precision', '?')}")
     print(f"{'stage':<12}{'seconds':>9}")
     for stage in STAGES:
         print(f"{stage:<12}{result.timings.get(stage, 0.0):>9.2f}")
+    if "face_grid" in result.timings:
+        print(f"  (faces found during transcription, in a background thread: {result.timings['face_grid']:.2f} s; "
+              "the face row is what was left after it)")
     print(f"{'total':<12}{total:>9.2f}")
     print(f"video seconds {result.media.duration:.1f}, real-time factor {total / result.media.duration:.3f}")
     print(f"utterances {len(result.utterances)}, WER {100 * word_error_rate(spoken, heard):.1f} %")

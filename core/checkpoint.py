@@ -46,6 +46,7 @@ class ModelCard:
     model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
     text_encoder: dict[str, Any] = field(default_factory=lambda: {
         "name": "minilm", "dim": 384, "context_turns": 0, "tuned": False})
+    video_encoder: dict[str, Any] = field(default_factory=dict)   # R3D-18 weights the video branch learned on
     trained_modalities: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

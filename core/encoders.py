@@ -6,7 +6,8 @@ text  - a BERT-family encoder (default: the all-MiniLM-L6-v2 copy that ships ins
 face  - core.face: Haar face detection + the FER2013 mini-Xception, pooled over frames sampled
         across the whole utterance (7 probabilities + a 128-d feature);
 audio - a 64-band log-mel of 300 steps (the trainable Conv1D encoder lives in core.model);
-video - R3D-18 (torchvision), only with real Kinetics weights; it refuses at random init.
+video - R3D-18 (torchvision), only with real Kinetics weights (a safetensors file offline, or
+        torchvision's download online); it refuses to run at random initialisation.
 """
 
 from __future__ import annotations
@@ -227,7 +228,16 @@ class FaceFeatures:
 def encode_faces(frames: np.ndarray, device: str = "cpu") -> FaceFeatures:
     """Run the face-expression net (on `device`) on an utterance's frames and pool over time."""
     from .face import analyze_faces, load_face_net
-    result = analyze_faces(frames, load_face_net(device=device))
+    return _face_features(analyze_faces(frames, load_face_net(device=device)))
+
+
+def encode_face_crops(crops: list[np.ndarray], frames_seen: int, device: str = "cpu") -> FaceFeatures:
+    """encode_faces for faces already found and cropped (core.face_grid): one crop per frame with a face."""
+    from .face import load_face_net, pool_crops
+    return _face_features(pool_crops(crops, frames_seen, load_face_net(device=device)))
+
+
+def _face_features(result) -> FaceFeatures:
     if not result.present:
         return FaceFeatures(False, np.zeros(FACE_DIM, np.float32), [], 0, result.frames_seen)
     vector = np.concatenate([np.asarray(result.emotion_probs, np.float32),
@@ -238,40 +248,86 @@ def encode_faces(frames: np.ndarray, device: str = "cpu") -> FaceFeatures:
 
 # ---------------------------------------------------------------- video (optional)
 
-class VideoEncoder(torch.nn.Module):
-    """R3D-18 as a frozen clip encoder -> 512-d. Only with real Kinetics-400 weights."""
+VIDEO_WEIGHTS_ENV = "WORKBENCH_VIDEO_WEIGHTS"  # a safetensors file of R3D-18 Kinetics-400 weights
+VIDEO_ONLINE = "torchvision:KINETICS400_V1"    # torchvision's download (online only)
+VIDEO_READ_SIDE = 160                          # frames are read this small, then resized to 112x112
 
-    def __init__(self, weights_path: str | None = None):
+
+def video_weights_source(requested: str | None = None) -> str:
+    """Where R3D-18 weights come from: `requested`, else $WORKBENCH_VIDEO_WEIGHTS, else torchvision."""
+    return requested or os.environ.get(VIDEO_WEIGHTS_ENV) or VIDEO_ONLINE
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class VideoEncoder(torch.nn.Module):
+    """R3D-18 as a frozen clip encoder -> 512-d. Never at random initialisation: it needs
+    Kinetics-400 weights, from a safetensors file (offline) or torchvision's download (online).
+
+    `sha256`, when given, must match the file: a projection trained on one set of R3D features
+    means nothing on another's.
+    """
+
+    def __init__(self, weights: str | None = None, sha256: str | None = None):
         super().__init__()
         from torchvision.models.video import R3D_18_Weights, r3d_18
-        if weights_path:
-            from safetensors.torch import load_file
-            net = r3d_18(weights=None)
-            try:
-                net.load_state_dict(load_file(weights_path))
-            except Exception as err:
-                raise EncoderUnavailable(f"R3D-18 weights at {weights_path} do not load: "
-                                         f"{str(err).splitlines()[0][:160]}") from None
-        else:
+        self.source = weights = video_weights_source(weights)
+        if weights == VIDEO_ONLINE:
             try:
                 net = r3d_18(weights=R3D_18_Weights.KINETICS400_V1)
             except Exception:
                 raise EncoderUnavailable(
-                    "the video (R3D-18) encoder needs Kinetics-400 weights, which cannot be "
-                    "downloaded here; it stays off rather than run at random initialisation") from None
+                    "the video (R3D-18) encoder needs Kinetics-400 weights: they cannot be downloaded "
+                    f"here, so it stays off (give a safetensors copy with ${VIDEO_WEIGHTS_ENV})") from None
+            self.digest = "torchvision-kinetics400-v1"
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncoderUnavailable(f"R3D-18 weights not found at {path}: the video encoder stays off")
+            if path.suffix.lower() != ".safetensors":
+                raise EncoderUnavailable(f"R3D-18 weights must be a .safetensors file (never a pickle): {path.name}")
+            self.digest = _sha256(path)
+            if sha256 and sha256 not in ("torchvision-kinetics400-v1", self.digest):
+                raise EncoderUnavailable(f"R3D-18 weights at {path} are not the ones this checkpoint was "
+                                         "trained with (sha256 differs): the video encoder stays off")
+            from safetensors.torch import load_file
+            net = r3d_18(weights=None)
+            try:
+                state = load_file(str(path))
+                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+                net.load_state_dict(state, strict=False)
+                missing = [k for k in net.state_dict() if not k.startswith("fc.") and k not in state]
+                if missing:
+                    raise ValueError(f"missing tensor {missing[0]}")
+            except Exception as err:
+                raise EncoderUnavailable(f"R3D-18 weights at {path} do not load: "
+                                         f"{str(err).splitlines()[0][:160]}") from None
         net.fc = torch.nn.Identity()
-        self.net = net.eval()
+        self.net = net.eval().requires_grad_(False)
+
+    def describe(self) -> dict:
+        """What a checkpoint card records about the encoder its video branch learned from."""
+        return {"name": "r3d_18", "weights": self.source, "sha256": self.digest,
+                "frames": VIDEO_FRAMES, "size": VIDEO_SIZE}
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        """frames [T, H, W, 3] uint8 RGB sampled across the utterance -> [512]."""
-        clip = torch.from_numpy(frames).float().div(255.0).permute(3, 0, 1, 2)   # [3, T, H, W]
+        """frames [T, H, W, 3] uint8 RGB sampled across the utterance -> [512] (on the CPU)."""
+        device = next(self.net.parameters()).device
+        clip = torch.from_numpy(np.ascontiguousarray(frames)).to(device).float().div(255.0).permute(3, 0, 1, 2)
         clip = torch.nn.functional.interpolate(clip, size=(VIDEO_SIZE, VIDEO_SIZE),
                                                mode="bilinear", align_corners=False)
-        mean = torch.tensor(KINETICS_MEAN).view(3, 1, 1, 1)
-        std = torch.tensor(KINETICS_STD).view(3, 1, 1, 1)
+        mean = torch.tensor(KINETICS_MEAN, device=device).view(3, 1, 1, 1)
+        std = torch.tensor(KINETICS_STD, device=device).view(3, 1, 1, 1)
         clip = ((clip - mean) / std).unsqueeze(0)
-        return self.net(clip)[0]
+        return self.net(clip)[0].float().cpu()
 
 
 def apply_text_state(encoder: TextEncoder, state: dict[str, torch.Tensor]) -> TextEncoder:

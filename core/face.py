@@ -238,6 +238,24 @@ def classify_crops(crops: np.ndarray, net: MiniXception | None = None) -> tuple[
     return probs.cpu().numpy(), feature.float().cpu().numpy()
 
 
+def largest_face_crop(frame: np.ndarray) -> np.ndarray | None:
+    """The net's input for the largest face in an RGB (or gray) frame, or None when there is none."""
+    gray = to_gray(np.asarray(frame))
+    boxes = detect_faces(gray)
+    return crop_face(gray, boxes[0]) if boxes else None
+
+
+def pool_crops(crops: list[np.ndarray], frames_seen: int, net: MiniXception | None = None) -> FaceResult:
+    """Face crops of one utterance (one per frame with a face) → pooled probabilities and feature."""
+    if not crops:
+        return FaceResult(present=False, frames_seen=frames_seen)
+    probs, feats = classify_crops(np.stack(crops), net)
+    return FaceResult(present=True,
+                      emotion_probs=fer_to_emotion_probs(probs.mean(axis=0).tolist()),
+                      feature=feats.mean(axis=0).tolist(),
+                      frames_seen=frames_seen, frames_with_face=len(crops))
+
+
 def analyze_faces(frames: np.ndarray, net: MiniXception | None = None) -> FaceResult:
     """Largest face of each RGB frame [N, H, W, 3] → pooled emotion probabilities and feature.
 
@@ -248,19 +266,10 @@ def analyze_faces(frames: np.ndarray, net: MiniXception | None = None) -> FaceRe
     t0 = time.perf_counter()
     if isinstance(frames, np.ndarray) and frames.ndim == 3 and frames.shape[-1] == 3:
         frames = frames[None]
-    frames_seen, crops = 0, []
-    for frame in frames if frames is not None else []:
-        frames_seen += 1
-        gray = to_gray(np.asarray(frame))
-        boxes = detect_faces(gray)
-        if boxes:
-            crops.append(crop_face(gray, boxes[0]))
-    if not crops:
-        return FaceResult(present=False, frames_seen=frames_seen)
-    probs, feats = classify_crops(np.stack(crops), net)
-    log.debug("faces: %d/%d frames, %.1f ms/frame", len(crops), frames_seen,
-              1000 * (time.perf_counter() - t0) / frames_seen)
-    return FaceResult(present=True,
-                      emotion_probs=fer_to_emotion_probs(probs.mean(axis=0).tolist()),
-                      feature=feats.mean(axis=0).tolist(),
-                      frames_seen=frames_seen, frames_with_face=len(crops))
+    frames = [] if frames is None else list(frames)
+    crops = [c for c in (largest_face_crop(f) for f in frames) if c is not None]
+    result = pool_crops(crops, len(frames), net)
+    if frames:
+        log.debug("faces: %d/%d frames, %.1f ms/frame", len(crops), len(frames),
+                  1000 * (time.perf_counter() - t0) / len(frames))
+    return result

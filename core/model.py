@@ -128,3 +128,31 @@ class EmotionModel(nn.Module):
             parts.append(h * keep.unsqueeze(-1))
         fused = self.fusion(torch.cat(parts, dim=-1))
         return ModelOutput(self.emotion_head(fused), self.sentiment_head(fused), per_modality)
+
+
+def with_modalities(model: EmotionModel, modalities: tuple[str, ...]) -> EmotionModel:
+    """A copy of `model` that also has `modalities` (in that order), computing the same outputs.
+
+    Every tensor of the old model is kept; a new modality gets fresh projection and head weights
+    and zero fusion weights, so until it is trained it changes nothing. Used when --init starts
+    from a checkpoint that never had, say, the video branch.
+    """
+    old = model.config
+    missing = [m for m in old.modalities if m not in modalities]
+    if missing:
+        raise ValueError(f"cannot drop modalities {missing} from a trained model")
+    config = ModelConfig.from_dict({**old.to_dict(), "modalities": list(modalities)})
+    wider = EmotionModel(config)
+    own = model.state_dict()
+    state = wider.state_dict()
+    for name, tensor in own.items():
+        if not name.startswith("fusion.") and name in state and state[name].shape == tensor.shape:
+            state[name] = tensor.clone()
+    h = config.hidden
+    weight = torch.zeros_like(state["fusion.0.weight"])
+    for i, m in enumerate(old.modalities):
+        j = modalities.index(m)
+        weight[:, j * h:(j + 1) * h] = own["fusion.0.weight"][:, i * h:(i + 1) * h]
+    state["fusion.0.weight"], state["fusion.0.bias"] = weight, own["fusion.0.bias"].clone()
+    wider.load_state_dict(state)
+    return wider

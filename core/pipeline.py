@@ -8,19 +8,20 @@ MediaError with a one-line message; a file with no speech gives an Analysis whos
 from __future__ import annotations
 
 import copy
-
+import hashlib
+import os
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from . import cache, encoders, media
+from . import cache, encoders, face_grid, media
 from .checkpoint import Checkpoint, load_or_untrained
 from .labels import sentiment_from_emotions
 from .threads import one_cpu_thread
@@ -29,7 +30,7 @@ from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 
 Progress = Callable[[float, str], None]
 
-STAGES = ("decode", "transcribe", "frames", "face", "text", "audio", "model")
+STAGES = ("decode", "transcribe", "frames", "face", "video", "text", "audio", "model")
 NO_SPEECH = "No speech found"
 FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
 WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
@@ -52,10 +53,24 @@ class Models:
     def card(self):
         return self.checkpoint.card
 
+    @cached_property
+    def weights_digest(self) -> str:
+        """sha256 over the checkpoint's tensors (fusion model and tuned text layers)."""
+        digest = hashlib.sha256()
+        for prefix, state in (("model.", self.checkpoint.model.state_dict()), ("text.", self.checkpoint.text_state)):
+            for name in sorted(state):
+                tensor = state[name].detach().cpu().contiguous()
+                digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()[:16]
+
     def signature(self) -> dict:
-        """What decides an analysis besides the file: keys the analysis cache."""
+        """What decides an analysis besides the file: keys the analysis cache (an edited
+        checkpoint with the same name and date has other weights, so another key)."""
         card = self.card
         return {"checkpoint": card.name, "created": card.created, "trained": card.trained_modalities,
+                "weights": self.weights_digest,
+                "video": self.video_encoder.digest if self.video_encoder is not None else None,
                 "whisper": self.whisper_name, "language": self.language}
 
 
@@ -84,8 +99,11 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     from .face import load_face_net
     load_face_net(device=device)
     if "video" in ckpt.model.config.modalities:
-        try:
-            models.video_encoder = encoders.VideoEncoder(text_cfg.get("video_weights")).to(device)
+        video_cfg = ckpt.card.video_encoder
+        try:          # $WORKBENCH_VIDEO_WEIGHTS (this machine's copy) wins over the path in the card
+            models.video_encoder = encoders.VideoEncoder(
+                os.environ.get(encoders.VIDEO_WEIGHTS_ENV) or video_cfg.get("weights"),
+                video_cfg.get("sha256")).to(device)
         except encoders.EncoderUnavailable as err:
             models.notes.append(str(err))
     load_whisper(whisper_name, device=device)
@@ -135,11 +153,19 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
         return analysis
 
     report(0.1, "transcribing")
-    with clock("transcribe"):
-        with WHISPER_LOCK:
-            utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
-                                    language=models.language)
+    grid = face_grid.start(path, info, FRAME_SIDE)      # faces are found while Whisper listens
+    try:
+        with clock("transcribe"):
+            with WHISPER_LOCK:
+                utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
+                                        language=models.language)
+    except BaseException:
+        if grid is not None:
+            grid.cancel()
+        raise
     if not utterances:
+        if grid is not None:
+            grid.cancel()
         analysis.message = f"{NO_SPEECH}: the audio is silent or holds no words Whisper could hear."
         return analysis
 
@@ -147,9 +173,15 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
     errors: dict[int, list[str]] = {i: [] for i in range(len(preds))}
 
     report(0.5, "reading faces")
-    frames = _frames_per_utterance(path, info, utterances, errors, clock)
-    with clock("face"):
-        faces = _per_utterance(frames, partial(encoders.encode_faces, device=models.device), errors, "face")
+    faces = _faces(path, info, utterances, grid, models.device, errors, clock, timings)
+
+    videos: list = [None] * len(utterances)
+    if models.video_encoder is not None:
+        report(0.6, "reading motion (R3D-18)")
+        clips = _frames_per_utterance(path, info, utterances, errors, clock,
+                                      encoders.VIDEO_FRAMES, encoders.VIDEO_READ_SIDE)
+        with clock("video"):
+            videos = _per_utterance(clips, models.video_encoder.encode, errors, "video")
 
     report(0.7, "reading text")
     with clock("text"):
@@ -166,7 +198,9 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
 
     report(0.9, "fusing")
     with clock("model"), one_cpu_thread(cpu):
-        _predict(models, preds, text_vectors, faces, mels, voiced)
+        _predict(models, preds, text_vectors, faces, mels, voiced, videos)
+    for stage in STAGES:
+        timings.setdefault(stage, 0.0)            # a stage that had nothing to do (no video branch, ...)
     for i, pred in enumerate(preds):
         pred.error = "; ".join(errors[i])
     analysis.utterances = preds
@@ -176,18 +210,20 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
 
 # ---------------------------------------------------------------- stages
 
-def _frames_per_utterance(path, info, utterances: list[Utterance], errors, clock) -> list:
-    """Frames spread across each utterance; one ffmpeg call per chunk of utterances (bounded memory)."""
+def _frames_per_utterance(path, info, utterances: list[Utterance], errors, clock,
+                          count: int = encoders.FACE_FRAMES, side: int = FRAME_SIDE) -> list:
+    """`count` frames spread across each utterance, at most `side` pixels; one ffmpeg call per
+    chunk of utterances (bounded memory)."""
     if not info.has_video:
         return [None] * len(utterances)
-    times = [encoders.sample_times(u.start, u.end, encoders.FACE_FRAMES) for u in utterances]
+    times = [encoders.sample_times(u.start, u.end, count) for u in utterances]
     out: list = []
-    per_call = max(1, FRAMES_PER_CALL // encoders.FACE_FRAMES)
+    per_call = max(1, FRAMES_PER_CALL // count)
     with clock("frames"):
         for first in range(0, len(times), per_call):
             chunk = times[first:first + per_call]
             try:
-                flat = media.read_frames(path, [t for ts in chunk for t in ts], max_side=FRAME_SIDE)
+                flat = media.read_frames(path, [t for ts in chunk for t in ts], max_side=side)
             except media.MediaError as err:
                 for i in range(first, first + len(chunk)):
                     errors[i].append(f"frames: {err}")
@@ -198,6 +234,26 @@ def _frames_per_utterance(path, info, utterances: list[Utterance], errors, clock
                 out.append(flat[k:k + len(ts)])
                 k += len(ts)
     return out
+
+
+def _faces(path, info, utterances: list[Utterance], grid, device: str, errors, clock, timings) -> list:
+    """Each utterance's face features: from the face grid found during transcription (core.face_grid),
+    else (no grid, or it failed) from frames read per utterance now."""
+    found = None
+    if grid is not None:
+        with clock("face"):
+            try:
+                found = grid.result()
+            except Exception:          # unreadable at some point: the per-utterance path says where
+                found = None
+    if found is None:
+        frames = _frames_per_utterance(path, info, utterances, errors, clock)
+        with clock("face"):
+            return _per_utterance(frames, partial(encoders.encode_faces, device=device), errors, "face")
+    timings["face_grid"] = found.seconds          # spent in the background, during transcription
+    with clock("face"):
+        crops = [found.crops_for(u.start, u.end) for u in utterances]
+        return _per_utterance(crops, lambda c: encoders.encode_face_crops(*c, device=device), errors, "face")
 
 
 def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) -> list:
@@ -216,7 +272,7 @@ def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) ->
 
 
 @torch.no_grad()
-def _predict(models: Models, preds, text_vectors, faces, mels, voiced) -> None:
+def _predict(models: Models, preds, text_vectors, faces, mels, voiced, videos=None) -> None:
     """Batch the features through the fusion model and fill each prediction and opinion."""
     model, card = models.checkpoint.model, models.card
     trained = set(card.trained_modalities)
@@ -224,6 +280,8 @@ def _predict(models: Models, preds, text_vectors, faces, mels, voiced) -> None:
     n, dev = len(preds), models.device
     face_ok = [f is not None and f.present for f in faces]
     audio_ok = [m is not None and v for m, v in zip(mels, voiced)]
+    videos = videos if videos is not None else [None] * n
+    video_ok = [v is not None for v in videos]
     inputs, mask = {}, {}
     modalities = model.config.modalities
     if "text" in modalities:
@@ -237,6 +295,10 @@ def _predict(models: Models, preds, text_vectors, faces, mels, voiced) -> None:
         blank = torch.zeros(encoders.N_MELS, encoders.MEL_STEPS)
         inputs["audio"] = torch.stack([m if ok else blank for m, ok in zip(mels, audio_ok)]).to(dev)
         mask["audio"] = torch.tensor([ok and use("audio") for ok in audio_ok])
+    if "video" in modalities:
+        blank = torch.zeros(model.config.video_dim)
+        inputs["video"] = torch.stack([v if ok else blank for v, ok in zip(videos, video_ok)]).to(dev)
+        mask["video"] = torch.tensor([ok and use("video") for ok in video_ok])
     out = model(inputs, mask)
     emo = out.emotion_logits.softmax(-1).cpu().tolist()
     sen = out.sentiment_logits.softmax(-1).cpu().tolist()
@@ -249,7 +311,8 @@ def _predict(models: Models, preds, text_vectors, faces, mels, voiced) -> None:
             _face_opinion(faces[i], face_ok[i], use("face") and "face" in modalities),
             _head_opinion("audio", heads, i, audio_ok[i],
                           "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
-            ModalityOpinion("video", False, note=_video_note(models)),
+            _head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]
+            else ModalityOpinion("video", False, note=_video_note(models)),
         ]
 
 
@@ -278,8 +341,10 @@ def _face_opinion(face, ok: bool, fused: bool) -> ModalityOpinion:
 
 def _video_note(models: Models) -> str:
     if "video" not in models.checkpoint.model.config.modalities:
-        return "R3D-18 video encoder off (Kinetics weights are not available offline)"
-    return models.notes[0] if models.notes else ""
+        return "R3D-18 video encoder off: this checkpoint has no video branch (it needs Kinetics weights)"
+    if models.video_encoder is None:
+        return models.notes[0] if models.notes else "R3D-18 video encoder off"
+    return "no frames for this utterance"
 
 
 @contextmanager

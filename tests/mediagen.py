@@ -161,3 +161,14 @@ def face_variant(out: Path, rng: np.random.Generator, cover_mouth: bool) -> Path
         a[int(95 * k):int(125 * k), int(45 * k):int(115 * k)] = 90
     Image.fromarray(a).save(out)
     return out
+
+
+def tinted_clip(out: Path, rgb: tuple[int, int, int], seconds: float = 1.0, size: str = "96x64") -> Path:
+    """A moving test pattern tinted towards `rgb`, over a silent track, with no face: a clip
+    whose only cue is the colour of its picture (for the R3D-18 video branch)."""
+    r, g, b = (int(v) for v in rgb)
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=s={size}:r=10",
+           "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", f"{seconds:.3f}",
+           "-vf", f"hue=s=0,colorchannelmixer=rr={r / 255:.3f}:gg={g / 255:.3f}:bb={b / 255:.3f}",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(out))
+    return out

@@ -42,17 +42,20 @@ def test_analysis_json_round_trip(analysis):
 
 
 def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeypatch):
-    # Failure injection (a mock): the face encoder breaks on the second utterance only.
-    real = encoders.encode_faces
+    # Failure injection (a mock): the face encoder breaks on the second utterance only (either
+    # path: faces found on the grid during transcription, or frames read per utterance).
     calls = {"n": 0}
 
-    def flaky(frames, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated decoder fault")
-        return real(frames, **kwargs)
+    def flaky(real):
+        def encode(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated decoder fault")
+            return real(*args, **kwargs)
+        return encode
 
-    monkeypatch.setattr(encoders, "encode_faces", flaky)
+    monkeypatch.setattr(encoders, "encode_faces", flaky(encoders.encode_faces))
+    monkeypatch.setattr(encoders, "encode_face_crops", flaky(encoders.encode_face_crops))
     result = pipeline.analyze(talking_video, models, use_cache=False)
     assert len(result.utterances) == 3
     assert "simulated decoder fault" in result.utterances[1].error
@@ -117,12 +120,29 @@ def test_a_gpu_is_picked_when_there_is_one(monkeypatch):
 
 def test_the_face_net_runs_on_the_models_device(talking_video, models, monkeypatch):
     seen = []
-    real = encoders.encode_faces
 
-    def spy(frames, **kwargs):          # a spy, not a mock: the real encoder still runs
-        seen.append(kwargs.get("device"))
-        return real(frames, **kwargs)
+    def spy(real):                      # a spy, not a mock: the real encoder still runs
+        def encode(*args, **kwargs):
+            seen.append(kwargs.get("device"))
+            return real(*args, **kwargs)
+        return encode
 
-    monkeypatch.setattr(encoders, "encode_faces", spy)
+    monkeypatch.setattr(encoders, "encode_faces", spy(encoders.encode_faces))
+    monkeypatch.setattr(encoders, "encode_face_crops", spy(encoders.encode_face_crops))
     pipeline.analyze(talking_video, models, use_cache=False)
     assert seen and set(seen) == {models.device}
+
+
+def test_the_cache_key_changes_when_the_weights_do_even_under_the_same_name():
+    import torch
+
+    from core.checkpoint import Checkpoint, ModelCard
+    from core.model import EmotionModel
+    card = ModelCard(name="same-name", created="2026-01-01T00:00:00Z")
+    torch.manual_seed(0)
+    one = pipeline.Models(Checkpoint(EmotionModel(), card))
+    same = pipeline.Models(Checkpoint(EmotionModel(), card))
+    same.checkpoint.model.load_state_dict(one.checkpoint.model.state_dict())
+    edited = pipeline.Models(Checkpoint(EmotionModel(), card))      # other (random) weights, same card
+    assert one.signature() == same.signature()
+    assert one.signature() != edited.signature()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # options of the clip path only; the text-only path never sees them
-CLIP_OPTIONS = ("clips", "dev_clips", "feature_cache", "modalities", "patience", "holdout", "jobs")
+CLIP_OPTIONS = ("clips", "dev_clips", "feature_cache", "modalities", "video_weights", "patience", "holdout", "jobs")
 # text-path options whose defaults the clip path replaces when they are not given
 UNSET_IN_CLIP_MODE = {"epochs": None, "lr": None, "tune_layers": None, "context_turns": None, "context_ahead": None}
 SCRATCH = {"epochs": 30, "lr": 1e-3, "patience": 5, "tune_layers": 0, "context_turns": 3, "context_ahead": 0}
@@ -23,7 +23,12 @@ def add_clip_options(p) -> None:
     clip.add_argument("--dev-clips", default=None, help="clips of --dev (default: from --clips or beside --dev)")
     clip.add_argument("--feature-cache", default=None,
                       help="feature cache folder (default $WORKBENCH_CACHE/features, else ~/.cache/emotion-workbench/features)")
-    clip.add_argument("--modalities", default="text,face,audio", help="modalities to train, comma-separated")
+    clip.add_argument("--modalities", default=None,
+                      help="modalities to train, comma-separated (default: text,face,audio, plus video with "
+                           "--video-weights or $WORKBENCH_VIDEO_WEIGHTS or an --init checkpoint that has it)")
+    clip.add_argument("--video-weights", default=None,
+                      help="R3D-18 Kinetics-400 weights (.safetensors) for the video branch; without them "
+                           "(and offline) video is not trained")
     clip.add_argument("--patience", type=int, default=None,
                       help="stop after this many epochs without a better dev emotion wF1")
     clip.add_argument("--holdout", type=float, default=0.1, help="share of train held out as dev when --dev is absent")

@@ -1,7 +1,8 @@
-"""The clip training loop: text, face and audio features in, the fusion model trained.
+"""The clip training loop: text, face, audio (and R3D-18 video) features in, the fusion model trained.
 
-The pretrained encoders stay frozen (the MiniLM text encoder, the FER2013 face net); the text,
-face and audio projections, the audio Conv1D, the fusion layer and all heads learn. Optionally
+The pretrained encoders stay frozen (the MiniLM text encoder, the FER2013 face net, R3D-18 when
+its Kinetics weights exist); the text, face, audio and video projections, the audio Conv1D, the
+fusion layer and all heads learn. Optionally
 the top `--tune-layers` text-encoder layers learn too, on cached outputs of the frozen layers
 below (as the text-only path does). Masks follow core.pipeline: a modality is fed only where it
 is present (a face was found, the audio is not silent) and only if it is being trained.
@@ -21,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoders import FACE_DIM, MEL_STEPS, N_MELS, TextEncoder
+from core.encoders import FACE_DIM, MEL_STEPS, N_MELS, VIDEO_DIM, TextEncoder
 from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel
 
 from .features import ClipFeatures
 from .train import class_weights, collate, text_vectors
 
-TRAINABLE = ("text", "face", "audio")
+TRAINABLE = ("text", "face", "audio", "video")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Inputs:
     audio_ok: torch.Tensor           # [N] bool: audio track present and not silent
     emotion: torch.Tensor            # [N] long
     sentiment: torch.Tensor          # [N] long
+    video: torch.Tensor | None = None      # [N, VIDEO_DIM]: frozen R3D-18 vectors (None: no video features)
+    video_ok: torch.Tensor | None = None   # [N] bool: the clip has a picture and was encoded
 
     def __len__(self) -> int:
         return len(self.emotion)
@@ -52,7 +55,9 @@ class Inputs:
         return Inputs(None if self.text is None else self.text[idx],
                       None if self.states is None else [self.states[i] for i in keep],
                       self.face[idx], self.face_ok[idx], self.audio[idx], self.audio_ok[idx],
-                      self.emotion[idx], self.sentiment[idx])
+                      self.emotion[idx], self.sentiment[idx],
+                      None if self.video is None else self.video[idx],
+                      None if self.video_ok is None else self.video_ok[idx])
 
     def present(self, m: str) -> torch.Tensor:
         """[N] bool: rows where modality m has data."""
@@ -60,12 +65,16 @@ class Inputs:
             return self.face_ok
         if m == "audio":
             return self.audio_ok
+        if m == "video" and self.video_ok is not None:
+            return self.video_ok
         return torch.ones(len(self), dtype=torch.bool) if m == "text" else torch.zeros(len(self), dtype=torch.bool)
 
 
 def build_inputs(features: list[ClipFeatures | None], emotion: list[int], sentiment: list[int],
-                 text: torch.Tensor | None = None, states: list[dict] | None = None) -> Inputs:
-    """Stack per-row clip features (None: no usable clip, face and audio absent) into tensors."""
+                 text: torch.Tensor | None = None, states: list[dict] | None = None,
+                 videos: list[np.ndarray | None] | None = None) -> Inputs:
+    """Stack per-row clip features (None: no usable clip, face and audio absent) into tensors;
+    `videos`, when given, holds each row's R3D-18 vector (None: absent)."""
     n = len(features)
     face = np.zeros((n, FACE_DIM), np.float32)
     audio = np.zeros((n, N_MELS, MEL_STEPS), np.float32)
@@ -78,9 +87,16 @@ def build_inputs(features: list[ClipFeatures | None], emotion: list[int], sentim
             face[i] = f.face
         if f.audio_present:
             audio[i] = f.mel
+    video = video_ok = None
+    if videos is not None:
+        video_ok = torch.tensor([v is not None for v in videos], dtype=torch.bool)
+        video = torch.zeros(n, VIDEO_DIM)
+        for i, v in enumerate(videos):
+            if v is not None:
+                video[i] = torch.from_numpy(v)
     return Inputs(text, states, torch.from_numpy(face), torch.from_numpy(face_ok), torch.from_numpy(audio),
                   torch.from_numpy(audio_ok), torch.tensor(emotion, dtype=torch.long),
-                  torch.tensor(sentiment, dtype=torch.long))
+                  torch.tensor(sentiment, dtype=torch.long), video, video_ok)
 
 
 class TextSide:
@@ -110,8 +126,10 @@ def batch_of(model: EmotionModel, data: Inputs, idx: list[int], text: TextSide,
             inputs[m] = data.face[idx]
         elif m == "audio":
             inputs[m] = data.audio[idx]
+        elif m == "video" and data.video is not None:
+            inputs[m] = data.video[idx]
         else:
-            continue                          # video: no features here, absent
+            continue                          # no features for it here: absent
         mask[m] = data.present(m)[idx] & (m in use)
     return inputs, mask
 

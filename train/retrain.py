@@ -3,7 +3,9 @@
 1. Find the CSVs and their clips (train.clips: the workbench's export zip or folder, the MELD
    release layout, or a folder of clips); rows without a usable clip are listed by name and train
    their text only. With no --dev, a seeded share of train (--holdout) is held out as dev.
-2. Face and audio features from the app's own code, cached by clip content (train.features).
+2. Face and audio features from the app's own code, cached by clip content (train.features);
+   with R3D-18 Kinetics weights (--video-weights, $WORKBENCH_VIDEO_WEIGHTS, or torchvision's
+   download online) the video branch's frozen R3D-18 vectors too (train.video_features).
 3. Text vectors from the app's TextEncoder with the app's dialogue context (frozen by default;
    --tune-layers N tunes the top N layers as the text-only path does). With --init the
    checkpoint's tuned text-encoder tensors are applied first and saved again with the result.
@@ -13,13 +15,15 @@
    trained modalities (asked for and with data in train), data, clips, cache stats and metrics.
 
 Defaults differ from the text-only path where they are left unset (train.clip_args).
-A modality is trained only if asked for (--modalities) and present in some train row.
+A modality is trained only if asked for (--modalities; default text, face, audio, plus video
+when its weights are given or the --init checkpoint has it) and present in some train row.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import random
 import shutil
@@ -32,9 +36,9 @@ import numpy as np
 import torch
 
 from core import checkpoint as ck
-from core.encoders import TextEncoder, apply_text_state
+from core.encoders import VIDEO_WEIGHTS_ENV, EncoderUnavailable, TextEncoder, VideoEncoder, apply_text_state
 from core.labels import EMOTIONS, SENTIMENTS
-from core.model import EmotionModel, ModelConfig
+from core.model import EmotionModel, ModelConfig, with_modalities
 
 from . import clips as clipdata
 from . import fit_clips as fit
@@ -42,6 +46,7 @@ from . import metrics
 from .clip_args import fill_defaults
 from .features import FeatureCache, clip_features
 from .train import frozen_states, tune_setup
+from .video_features import video_features
 
 SHOWN = 20                   # names printed per problem list (all are counted; the card keeps 50)
 
@@ -63,14 +68,43 @@ def _texts(split: clipdata.ClipSplit) -> tuple[list[str], list[str]]:
     return [e.text for e in split.examples], [e.context for e in split.examples]
 
 
-def _inputs(split, feats, encoder, first: int, tuned: bool, quiet: bool) -> fit.Inputs:
+def _videos(split, video_feats: dict | None) -> list | None:
+    """Each row's R3D-18 vector (None: absent), or None when the video branch is off."""
+    if video_feats is None:
+        return None
+    return [video_feats.get(r.name) if r.clip is not None else None for r in split.rows]
+
+
+def _inputs(split, feats, encoder, first: int, tuned: bool, quiet: bool, video_feats: dict | None) -> fit.Inputs:
     rows = [feats.get(r.name) if r.clip is not None else None for r in split.rows]
     emo = [e.emotion for e in split.examples]
     sen = [e.sentiment for e in split.examples]
+    videos = _videos(split, video_feats)
     if tuned:
-        return fit.build_inputs(rows, emo, sen, states=frozen_states(encoder, split.examples, first, quiet=quiet))
+        return fit.build_inputs(rows, emo, sen, states=frozen_states(encoder, split.examples, first, quiet=quiet),
+                                videos=videos)
     texts, contexts = _texts(split)
-    return fit.build_inputs(rows, emo, sen, text=encoder.encode(texts, contexts))
+    return fit.build_inputs(rows, emo, sen, text=encoder.encode(texts, contexts), videos=videos)
+
+
+def asked_modalities(args, init) -> list[str]:
+    """--modalities, else text, face, audio and (with R3D-18 weights given or in --init) video."""
+    if args.modalities:
+        return [m.strip() for m in args.modalities.split(",") if m.strip()]
+    video = bool(args.video_weights or os.environ.get(VIDEO_WEIGHTS_ENV)) or \
+        bool(init and "video" in init.card.trained_modalities)
+    return ["text", "face", "audio"] + (["video"] if video else [])
+
+
+def video_encoder_for(args, init) -> VideoEncoder:
+    """R3D-18 with real weights: --video-weights, else $WORKBENCH_VIDEO_WEIGHTS, else the --init
+    card's, else torchvision's download. With --init, they must be the weights it learned on."""
+    card = init.card.video_encoder if init else {}
+    try:
+        return VideoEncoder(args.video_weights or os.environ.get(VIDEO_WEIGHTS_ENV) or card.get("weights"),
+                            card.get("sha256"))
+    except EncoderUnavailable as err:
+        raise _fail(f"--modalities video: {err}") from None
 
 
 def _score(data: fit.Inputs, pred: dict, use: set[str]) -> dict:
@@ -134,14 +168,15 @@ def main(args) -> dict:
 def _run(args, workdir: Path, log, t_start: float) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    asked = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    init = ck.load_checkpoint(args.init) if args.init else None
+    asked = asked_modalities(args, init)
     bad = [m for m in asked if m not in fit.TRAINABLE]
     if bad or not asked:
         raise _fail(f"--modalities: {', '.join(bad) or 'none given'}: choose from {', '.join(fit.TRAINABLE)} "
-                    "(video needs R3D-18 Kinetics weights, which are not available offline)")
+                    "(video needs R3D-18 Kinetics weights: --video-weights FILE.safetensors)")
+    video_encoder = video_encoder_for(args, init) if "video" in asked else None
     if getattr(args, "ema", 0):
         log("note: --ema is not used when training on clips")
-    init = ck.load_checkpoint(args.init) if args.init else None
     text_card = dict(init.card.text_encoder) if init else {}
     own = init.card.context if init else (0, 0)
     context = (own[0] if args.context_turns is None else args.context_turns,
@@ -163,6 +198,15 @@ def _run(args, workdir: Path, log, t_start: float) -> dict:
         stats.append(st)
         _report(f"{tag}: corrupt or unreadable clips (their rows: text only)",
                 [f"{n} ({why})" for n, why in st.failures.items()])
+    video_feats = {"train": None, "dev": None}
+    if video_encoder is not None:
+        for tag, split in (("train", train), ("dev", dev)):
+            video_feats[tag], st = video_features({r.name: r.clip for r in split.rows if r.clip is not None},
+                                                  video_encoder, args.feature_cache, args.quiet)
+            log(f"{tag}: R3D-18 video features: {st.from_cache} from the cache, {st.extracted} extracted "
+                f"({st.clips_per_second:.2f} clips/s)")
+            _report(f"{tag}: clips R3D-18 could not read (their rows: no video)",
+                    [f"{n} ({why})" for n, why in st.failures.items()])
     extracted, secs = sum(s.extracted for s in stats), sum(s.seconds for s in stats)
     cache_info = {**stats[0].describe(cache), "dev": stats[1].describe(cache)}
     log(f"features: {sum(s.from_cache for s in stats)} clips from the cache, {extracted} extracted "
@@ -176,13 +220,20 @@ def _run(args, workdir: Path, log, t_start: float) -> dict:
         apply_text_state(encoder, init.text_state)
     first, tuned, trainable, tuned_layers, attn_layers = tune_setup(encoder, args.tune_layers, args.tune_attention)
     t0 = time.time()
-    train_in = _inputs(train, feats["train"], encoder, first, bool(trainable), args.quiet)
-    dev_in = _inputs(dev, feats["dev"], encoder, first, bool(trainable), args.quiet)
+    train_in = _inputs(train, feats["train"], encoder, first, bool(trainable), args.quiet, video_feats["train"])
+    dev_in = _inputs(dev, feats["dev"], encoder, first, bool(trainable), args.quiet, video_feats["dev"])
     text_side = fit.TextSide(encoder, tuned if trainable else None)
     log(f"text encoded in {time.time() - t0:.1f} s ({'top layers ' + str(tuned_layers) + ' tuned' if trainable else 'frozen'})")
 
     # -- which modalities learn: asked for, in the model, and with data in train
-    model = init.model if init else EmotionModel(ModelConfig(text_dim=encoder.dim))
+    modalities = ModelConfig.modalities + (("video",) if video_encoder is not None else ())
+    if init is None:
+        model = EmotionModel(ModelConfig(text_dim=encoder.dim, modalities=modalities))
+    elif video_encoder is not None and "video" not in init.model.config.modalities:
+        model = with_modalities(init.model, init.model.config.modalities + ("video",))
+        log("--init checkpoint has no video branch: added one (it starts out changing nothing)")
+    else:
+        model = init.model
     use = {m for m in asked if m in model.config.modalities}
     counts = {m: int(train_in.present(m).sum()) for m in fit.TRAINABLE}
     use = {m for m in use if counts[m] > 0}
@@ -192,9 +243,12 @@ def _run(args, workdir: Path, log, t_start: float) -> dict:
     keep = [i for i in range(len(train_in)) if any(bool(train_in.present(m)[i]) for m in use)]
     if len(keep) < len(train_in):
         log(f"{len(train_in) - len(keep)} train rows have none of {sorted(use)} present: left out of training")
+    if "video" in asked and "video" not in use:
+        log("warning: no train clip has a picture R3D-18 could read: the video branch is not trained")
     fit_in = train_in.subset(keep)
     trained = [m for m in fit.TRAINABLE if m in use]
-    log(f"training {trained} on {len(fit_in)} rows (face in {counts['face']}, voiced audio in {counts['audio']}); "
+    log(f"training {trained} on {len(fit_in)} rows (face in {counts['face']}, voiced audio in {counts['audio']}, "
+        f"video in {counts['video']}); "
         f"epochs <= {args.epochs}, patience {args.patience}, lr {args.lr:g}")
 
     # -- the loop: best epoch by dev emotion weighted F1, early stopping
@@ -247,13 +301,15 @@ def _run(args, workdir: Path, log, t_start: float) -> dict:
     out_dir = Path(args.out)
     card = _card(args, init, text_card, encoder, context, trained, tuned_layers, attn_layers, text_state,
                  train, dev, held, counts, len(fit_in), cache_info, stats, history, best["epoch"])
+    if "video" in model.config.modalities:
+        card.video_encoder = video_encoder.describe() if video_encoder is not None else dict(init.card.video_encoder)
     card.data["training"].update({"epoch_seconds_mean": round(float(np.mean(epoch_seconds)), 3),
                                   "steps": step[0], "train_seconds": round(sum(epoch_seconds), 1)})
     ck.save_checkpoint(out_dir, model, card, text_state)
     if args.no_final_eval:
         final = {**best["scores"], "note": "scored during training (before the save/load round trip)"}
     else:
-        final = evaluate_split(ck.load_checkpoint(out_dir), dev, feats["dev"])
+        final = evaluate_split(ck.load_checkpoint(out_dir), dev, feats["dev"], video_feats["dev"])
     card.metrics["dev"] = {k: v for k, v in final.items()}
     card.data["training"]["total_seconds"] = round(time.time() - t_start)
     ck.save_checkpoint(out_dir, model, card, text_state)
@@ -298,7 +354,7 @@ def _card(args, init, text_card, encoder, context, trained, tuned_layers, attn_l
         trained_modalities=trained,
         data={"train": {**train.describe(), "clips_corrupt": stats[0].failed, "corrupt": failures["train"],
                         "rows_trained": fit_rows, "rows_with_face": counts["face"],
-                        "rows_with_voiced_audio": counts["audio"]},
+                        "rows_with_voiced_audio": counts["audio"], "rows_with_video": counts["video"]},
               "dev": {**dev.describe(), "clips_corrupt": stats[1].failed, "corrupt": failures["dev"],
                       "held_out_from_train": held},
               "feature_cache": cache_info,
@@ -310,18 +366,21 @@ def _card(args, init, text_card, encoder, context, trained, tuned_layers, attn_l
         metrics={"dev_during_training": history, "best_epoch": best_epoch},
         notes=(f"Trained on utterance clips: {', '.join(trained)}. Pretrained encoders frozen"
                f"{' except text layers ' + str(text.get('tuned_layers')) if text_state else ''}; "
-               "face features from the FER2013 net, audio from the trained Conv1D over log-mels."
+               "face features from the FER2013 net, audio from the trained Conv1D over log-mels"
+               + (", video from frozen R3D-18 (Kinetics-400)." if "video" in trained else ".")
                + (f" Fine-tuned from {init.card.name}." if init else "")))
 
 
-def evaluate_split(checkpoint: ck.Checkpoint, split: clipdata.ClipSplit, feats: dict) -> dict:
+def evaluate_split(checkpoint: ck.Checkpoint, split: clipdata.ClipSplit, feats: dict,
+                   video_feats: dict | None = None) -> dict:
     """Score a split (read with the checkpoint's context) through a loaded checkpoint as the app
-    would: its text encoder, its trained modalities."""
+    would: its text encoder, its trained modalities (video only where `video_feats` has them)."""
     from .evaluate import text_encoder_for
     texts, contexts = _texts(split)
     data = fit.build_inputs([feats.get(r.name) if r.clip is not None else None for r in split.rows],
                             [e.emotion for e in split.examples], [e.sentiment for e in split.examples],
-                            text=text_encoder_for(checkpoint).encode(texts, contexts))
+                            text=text_encoder_for(checkpoint).encode(texts, contexts),
+                            videos=_videos(split, video_feats))
     use = set(checkpoint.card.trained_modalities)
     pred = fit.predict(checkpoint.model, data, fit.TextSide(), use)
     return {**_score(data, pred, use), "predicted_emotion": [EMOTIONS[i] for i in pred["emotion"]],
@@ -336,8 +395,14 @@ def evaluate_clips(checkpoint_dir: str | Path, data: str | Path, clips: str | Pa
     workdir = Path(tempfile.mkdtemp(prefix="retrain-eval-"))
     try:
         split = clipdata.load_clip_split(clipdata.resolve(data, clips, workdir), turns, None, ahead)
-        feats, stats = clip_features({r.name: r.clip for r in split.rows if r.clip is not None},
-                                     FeatureCache(feature_cache), quiet=True)
+        clips = {r.name: r.clip for r in split.rows if r.clip is not None}
+        feats, stats = clip_features(clips, FeatureCache(feature_cache), quiet=True)
+        videos = None
+        if "video" in checkpoint.card.trained_modalities:     # as the app: the card's weights, or $WORKBENCH_VIDEO_WEIGHTS
+            video = checkpoint.card.video_encoder
+            encoder = VideoEncoder(os.environ.get(VIDEO_WEIGHTS_ENV) or video.get("weights"), video.get("sha256"))
+            videos, _ = video_features(clips, encoder, feature_cache, quiet=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {**evaluate_split(checkpoint, split, feats), "clips_failed": stats.failures, "missing": split.missing}
+    return {**evaluate_split(checkpoint, split, feats, videos), "clips_failed": stats.failures,
+            "missing": split.missing}
