@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .cache import file_digest
+
 SAMPLE_RATE = 16000
 N_MELS = 64
 MEL_STEPS = 300
@@ -258,15 +260,6 @@ def video_weights_source(requested: str | None = None) -> str:
     return requested or os.environ.get(VIDEO_WEIGHTS_ENV) or VIDEO_ONLINE
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class VideoEncoder(torch.nn.Module):
     """R3D-18 as a frozen clip encoder -> 512-d. Never at random initialisation: it needs
     Kinetics-400 weights, from a safetensors file (offline) or torchvision's download (online).
@@ -293,7 +286,7 @@ class VideoEncoder(torch.nn.Module):
                 raise EncoderUnavailable(f"R3D-18 weights not found at {path}: the video encoder stays off")
             if path.suffix.lower() != ".safetensors":
                 raise EncoderUnavailable(f"R3D-18 weights must be a .safetensors file (never a pickle): {path.name}")
-            self.digest = _sha256(path)
+            self.digest = file_digest(path)
             if sha256 and sha256 not in ("torchvision-kinetics400-v1", self.digest):
                 raise EncoderUnavailable(f"R3D-18 weights at {path} are not the ones this checkpoint was "
                                          "trained with (sha256 differs): the video encoder stays off")

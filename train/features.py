@@ -88,41 +88,54 @@ def extract_clip(path: str | Path) -> ClipFeatures:
 
 
 class FeatureCache:
-    """Content-keyed .npz files: key = sha256(feature_version + clip sha256)."""
+    """Content-keyed .npz files: key = sha256(version + clip sha256); `version` defaults to
+    feature_version() (the face and audio features; train.video_features keys its own)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, version: str | None = None):
         self.root = Path(root).expanduser() if root else default_root()
-        self.version = feature_version()
+        self.version = version or feature_version()
 
     def path(self, digest: str) -> Path:
         key = hashlib.sha256(f"{self.version}\n{digest}".encode()).hexdigest()
         return self.root / key[:2] / f"{key}.npz"
 
-    def load(self, digest: str) -> ClipFeatures | None:
+    def read(self, digest: str, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+        """The arrays `names` of an entry; None when it is missing or damaged (then extracted again)."""
         path = self.path(digest)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                return ClipFeatures(z["face"].astype(np.float32), bool(z["face_present"]),
-                                    z["mel"].astype(np.float32), bool(z["has_audio"]), bool(z["voiced"]),
-                                    float(z["duration"]), int(z["frames_with_face"]), int(z["frames_seen"]))
+                return {name: z[name] for name in names}
         except (OSError, KeyError, ValueError):
-            return None                       # a damaged entry is extracted again
+            return None
 
-    def store(self, digest: str, f: ClipFeatures) -> None:
+    def write(self, digest: str, **arrays) -> None:
+        """Store an entry atomically (a reader never sees half a file)."""
         path = self.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
-                np.savez(out, face=f.face, face_present=f.face_present, mel=f.mel, has_audio=f.has_audio,
-                         voiced=f.voiced, duration=f.duration, frames_with_face=f.frames_with_face,
-                         frames_seen=f.frames_seen, version=np.str_(self.version))
+                np.savez(out, **arrays, version=np.str_(self.version))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def load(self, digest: str) -> ClipFeatures | None:
+        z = self.read(digest, ("face", "face_present", "mel", "has_audio", "voiced", "duration",
+                               "frames_with_face", "frames_seen"))
+        if z is None:
+            return None
+        return ClipFeatures(z["face"].astype(np.float32), bool(z["face_present"]), z["mel"].astype(np.float32),
+                            bool(z["has_audio"]), bool(z["voiced"]), float(z["duration"]),
+                            int(z["frames_with_face"]), int(z["frames_seen"]))
+
+    def store(self, digest: str, f: ClipFeatures) -> None:
+        self.write(digest, face=f.face, face_present=f.face_present, mel=f.mel, has_audio=f.has_audio,
+                   voiced=f.voiced, duration=f.duration, frames_with_face=f.frames_with_face,
+                   frames_seen=f.frames_seen)
 
 
 @dataclass
@@ -154,7 +167,14 @@ def _one_line(err: Exception) -> str:
 
 def clip_features(clips: dict[str, Path], cache: FeatureCache, jobs: int = 2,
                   quiet: bool = False) -> tuple[dict[str, ClipFeatures], ExtractStats]:
-    """Features for {clip name: path}: from the cache when the content was seen, else extracted.
+    """Face and audio features for {clip name: path} (cached_features with extract_clip)."""
+    return cached_features(clips, cache, extract_clip, jobs, "extracting clip features", quiet)
+
+
+def cached_features(clips: dict[str, Path], cache, extract, jobs: int = 2, desc: str = "extracting",
+                    quiet: bool = False) -> tuple[dict, ExtractStats]:
+    """extract(path) for {clip name: path}, from `cache` (load/store by content digest) when the
+    content was seen, else extracted on `jobs` threads and stored.
 
     A clip that cannot be read is left out of the result and listed in stats.failures with its
     reason. Identical files (same bytes) are extracted once.
@@ -177,8 +197,8 @@ def clip_features(clips: dict[str, Path], cache: FeatureCache, jobs: int = 2,
             todo.setdefault(digest, []).append(name)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(extract_clip, clips[names[0]]): (digest, names) for digest, names in todo.items()}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="extracting clip features",
+        futures = {pool.submit(extract, clips[names[0]]): (digest, names) for digest, names in todo.items()}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc,
                            unit="clip", disable=quiet or not futures, file=sys.stderr):
             digest, names = futures[future]
             try:

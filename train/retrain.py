@@ -104,7 +104,7 @@ def video_encoder_for(args, init) -> VideoEncoder:
         return VideoEncoder(args.video_weights or os.environ.get(VIDEO_WEIGHTS_ENV) or card.get("weights"),
                             card.get("sha256"))
     except EncoderUnavailable as err:
-        raise _fail(f"--modalities video: {err}") from None
+        raise _fail(f"--modalities video: {err} (to train without it: --modalities text,face,audio)") from None
 
 
 def _score(data: fit.Inputs, pred: dict, use: set[str]) -> dict:

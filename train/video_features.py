@@ -12,18 +12,14 @@ the weights' sha256: other weights never serve stale vectors.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from core import encoders, media
-from core.cache import file_digest
 
-from .features import ExtractStats, FeatureCache, _one_line
+from .features import ExtractStats, FeatureCache, cached_features
 
 VIDEO_SCHEMA = 1
 ABSENT = np.zeros(0, np.float32)          # a clip with no picture: cached as "no video input"
@@ -49,30 +45,14 @@ class VideoCache(FeatureCache):
     """Content-keyed .npz files of R3D-18 vectors: key = sha256(video_version + clip sha256)."""
 
     def __init__(self, encoder: encoders.VideoEncoder, root: str | Path | None = None):
-        super().__init__(root)
-        self.version = video_version(encoder)
+        super().__init__(root, video_version(encoder))
 
     def load(self, digest: str) -> np.ndarray | None:
-        path = self.path(digest)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return z["video"].astype(np.float32)
-        except (OSError, KeyError, ValueError):
-            return None                        # a damaged entry is extracted again
+        z = self.read(digest, ("video",))
+        return None if z is None else z["video"].astype(np.float32)
 
     def store(self, digest: str, vector: np.ndarray) -> None:
-        path = self.path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                np.savez(out, video=vector, version=np.str_(self.version))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self.write(digest, video=vector)
 
 
 def video_features(clips: dict[str, Path], encoder: encoders.VideoEncoder, root: str | Path | None = None,
@@ -82,38 +62,6 @@ def video_features(clips: dict[str, Path], encoder: encoders.VideoEncoder, root:
     Clips that cannot be read are left out and listed in stats.failures (as train.features does).
     R3D-18 uses torch's own threads, so clips are encoded one after another.
     """
-    from tqdm import tqdm
-    cache = VideoCache(encoder, root)
-    stats = ExtractStats(clips=len(clips))
-    out: dict[str, np.ndarray | None] = {}
-    todo: dict[str, list[str]] = {}
-    for name, path in clips.items():
-        try:
-            digest = file_digest(path)
-        except OSError as err:
-            stats.failures[name] = f"cannot be read: {err.strerror or err}"
-            continue
-        hit = cache.load(digest) if digest not in todo else None
-        if hit is not None:
-            out[name] = hit if hit.size else None
-            stats.from_cache += 1
-        else:
-            todo.setdefault(digest, []).append(name)
-    t0 = time.perf_counter()
-    for digest, names in tqdm(todo.items(), desc="R3D-18 video features", unit="clip",
-                              disable=quiet or not todo, file=sys.stderr):
-        try:
-            vector = extract_video(clips[names[0]], encoder)
-        except Exception as err:                # one bad clip never stops the others
-            for name in names:
-                stats.failures[name] = _one_line(err)
-            continue
-        cache.store(digest, vector)
-        stats.extracted += 1
-        stats.from_cache += len(names) - 1
-        for name in names:
-            out[name] = vector if vector.size else None
-    stats.seconds = time.perf_counter() - t0
-    stats.failed = len(stats.failures)
-    return out, stats
-
+    found, stats = cached_features(clips, VideoCache(encoder, root), partial(extract_video, encoder=encoder),
+                                   jobs=1, desc="R3D-18 video features", quiet=quiet)
+    return {name: vector if vector.size else None for name, vector in found.items()}, stats
