@@ -123,7 +123,7 @@ def read_card(folder: str | Path) -> ModelCard:
         for name in ("emotions", "sentiments", "trained_modalities"):
             if not isinstance(getattr(card, name), list):
                 raise ValueError(f"{name} is not a list")
-        for name in ("model", "text_encoder", "data", "metrics"):
+        for name in ("model", "text_encoder", "video_encoder", "data", "metrics"):
             if not isinstance(getattr(card, name), dict):
                 raise ValueError(f"{name} is not an object")
     except (ValueError, TypeError, RecursionError) as err:

@@ -327,6 +327,8 @@ CHECKPOINTS = {
     "card labels differ": (lambda d, m: _edit_card(_ckpt(d), lambda c: {**c, "emotions": c["emotions"][::-1]}),
                            "labels"),
     "card model not a dict": (lambda d, m: _edit_card(_ckpt(d), lambda c: {**c, "model": 7}), "not an object"),
+    "card video encoder not a dict": (lambda d, m: _edit_card(_ckpt(d), lambda c: {**c, "video_encoder": "r3d"}),
+                                      "video_encoder is not an object"),
     "card absurd width": (lambda d, m: _edit_card(_ckpt(d), lambda c: {**c, "model": {**c["model"],
                                                                                        "fusion": 10**9}}),
                           "model.fusion"),
