@@ -6,7 +6,8 @@ yet. So the pipeline reads a frame every GRID_STEP seconds of the video and runs
 detector on it (OpenCV, which releases the GIL) while Whisper works. When the transcript is ready,
 each utterance takes the grid frames nearest to the FACE_FRAMES instants it would have sampled
 (encoders.sample_times), so a long utterance still pools 6 frames spread across it and a short
-one the 1 to 3 frames it spans; the face net then runs on those crops.
+one the 1 to 3 frames it spans; the face net then runs on those crops. Training reads a clip's
+faces at the same instants (pooled_times, used by train.features).
 
 Files longer than GRID_MAX_SECONDS are analysed the old way (frames read per utterance after the
 transcript): a grid over an hour would read far more frames than the utterances need.
@@ -38,6 +39,13 @@ def grid_times(duration: float, step: float = GRID_STEP) -> list[float]:
     if duration <= 0:
         return []
     return encoders.sample_times(0.0, duration, max(1, int(np.ceil(duration / step))))
+
+
+def pooled_times(start: float, end: float, duration: float) -> list[float]:
+    """The grid instants an utterance [start, end] of a `duration`-long file pools (FaceGrid.frames_for)."""
+    times = grid_times(duration)
+    grid = FaceGrid(np.asarray(times, np.float64), [None] * len(times))
+    return [times[i] for i in grid.frames_for(start, end)]
 
 
 @dataclass

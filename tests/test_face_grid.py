@@ -18,6 +18,14 @@ def test_grid_covers_the_file_and_each_utterance_picks_its_nearest_frames():
     assert face_grid.grid_times(0.0) == [] and face_grid.FaceGrid(np.zeros(0), []).frames_for(0, 1) == []
 
 
+
+def test_training_clips_pool_the_frames_the_app_would():
+    """train.features reads a clip's faces at the grid instants the app pools for an utterance."""
+    assert face_grid.pooled_times(0.0, 1.0, 1.0) == [0.25, 0.75]                 # a 1-s clip: 2 frames
+    long = face_grid.pooled_times(0.0, 6.0, 6.0)
+    assert len(long) == encoders.FACE_FRAMES and long[0] < 1.0 and long[-1] > 5.0
+
+
 def test_grid_finds_the_face_and_pools_it_like_the_per_utterance_path(talking_video):
     info = media.probe(talking_video)
     job = face_grid.start(talking_video, info, pipeline.FRAME_SIDE)

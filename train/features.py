@@ -1,10 +1,11 @@
 """Face and audio features of utterance clips, computed by the app's own code and cached on disk.
 
-A clip is one utterance, so it is read exactly as core.pipeline reads an utterance spanning
+A clip is one utterance, so it is read as core.pipeline reads an utterance spanning
 [0, duration]: audio decoded once to 16 kHz mono (core.media.load_audio), its log-mel
-(core.encoders.log_mel) and whether it is silent (audio_is_silent); FACE_FRAMES frames spread
-across the clip (encoders.sample_times), read at the pipeline's FRAME_SIDE (core.media.read_frames)
-and passed through encoders.encode_faces. So training sees the features the app computes.
+(core.encoders.log_mel) and whether it is silent (audio_is_silent); the frames the app's face grid
+would pool for it (core.face_grid.pooled_times: up to FACE_FRAMES, one per GRID_STEP seconds),
+read at the pipeline's FRAME_SIDE (core.media.read_frames) and passed through
+encoders.encode_faces. So training sees the features the app computes.
 
 The cache is keyed by the sha256 of the clip's bytes and FEATURE_VERSION (which names every
 setting that changes the features, and the face weights' digest): a renamed clip is a hit, a
@@ -26,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core import encoders, media
+from core import encoders, face_grid, media
 from core.cache import file_digest
 from core.face import DEFAULT_WEIGHTS
 from core.pipeline import FRAME_SIDE
 from core.whisper_convert import CACHE_ENV, DEFAULT_CACHE
 
-FEATURE_SCHEMA = 1
+FEATURE_SCHEMA = 2           # 2: face frames as the app's face grid pools them
 
 
 @lru_cache(maxsize=1)
@@ -41,7 +42,7 @@ def feature_version() -> str:
     face = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:12] if DEFAULT_WEIGHTS.is_file() else "none"
     return (f"clipfeat{FEATURE_SCHEMA}-sr{encoders.SAMPLE_RATE}-mel{encoders.N_MELS}x{encoders.MEL_STEPS}"
             f"-fft{encoders.N_FFT}-hop{encoders.HOP_LENGTH}-rms{encoders.SILENCE_RMS:g}"
-            f"-face{encoders.FACE_FRAMES}@{FRAME_SIDE}-fer{face}")
+            f"-face{encoders.FACE_FRAMES}g{face_grid.GRID_STEP:g}@{FRAME_SIDE}-fer{face}")
 
 
 def default_root() -> Path:
@@ -80,7 +81,7 @@ def extract_clip(path: str | Path) -> ClipFeatures:
         mel = encoders.log_mel(segment).numpy().astype(np.float32)
         voiced = not encoders.audio_is_silent(segment)
     if info.has_video:
-        times = encoders.sample_times(0.0, info.duration, encoders.FACE_FRAMES)
+        times = face_grid.pooled_times(0.0, info.duration, info.duration)
         result = encoders.encode_faces(media.read_frames(path, times, max_side=FRAME_SIDE))
         present, with_face, seen = result.present, result.frames_with_face, result.frames_seen
         face = result.vector.astype(np.float32)
