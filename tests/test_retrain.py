@@ -83,11 +83,16 @@ def held_out(checkpoint: Path, csv: Path, cache: Path) -> dict:
 
 # ---------------------------------------------------------------- each branch learns its own cue
 
+def labelled_splits(tmp: Path, make_items, seed: int, n_train: int, n_test: int) -> tuple[Path, Path, Path]:
+    """(train CSV, held-out CSV, feature cache folder) of clips made by make_items(folder, rng, n)."""
+    rng = np.random.default_rng(seed)
+    train_csv = write_split(tmp / "train", make_items(tmp / "gen_train", rng, n_train))
+    test_csv = write_split(tmp / "test", make_items(tmp / "gen_test", rng, n_test))
+    return train_csv, test_csv, tmp / "cache"
+
+
 def test_audio_branch_learns_pitch(tmp_path):
-    rng = np.random.default_rng(1)
-    train_csv = write_split(tmp_path / "train", tone_items(tmp_path / "gen_train", rng, 24))
-    test_csv = write_split(tmp_path / "test", tone_items(tmp_path / "gen_test", rng, 12))
-    cache = tmp_path / "cache"
+    train_csv, test_csv, cache = labelled_splits(tmp_path, tone_items, 1, 24, 12)
     summary = train(tmp_path, "--train", str(train_csv), "--clips", str(train_csv.parent),
                     "--modalities", "audio", "--epochs", "12", "--lr", "3e-3", "--feature-cache", str(cache))
     assert summary["trained_modalities"] == ["audio"] and summary["dev_held_out"]
@@ -108,10 +113,7 @@ def face_items(folder: Path, rng, n: int) -> list:
 
 
 def test_face_branch_learns_a_covered_mouth(tmp_path):
-    rng = np.random.default_rng(2)
-    train_csv = write_split(tmp_path / "train", face_items(tmp_path / "gen_train", rng, 24))
-    test_csv = write_split(tmp_path / "test", face_items(tmp_path / "gen_test", rng, 12))
-    cache = tmp_path / "cache"
+    train_csv, test_csv, cache = labelled_splits(tmp_path, face_items, 2, 24, 12)
     summary = train(tmp_path, "--train", str(train_csv), "--clips", str(train_csv.parent),
                     "--modalities", "face", "--epochs", "15", "--lr", "3e-3", "--feature-cache", str(cache))
     assert summary["trained_modalities"] == ["face"]

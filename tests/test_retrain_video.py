@@ -18,7 +18,7 @@ from core import checkpoint as ck
 from core import encoders
 from core.model import EmotionModel, ModelConfig, with_modalities
 from tests import mediagen
-from tests.test_retrain import assert_learned, held_out, train, write_split
+from tests.test_retrain import assert_learned, held_out, labelled_splits, train, write_split
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,7 @@ def tint_items(folder: Path, rng, n: int) -> list:
 
 def test_video_branch_learns_a_picture_cue_and_the_app_uses_it(tmp_path, r3d_weights, monkeypatch):
     monkeypatch.delenv(encoders.VIDEO_WEIGHTS_ENV, raising=False)
-    rng = np.random.default_rng(3)
-    train_csv = write_split(tmp_path / "train", tint_items(tmp_path / "gen_train", rng, 16))
-    test_csv = write_split(tmp_path / "test", tint_items(tmp_path / "gen_test", rng, 8))
-    cache = tmp_path / "cache"
+    train_csv, test_csv, cache = labelled_splits(tmp_path, tint_items, 3, 16, 8)
     summary = train(tmp_path, "--train", str(train_csv), "--clips", str(train_csv.parent), "--holdout", "0.25",
                     "--modalities", "video", "--video-weights", str(r3d_weights), "--epochs", "30",
                     "--patience", "30", "--lr", "3e-3", "--feature-cache", str(cache), "--batch-size", "4")
