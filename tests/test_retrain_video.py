@@ -63,6 +63,10 @@ def test_video_branch_learns_a_picture_cue_and_the_app_uses_it(tmp_path, r3d_wei
     card = ck.read_card(tmp_path / "model")
     assert card.trained_modalities == ["video"] and card.data["train"]["rows_with_video"] == 12
     assert card.video_encoder["weights"] == str(r3d_weights) and len(card.video_encoder["sha256"]) == 64
+    from train.video_features import video_features             # a second pass reads the cache only
+    clips = {c.stem: c for c in sorted(train_csv.parent.glob("dia*_utt0.mp4"))}
+    _, again = video_features(clips, encoders.VideoEncoder(str(r3d_weights)), cache, quiet=True)
+    assert len(clips) == 16 and again.extracted == 0 and again.from_cache == 16
     result = held_out(tmp_path / "model", test_csv, cache)
     assert result["heads"]["video"]["rows"] == 8
     assert_learned(result, "video", 7)                      # chance: 4 of 8
