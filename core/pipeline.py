@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from .transcribe import load_whisper, transcribe
 from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 
 Progress = Callable[[float, str], None]
+log = logging.getLogger(__name__)
 
 STAGES = ("decode", "transcribe", "frames", "face", "video", "text", "audio", "model")
 NO_SPEECH = "No speech found"
@@ -244,7 +246,8 @@ def _faces(path, info, utterances: list[Utterance], grid, device: str, errors, c
         with clock("face"):
             try:
                 found = grid.result()
-            except Exception:          # unreadable at some point: the per-utterance path says where
+            except Exception as err:   # unreadable at some point: the per-utterance path says where
+                log.warning("face grid failed (%s); reading frames per utterance", err)
                 found = None
     if found is None:
         frames = _frames_per_utterance(path, info, utterances, errors, clock)
