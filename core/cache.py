@@ -41,6 +41,19 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tensors_digest(state: dict) -> str:
+    """sha256 over a state dict's names, shapes, dtypes and bytes (in name order): the same
+    weights give the same digest whatever file or format they came from."""
+    import torch
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if tensor.numel():
+            h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def cache_key(digest: str, signature: dict) -> str:
     blob = json.dumps({"v": CACHE_VERSION, "code": __version__, "file": digest, "models": signature}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cache import file_digest
+from .cache import tensors_digest
 
 SAMPLE_RATE = 16000
 N_MELS = 64
@@ -264,8 +264,9 @@ class VideoEncoder(torch.nn.Module):
     """R3D-18 as a frozen clip encoder -> 512-d. Never at random initialisation: it needs
     Kinetics-400 weights, from a safetensors file (offline) or torchvision's download (online).
 
-    `sha256`, when given, must match the file: a projection trained on one set of R3D features
-    means nothing on another's.
+    `sha256`, when given, must match the weights' digest (core.cache.tensors_digest, the same for
+    a safetensors copy and torchvision's download of the same weights): a projection trained on
+    one set of R3D features means nothing on another's.
     """
 
     def __init__(self, weights: str | None = None, sha256: str | None = None):
@@ -279,17 +280,12 @@ class VideoEncoder(torch.nn.Module):
                 raise EncoderUnavailable(
                     "the video (R3D-18) encoder needs Kinetics-400 weights: they cannot be downloaded "
                     f"here, so it stays off (give a safetensors copy with ${VIDEO_WEIGHTS_ENV})") from None
-            self.digest = "torchvision-kinetics400-v1"
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise EncoderUnavailable(f"R3D-18 weights not found at {path}: the video encoder stays off")
             if path.suffix.lower() != ".safetensors":
                 raise EncoderUnavailable(f"R3D-18 weights must be a .safetensors file (never a pickle): {path.name}")
-            self.digest = file_digest(path)
-            if sha256 and sha256 not in ("torchvision-kinetics400-v1", self.digest):
-                raise EncoderUnavailable(f"R3D-18 weights at {path} are not the ones this checkpoint was "
-                                         "trained with (sha256 differs): the video encoder stays off")
             from safetensors.torch import load_file
             net = r3d_18(weights=None)
             try:
@@ -303,6 +299,10 @@ class VideoEncoder(torch.nn.Module):
                 raise EncoderUnavailable(f"R3D-18 weights at {path} do not load: "
                                          f"{str(err).splitlines()[0][:160]}") from None
         net.fc = torch.nn.Identity()
+        self.digest = tensors_digest(net.state_dict())
+        if sha256 and sha256 != self.digest:
+            raise EncoderUnavailable(f"the R3D-18 weights from {weights} are not the ones this checkpoint was "
+                                     "trained with (sha256 differs): the video encoder stays off")
         self.net = net.eval().requires_grad_(False)
 
     def describe(self) -> dict:

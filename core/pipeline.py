@@ -8,7 +8,6 @@ MediaError with a one-line message; a file with no speech gives an Analysis whos
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import threading
@@ -58,13 +57,9 @@ class Models:
     @cached_property
     def weights_digest(self) -> str:
         """sha256 over the checkpoint's tensors (fusion model and tuned text layers)."""
-        digest = hashlib.sha256()
-        for prefix, state in (("model.", self.checkpoint.model.state_dict()), ("text.", self.checkpoint.text_state)):
-            for name in sorted(state):
-                tensor = state[name].detach().cpu().contiguous()
-                digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        return digest.hexdigest()[:16]
+        model, text = self.checkpoint.model.state_dict(), self.checkpoint.text_state
+        return cache.tensors_digest({**{f"model.{k}": v for k, v in model.items()},
+                                     **{f"text.{k}": v for k, v in text.items()}})[:16]
 
     def signature(self) -> dict:
         """What decides an analysis besides the file: keys the analysis cache (an edited
