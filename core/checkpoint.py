@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .labels import EMOTIONS, SENTIMENTS
 from .model import EmotionModel, ModelConfig
+from .types import UserError
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.safetensors"
@@ -32,7 +33,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 MAX_CARD_BYTES = 4 * 2**20
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint folder cannot be used; the message says why in one line."""
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .types import MediaInfo
+from .types import MediaInfo, UserError
 
 SAMPLE_RATE = 16000      # Hz, what Whisper and the audio encoder expect
 FRAME_GRID = 100.0       # frames are picked on a 1/100 s grid (finer than any common frame rate)
@@ -30,7 +30,7 @@ MAX_FPS = 240.0          # frame rates above this are taken for timebases, not r
 TIMEOUT = 1800.0         # seconds before a single ffmpeg run is killed
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """A media file cannot be read; the message is one line, fit to show a user."""
 
 

@@ -29,6 +29,7 @@ from typing import IO, Iterable, Union
 import pandas as pd
 
 from .labels import EMOTIONS, SENTIMENTS, emotion_index, sentiment_index
+from .types import UserError
 
 COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
@@ -60,7 +61,7 @@ _UTF8_LEAD_SIZE = {0xC2: 2, 0xC3: 2, **dict.fromkeys(range(0xE0, 0xF0), 3),
 _BY_CANONICAL = {_NAME_NOISE_RE.sub("", c).lower(): c for c in COLUMNS}
 
 
-class MeldFormatError(Exception):
+class MeldFormatError(UserError):
     """The input is not a MELD CSV at all (binary, unparseable, or lacking essential columns)."""
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .types import Utterance, error_line
+from .types import UserError, Utterance, error_line
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
@@ -57,7 +57,7 @@ CLASSIC_PREFIXES = ("thanks for watching", "thank you for watching", "subtitles 
 SENTENCE_END = ".!?…。？！"
 
 
-class TranscriptionError(Exception):
+class TranscriptionError(UserError):
     """Whisper could not be loaded or run; the message is one line, fit to show a user."""
 
 

@@ -127,6 +127,12 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
+class UserError(Exception):
+    """A problem with what the user gave or asked for (a file, a value, a request): its message is
+    one line meant for them. Every such error in the project derives from this class, so the app and
+    the CLI catch one type and show its line, never a traceback."""
+
+
 def error_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an error's message (its type's name when empty), cut to `limit` characters."""
     text = str(err).strip()

@@ -27,6 +27,7 @@ from pathlib import Path
 from core.meld import MeldFormatError, clip_name, read_meld_csv
 
 from .data import TextExample, text_examples
+from core.types import UserError
 
 RELEASE_SPLITS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 EXPORT_CLIPS = "clips"
@@ -34,7 +35,7 @@ CLIP_PATTERN = re.compile(r"dia\d+_utt\d+\.mp4", re.IGNORECASE)
 MAX_LISTED = 50          # names listed in a card; the count is always complete
 
 
-class ClipDataError(RuntimeError):
+class ClipDataError(UserError, RuntimeError):
     """The clip data cannot be used; the message says why in one line."""
 
 
