@@ -80,6 +80,7 @@ class MeldRow:
     start: float | None = None   # seconds
     end: float | None = None     # seconds
     sr_no: int | None = None
+    line: int = 0                # its record's row number in the file read (header = 1); 0: not read
 
     @property
     def key(self) -> tuple[int | None, int | None]:
@@ -280,6 +281,7 @@ def read_meld_csv(path_or_buffer: Union[str, Path, IO], require_labels: bool = T
         cells = {c: padded[index[c]] if c in index else "" for c in COLUMNS}
         cells = {c: v[1:] if _ESCAPED_RE.match(v) else v for c, v in cells.items()}  # unescape
         meld_row = _parse_cells(cells, row, index, require_labels, problems)
+        meld_row.line = row
         if (meld_row.utterance, meld_row.speaker) != (cells["Utterance"], cells["Speaker"]):
             table.repaired += 1
         key = meld_row.key
