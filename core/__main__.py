@@ -1,7 +1,9 @@
 """Command line: `python -m core analyze VIDEO [--json OUT]` and `python -m core batch FOLDER --out DIR`.
 
 Both apply the app's limits (core/limits.py: --max-mb / --max-upload-mb, --max-seconds, else the
-WORKBENCH_MAX_* variables) and refuse an over-limit file in one line before any model is loaded.
+WORKBENCH_MAX_* variables) and refuse an over-limit file in one line before any model is loaded;
+a --checkpoint whose card asks for absurd shapes is refused the same way, before any weight
+exists. Failures (a refused file, a full disk) are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def _analyze(args: argparse.Namespace) -> int:
     except MediaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if (problem := _checkpoint_problem(args.checkpoint)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
 
     from tqdm import tqdm
 
@@ -77,9 +82,26 @@ def _analyze(args: argparse.Namespace) -> int:
     bar.close()
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        from .writes import os_error_line
+        try:
+            Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        except OSError as err:
+            print(f"error: {os_error_line(err, args.json)}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
+
+
+def _checkpoint_problem(folder: str | None) -> str | None:
+    """Why the --checkpoint folder's card cannot be used (shapes, size), read before any weight."""
+    if not folder:
+        return None
+    from .checkpoint import CheckpointError, check_card
+    try:
+        check_card(folder)
+    except CheckpointError as err:
+        return str(err)
+    return None
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +142,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     from .batch import analyze_folder, find_media
+    from .writes import os_error_line
     if not Path(args.folder).is_dir() or not find_media(args.folder):
         print(f"error: no video or audio files in {args.folder}", file=sys.stderr)
         return 1
-    results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint,
-                             limits=args.limits)
+    if (problem := _checkpoint_problem(args.checkpoint)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint,
+                                 limits=args.limits)
+    except OSError as err:                  # the output folder cannot be made
+        print(f"error: {os_error_line(err, args.out)}", file=sys.stderr)
+        return 1
     for r in results:
-        print(f"{'SKIP' if r.skipped else 'ok  ' if r.ok else 'ERR '} {Path(r.source).name}: {r.message}")
+        into = f" -> {r.output}.json, {r.output}.csv" if r.ok and r.output else ""
+        print(f"{'SKIP' if r.skipped else 'ok  ' if r.ok else 'ERR '} {Path(r.source).name}: {r.message}{into}")
     skipped = sum(r.skipped for r in results)
     failed = sum(not r.ok for r in results) - skipped
     print(f"{len(results) - failed - skipped} analysed, {failed} failed, {skipped} skipped (over a limit); "

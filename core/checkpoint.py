@@ -141,14 +141,14 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    card = read_card(folder)
+    card = check_card(folder)                 # shapes and size, before any tensor exists
     weights = folder / MODEL_FILE
     if not weights.is_file():
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
         raise CheckpointError(f"{folder}: {MODEL_FILE} is missing{hint}")
     try:
-        config = _sane(ModelConfig.from_dict(card.model))
+        config = ModelConfig.from_dict(card.model)
         model = EmotionModel(config)
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
@@ -173,19 +173,42 @@ def load_or_untrained(folder: str | Path | None = None) -> Checkpoint:
 
 
 MAX_DIM = 16384     # no shipped or trainable layer is anywhere near this wide
+MAX_PARAMETERS = 20_000_000    # ~80 MB of float32; the shipped fusion model is far smaller
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """How many parameters the model of `config` has, counted on PyTorch's meta device: the
+    layers are built from shapes alone, so no memory is allocated for any weight."""
+    with torch.device("meta"):
+        model = EmotionModel(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _sane(config: ModelConfig) -> ModelConfig:
     """Refuse a card whose shapes would allocate absurd memory before any tensor is made."""
     for name, value in config.to_dict().items():
-        if name == "modalities":
+        default = ModelConfig.__dataclass_fields__[name].default
+        if isinstance(default, tuple):             # modalities, late: names, checked by from_dict
             continue
         if name == "dropout":
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"model.dropout {value!r} is not in [0, 1)")
         elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise ValueError(f"model.{name} {value!r} is not a whole number in 1..{MAX_DIM}")
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"the card's shapes make {count:,} parameters; the limit is {MAX_PARAMETERS:,}")
     return config
+
+
+def check_card(folder: str | Path) -> ModelCard:
+    """Read a card and check its model shapes (CheckpointError), without reading any weights."""
+    card = read_card(folder)
+    try:
+        _sane(ModelConfig.from_dict(card.model))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{Path(folder).name}: the card's model is refused ({err})") from None
+    return card
 
 
 def _atomic(path: Path, write) -> None:

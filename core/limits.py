@@ -7,10 +7,13 @@
     max_pixels      largest frame (width x height) of a video         $WORKBENCH_MAX_PIXELS     (8K: 35.4 M)
     max_csv_rows    most rows in one imported MELD CSV                $WORKBENCH_MAX_CSV_ROWS   (20000)
 
-A value of 0 switches that limit off. The checks read only the file size and ffmpeg's header probe
-(`core.media.probe`): an over-long or over-large file is refused before it is copied, decoded or
-transcribed. Every refusal is a `LimitError` (a `MediaError`), with a one-line message that says
-the limit and how to raise it. The app (webapp/service.py) and the command line (core/__main__.py,
+A value of 0 switches that limit off. The checks read the file size and ffmpeg's header probe
+(`core.media.probe`), and then do not trust the header: the audio is decoded until it ends or
+passes max_seconds (decoding stops there), and the video's packets are scanned the same way, so
+a file whose header lies about its duration is refused before it is copied or transcribed. A
+video whose frame size the probe cannot read is refused. Playlists and other formats that open
+further files are refused by the probe itself (core.media.ALLOWED_FORMATS). Every refusal is a
+`LimitError` (a `MediaError`), with a one-line message that says the limit and how to raise it. The app (webapp/service.py) and the command line (core/__main__.py,
 core/batch.py) apply the same checks.
 """
 
@@ -20,7 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .media import MediaError, probe
+from . import media
+from .media import LimitError, MediaError, probe
 from .types import MediaInfo
 
 ENV = {"max_upload_mb": "WORKBENCH_MAX_UPLOAD_MB", "max_seconds": "WORKBENCH_MAX_SECONDS",
@@ -31,10 +35,6 @@ FLAGS = {"max_upload_mb": "--max-upload-mb", "max_seconds": "--max-seconds"}
 def how_to_raise(name: str) -> str:
     """Where a limit is set, for the end of a refusal: '(--max-seconds or WORKBENCH_MAX_SECONDS)'."""
     return f"({FLAGS[name]} or {ENV[name]})" if name in FLAGS else f"({ENV[name]})"
-
-
-class LimitError(MediaError):
-    """A request is over one of the server's limits; one line, fit to show a user."""
 
 
 def _hms(seconds: float) -> str:
@@ -87,16 +87,36 @@ class Limits:
         return size
 
     def check_media(self, path: str | os.PathLike) -> MediaInfo:
-        """Size, then the probe's duration and frame size: the MediaInfo if it is within limits."""
+        """Size, the probe's duration and frame size, then the duration the audio really decodes
+        to and the video's packets really run (both read only up to the limit): the MediaInfo
+        if the file is within limits."""
         self.check_size(path)
         info = probe(path)
-        if self.max_seconds > 0 and info.duration > self.max_seconds:
-            raise LimitError(f"The file lasts {_hms(info.duration)}; the limit is "
-                             f"{_hms(self.max_seconds)} {how_to_raise('max_seconds')}.")
-        if self.max_pixels > 0 and info.has_video and info.width * info.height > self.max_pixels:
-            raise LimitError(f"The video's frames are {info.width}x{info.height}; the limit is "
-                             f"{self.max_pixels / 1e6:.1f} megapixels a frame {how_to_raise('max_pixels')}.")
+        self._check_seconds(info.duration)
+        if self.max_pixels > 0 and info.has_video:
+            if info.width <= 0 or info.height <= 0:
+                raise LimitError("The video's frame size could not be read, so the frame-size limit "
+                                 f"cannot be checked; the file is refused {how_to_raise('max_pixels')}.")
+            if info.width * info.height > self.max_pixels:
+                raise LimitError(f"The video's frames are {info.width}x{info.height}; the limit is "
+                                 f"{self.max_pixels / 1e6:.1f} megapixels a frame "
+                                 f"{how_to_raise('max_pixels')}.")
+        if self.max_seconds > 0:
+            try:
+                if info.has_audio:
+                    media.audio_seconds(path, self.max_seconds)
+                if info.has_video:
+                    self._check_seconds(media.video_seconds(path, self.max_seconds))
+            except LimitError:
+                raise LimitError(f"The file lasts longer than {_hms(self.max_seconds)} once decoded "
+                                 f"(its header says {_hms(info.duration)}); the limit is "
+                                 f"{_hms(self.max_seconds)} {how_to_raise('max_seconds')}.") from None
         return info
+
+    def _check_seconds(self, seconds: float) -> None:
+        if self.max_seconds > 0 and seconds > self.max_seconds:
+            raise LimitError(f"The file lasts {_hms(seconds)}; the limit is "
+                             f"{_hms(self.max_seconds)} {how_to_raise('max_seconds')}.")
 
     def check_rows(self, n_rows: int) -> None:
         if self.max_csv_rows > 0 and n_rows > self.max_csv_rows:

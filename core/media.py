@@ -28,10 +28,22 @@ SEEK_MARGIN = 1.0        # seconds decoded before the first requested time
 MAX_SIDE = 640           # default longest side of frames handed back
 MAX_FPS = 240.0          # frame rates above this are taken for timebases, not rates
 TIMEOUT = 1800.0         # seconds before a single ffmpeg run is killed
+# The only demuxers a user's file may be read with: plain media containers. Playlists and lists
+# (hls, concat, dash), image sequences and anything else that can open other files or the network
+# are refused; every input is also opened with `-protocol_whitelist file`. The *_pipe image
+# demuxers read the one file they are given (a still picture, analysed as a silent video).
+ALLOWED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mp3",
+                   "wav", "w64", "flac", "ogg", "aac", "mpegts", "mpeg", "asf", "flv", "aiff",
+                   "caf", "amr", "ac3", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif")
+READ_CHUNK = 1 << 20     # bytes of decoded audio read from ffmpeg at a time
 
 
 class MediaError(UserError):
     """A media file cannot be read; the message is one line, fit to show a user."""
+
+
+class LimitError(MediaError):
+    """A request is over one of the server's limits; one line, fit to show a user."""
 
 
 def ffmpeg_exe() -> str:
@@ -70,6 +82,16 @@ def _run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProce
     return proc
 
 
+def input_args(path: str | os.PathLike) -> list[str]:
+    """`-i` for a user's file, opened as a plain local file by an allowed demuxer only.
+
+    `file:` keeps a name like `concat:a|b` or `http:x` a file name; `-protocol_whitelist file`
+    stops a demuxer from opening URLs; `-format_whitelist` refuses playlists and the like.
+    """
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_FORMATS),
+            "-i", "file:" + str(Path(path).resolve())]
+
+
 def _one_line(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -106,6 +128,22 @@ def _unreadable(stderr: str, path: str | os.PathLike | None = None) -> MediaErro
     return MediaError(f"This file is not a readable video or audio file ({reason}).")
 
 
+_PROBED = re.compile(r"Format (\S+) probed")
+_PLAYLISTS = {"hls", "concat", "dash", "ffmetadata", "webm_dash_manifest", "image2", "tee"}
+
+
+def _refused_format(path: str) -> MediaError | None:
+    """The error for a file whose demuxer is not allowed (None if that is not why it failed)."""
+    err = _run(["-loglevel", "debug", *input_args(path)]).stderr
+    if "Format not on whitelist" not in err:
+        return None
+    found = _PROBED.findall(err)
+    name = found[-1] if found else "unknown"
+    kind = "a playlist or file list" if name in _PLAYLISTS or "playlist" in name else "a format"
+    return MediaError(f"This file is {kind} ({name}) that is not accepted: only plain video or "
+                      "audio files (MP4, MOV, MKV, WebM, AVI, MP3, WAV, FLAC, OGG, ...) are read.")
+
+
 def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -119,7 +157,8 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 _DURATION = re.compile(r"Duration:\s*(N/A|(\d+):(\d+):(\d+(?:\.\d+)?))")
 _STREAM = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
-_SIZE = re.compile(r"[,\s](\d{2,5})x(\d{2,5})[\s,\[]")
+_SIZE = re.compile(r"[,\s]([1-9]\d{0,8})x([1-9]\d{0,8})[\s,\[]")
+_INPUT = re.compile(r"Input #0, (.+?), from '")
 _RATE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
 
@@ -133,10 +172,12 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 @lru_cache(maxsize=64)
 def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
-    err = _run(["-i", path]).stderr          # exits non-zero without an output: that is normal
+    err = _run(input_args(path)).stderr      # exits non-zero without an output: that is normal
     if "Input #0" not in err:
-        raise _unreadable(err, path)
-    info = MediaInfo(path=path, duration=0.0, has_video=False, has_audio=False)
+        raise (_refused_format(path) if "Invalid argument" in err else None) or _unreadable(err, path)
+    found = _INPUT.search(err)
+    info = MediaInfo(path=path, duration=0.0, has_video=False, has_audio=False,
+                     container=found.group(1) if found else "")
     video_seen, rotated = 0, False           # a display rotation applies to the first video stream
     for line in err.splitlines():
         m = _STREAM.match(line)
@@ -168,10 +209,14 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
     return info
 
 
-def _scan_duration(path: str) -> float:
-    """The real duration, read by passing every packet through (stream copy, no decoding)."""
+def _scan_duration(path: str, streams: tuple[str, ...] = ("0:v?", "0:a?"),
+                   stop: float | None = None) -> float:
+    """The real duration, read by passing every packet through (stream copy, no decoding);
+    with `stop`, the scan ends a second past it."""
+    maps = [a for s in streams for a in ("-map", s)]
+    until = ["-t", f"{stop + 1.0:.3f}"] if stop else []
     for codec in (["-c", "copy"], []):      # copy is fast; decoding is the fallback
-        proc = _run(["-i", path, "-map", "0:v?", "-map", "0:a?", *codec, "-f", "null",
+        proc = _run([*input_args(path), *maps, *codec, *until, "-f", "null",
                      "-progress", "pipe:1", "-nostats", "-"])
         times = re.findall(rb"out_time_us=(\d+)", proc.stdout)
         if proc.returncode == 0 and times and int(times[-1]) > 0:
@@ -179,20 +224,75 @@ def _scan_duration(path: str) -> float:
     return 0.0
 
 
+def video_seconds(path: str | os.PathLike, max_seconds: float | None = None) -> float:
+    """How long the first video stream's packets run (not what the header says); with
+    `max_seconds`, the scan stops a second past it."""
+    return _scan_duration(str(_check_file(path)), ("0:v:0",), max_seconds)
+
+
 # --------------------------------------------------------------------------- audio
 
-def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio track to mono float32 in [-1, 1] at `sr` Hz, in one ffmpeg call."""
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE,
+               max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio track to mono float32 in [-1, 1] at `sr` Hz, in one ffmpeg call.
+
+    With `max_seconds`, decoding stops as soon as the decoded audio passes it (whatever the
+    header says) and `LimitError` is raised.
+    """
+    chunks: list[bytes] = []
+    _decode_audio(path, sr, max_seconds, chunks.append)
+    audio = np.frombuffer(b"".join(chunks), np.int16).astype(np.float32) / 32768.0
+    return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def audio_seconds(path: str | os.PathLike, max_seconds: float | None = None) -> float:
+    """Seconds of audio the first track really decodes to (not what the header says); with
+    `max_seconds`, decoding stops once past it and `LimitError` is raised."""
+    return _decode_audio(path, SAMPLE_RATE, max_seconds, None) / SAMPLE_RATE
+
+
+def _decode_audio(path, sr: int, max_seconds: float | None, sink) -> int:
+    """Stream the decoded 16-bit mono samples to `sink` (None: count only); the sample count."""
     p = _check_file(path)
-    proc = _run(["-i", str(p), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sr),
-                 "-f", "s16le", "-acodec", "pcm_s16le", "-"])
+    limit = None if not max_seconds or max_seconds <= 0 else int(max_seconds * sr) * 2
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(p), "-map", "0:a:0", "-vn", "-sn",
+            "-dn", "-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec", "pcm_s16le", "-"]
+    got, over = 0, False
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+        timer = threading.Timer(TIMEOUT, proc.kill)
+        timer.start()
+        try:
+            while chunk := proc.stdout.read(READ_CHUNK):
+                if limit is not None and got + len(chunk) > limit:
+                    over = True             # stop reading at the limit: the rest is never decoded
+                    proc.kill()
+                    break
+                got += len(chunk)
+                if sink is not None:
+                    sink(chunk)
+        finally:
+            proc.stdout.close()
+            proc.wait()
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", errors="replace")
+    if over:
+        raise LimitError(f"The audio lasts longer than {_hms(max_seconds)} once decoded; "
+                         f"the limit is {_hms(max_seconds)}.")
     if proc.returncode != 0:
-        if "matches no streams" in proc.stderr:
+        if "matches no streams" in stderr:
             probe(p)                                   # a clearer error for a non-media file
             raise MediaError("The file has no audio track.")
-        raise _unreadable(proc.stderr, p)
-    audio = np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
-    return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+        if "Invalid argument" in stderr and (refused := _refused_format(str(p))):
+            raise refused
+        raise _unreadable(stderr, p)
+    return got // 2
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def audio_segment(audio: np.ndarray, start: float, end: float, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -274,7 +374,7 @@ def read_frames(path: str | os.PathLike, times: Sequence[float],
           f"select='{_select_expr(wanted)}',"
           f"scale={w}:{h}:flags=area,setsar=1,format=rgb24")
     args = ["-loglevel", "error"] + (["-ss", f"{seek:.6f}"] if seek > 0 else [])
-    args += ["-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
+    args += [*input_args(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,
              "-fps_mode", "passthrough", "-frames:v", str(len(wanted)),
              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frames = np.empty((len(t), h, w, 3), np.uint8)
@@ -305,7 +405,7 @@ def cut_clip(path: str | os.PathLike, start: float, end: float,
     end = min(float(end), info.duration) if info.duration > 0 else float(end)
     if not end > start:
         raise MediaError(f"Empty clip: start {start:.2f} s is not before end {end:.2f} s.")
-    args = ["-y", "-ss", f"{start:.6f}", "-i", str(path), "-t", f"{end - start:.6f}"]
+    args = ["-y", "-ss", f"{start:.6f}", *input_args(path), "-t", f"{end - start:.6f}"]
     args += ["-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt",
              "yuv420p", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2"] if info.has_video else ["-vn"]
     if info.has_audio:
@@ -328,7 +428,7 @@ def remux_to_temp(path: str | os.PathLike, suffix: str = ".mkv") -> Path:
     p = _check_file(path)
     folder = Path(tempfile.mkdtemp(prefix="media-"))
     out = folder / (p.stem + suffix)
-    proc = _run(["-y", "-i", str(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])
+    proc = _run(["-y", *input_args(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])
     if proc.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise _unreadable(proc.stderr)

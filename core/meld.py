@@ -11,7 +11,10 @@
 * ``RowProblem.row`` is the spreadsheet row number: the header is row 1, the first record row 2.
   It equals the file's line number when no field spans lines. Header problems use row 1.
 * Text is repaired (``repair_text``) on read, and cells are escaped against spreadsheet formula
-  injection on write (a leading ``'``), which the reader undoes, so a round trip is lossless.
+  injection on write (a leading ``'``, core.csvsafe), which the reader undoes, so a round trip is
+  lossless.
+* Ids (Dialogue_ID, Utterance_ID, Season, Episode, Sr No.) must be whole numbers in 0..MAX_ID;
+  anything else (``9223372036854775807``, ``10**30``) is a row problem, never a crash later.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Union
 
-import pandas as pd
-
+from .csvsafe import csv_text, escape_cell, unescape_cell, write_csv
 from .labels import EMOTIONS, SENTIMENTS, emotion_index, sentiment_index
 from .types import UserError
 
@@ -35,16 +37,15 @@ COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_I
            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
 ESSENTIAL_COLUMNS = ("Utterance", "Dialogue_ID", "Utterance_ID")
 LABEL_COLUMNS = ("Emotion", "Sentiment")
-# Characters that make a spreadsheet treat a cell as a formula (OWASP CSV injection advice).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+MAX_ID = 10**9          # largest Dialogue_ID / Utterance_ID (and Season, Episode, Sr No.) read
+MAX_CELL = 10_000       # characters in one cell (MELD's longest utterance has about 300)
+# the csv module refuses fields over 128 KB for the whole file; cells are checked per row instead
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 _TIME_RE = re.compile(r"(\d+):([0-5]\d):([0-5]\d)[,.](\d{1,3})")
 _CLIP_RE = re.compile(r"dia(\d+)_utt(\d+)\.mp4", re.IGNORECASE)
 _NAME_NOISE_RE = re.compile(r"[\s_.]")  # header names match ignoring case, spaces, "_" and "."
 _INT_RE = re.compile(r"[+-]?\d+(\.0*)?")
-_FORMULA_CLASS = "[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
-_ESCAPED_RE = re.compile("'+" + _FORMULA_CLASS)       # a cell as written by write_meld_csv
-_NEEDS_ESCAPE_RE = re.compile("'*" + _FORMULA_CLASS)  # a cell write_meld_csv must escape
 
 # cp1252 character of each byte 0x80-0xFF ("" for the undefined 0x81, 0x8D, 0x8F, 0x90, 0x9D).
 _CP1252 = {b: bytes([b]).decode("cp1252", errors="ignore") for b in range(0x80, 0x100)}
@@ -80,7 +81,7 @@ class MeldRow:
     start: float | None = None   # seconds
     end: float | None = None     # seconds
     sr_no: int | None = None
-    line: int = 0                # its record's row number in the file read (header = 1); 0: not read
+    line: int = field(default=0, compare=False)  # its record's row number in the file read (header = 1); 0: not read
 
     @property
     def key(self) -> tuple[int | None, int | None]:
@@ -163,11 +164,30 @@ def repair_text(text: str) -> str:
     return text.translate(_C1_TO_CP1252)
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """`data` decoded as UTF-16 LE or BE when it looks like it (ASCII-range text has a NUL in
+    every other byte) and decodes cleanly to text without NULs; else None."""
+    sample = data[:4096]
+    if len(data) % 2 or len(sample) < 4:
+        return None
+    for codec, zeros in (("utf-16-le", sample[1::2]), ("utf-16-be", sample[0::2])):
+        if zeros.count(0) >= 0.6 * len(zeros):
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            if "\x00" not in text:
+                return text
+    return None
+
+
 def _decode(data: bytes) -> str:
-    """Text of a CSV file: UTF-16 (BOM), UTF-8 (BOM optional), else cp1252."""
+    """Text of a CSV file: UTF-16 (BOM or, detected, without), UTF-8 (BOM optional), else cp1252."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
     if b"\x00" in data:
+        if (text := _utf16_without_bom(data)) is not None:
+            return text
         raise MeldFormatError("not a CSV file: binary data (NUL bytes)")
     try:
         return data.decode("utf-8-sig")
@@ -176,9 +196,12 @@ def _decode(data: bytes) -> str:
 
 
 def _non_negative_int(raw: str) -> int:
-    if not _INT_RE.fullmatch(raw) or int(raw.split(".")[0]) < 0:
-        raise ValueError(f"not a non-negative integer: {raw!r}")
-    return int(raw.split(".")[0])
+    if not _INT_RE.fullmatch(raw) or len(raw) > 40 or int(raw.split(".")[0]) < 0:
+        raise ValueError(f"not a non-negative integer: {raw[:40]!r}")
+    value = int(raw.split(".")[0])
+    if value > MAX_ID:
+        raise ValueError(f"{raw[:40]} is out of range: ids go from 0 to {MAX_ID}")
+    return value
 
 
 def _parse_cells(cells: dict[str, str], row: int, present: dict[str, int],
@@ -218,8 +241,29 @@ def _parse_cells(cells: dict[str, str], row: int, present: dict[str, int],
     return meld_row
 
 
-def _records(text: str) -> list[list[str]]:
+class _Lines:
+    """The lines of a text, fed to csv.reader one at a time; `pos` can be moved back."""
+
+    def __init__(self, text: str):
+        self.lines, self.pos = io.StringIO(text, newline="").readlines(), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _records(text: str) -> list[list[str] | str]:
     """CSV records as lists of strings; ragged rows keep their own length.
+
+    A record that cannot be taken comes back as the reason (a str) and reading goes on: one with
+    a cell longer than MAX_CELL, or one that spans lines and has the wrong number of fields (an
+    unclosed quote, which would otherwise swallow every row after it): then only its first line
+    is given up, and the next line is read as the next record.
 
     The stdlib reader, not pandas: pandas' python engine silently skips a record with a quoting
     error (its ``on_bad_lines`` callback is not called for those), and its C engine cannot report
@@ -227,11 +271,29 @@ def _records(text: str) -> list[list[str]]:
     """
     first_line = text.split("\n", 1)[0]
     delimiter = next((c for c in ",\t;" if c in first_line), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        return list(reader)
-    except csv.Error as exc:
-        raise MeldFormatError(f"not a valid CSV file: line {reader.line_num}: {exc}") from None
+    feed = _Lines(text)
+    reader = csv.reader(feed, delimiter=delimiter)
+    records: list[list[str] | str] = []
+    while True:
+        start = feed.pos
+        try:
+            record = next(reader)
+        except StopIteration:
+            return records
+        except csv.Error as exc:
+            raise MeldFormatError(f"not a valid CSV file: line {start + 1}: {exc}") from None
+        longest = max((len(cell) for cell in record), default=0)
+        if longest > MAX_CELL and not records:
+            raise MeldFormatError(f"not a MELD CSV: a header cell of {longest} characters")
+        if longest > MAX_CELL:
+            records.append(f"a cell of {longest} characters (the limit is {MAX_CELL}); "
+                           "the row is left out")
+        elif records and feed.pos - start > 1 and len(record) != len(records[0]):
+            records.append(f"an unclosed quote: {len(record)} fields over {feed.pos - start} lines, "
+                           f"expected {len(records[0])}; the row is left out, the next line is read on")
+            feed.pos = start + 1
+        else:
+            records.append(record)
 
 
 def read_meld_csv(path_or_buffer: Union[str, Path, IO], require_labels: bool = True) -> MeldTable:
@@ -271,6 +333,9 @@ def read_meld_csv(path_or_buffer: Union[str, Path, IO], require_labels: bool = T
     table = MeldTable(problems=problems)
     first_seen: dict[tuple[int, int], int] = {}
     for row, record in enumerate(records[1:], start=2):
+        if isinstance(record, str):          # a record the reader gave up (see _records)
+            problems.append(RowProblem(row, "", record))
+            continue
         if not any(cell.strip() for cell in record):
             continue
         if len(record) != len(header):
@@ -279,7 +344,7 @@ def read_meld_csv(path_or_buffer: Union[str, Path, IO], require_labels: bool = T
                                        + (" (an unclosed quote?)" if unclosed else "")))
         padded = record + [""] * len(header)
         cells = {c: padded[index[c]] if c in index else "" for c in COLUMNS}
-        cells = {c: v[1:] if _ESCAPED_RE.match(v) else v for c, v in cells.items()}  # unescape
+        cells = {c: unescape_cell(v) for c, v in cells.items()}
         meld_row = _parse_cells(cells, row, index, require_labels, problems)
         meld_row.line = row
         if (meld_row.utterance, meld_row.speaker) != (cells["Utterance"], cells["Speaker"]):
@@ -292,40 +357,29 @@ def read_meld_csv(path_or_buffer: Union[str, Path, IO], require_labels: bool = T
     return table
 
 
-def escape_cell(text: str) -> str:
-    """Prefix ``'`` to a cell a spreadsheet would run as a formula (and to one that already
-    looks escaped, so that reading it back is lossless)."""
-    return "'" + text if _NEEDS_ESCAPE_RE.match(text) else text
-
-
 def meld_csv_text(rows: Iterable[MeldRow]) -> str:
-    """The MELD CSV for ``rows``: COLUMNS order, CRLF, times formatted, text cells escaped.
-    ``Sr No.`` falls back to the 1-based position; ``None`` is written as an empty cell."""
+    """The MELD CSV for ``rows``: COLUMNS order, CRLF, times formatted, text cells escaped
+    (core.csvsafe). ``Sr No.`` falls back to the 1-based position; ``None`` is an empty cell."""
+    return csv_text(COLUMNS, _records_of(rows))
+
+
+def write_meld_csv(rows: Iterable[MeldRow], path: Union[str, Path, IO],
+                   excel_bom: bool = False) -> None:
+    """Write ``rows`` as UTF-8 MELD CSV to a path or a text/binary buffer (core.csvsafe.write_csv).
+    ``excel_bom`` adds a UTF-8 BOM so that Excel does not decode the file as cp1252."""
+    write_csv(path, COLUMNS, _records_of(rows), excel_bom=excel_bom)
+
+
+def _records_of(rows: Iterable[MeldRow]) -> list[list]:
     def num(v: int | None) -> str:
         return "" if v is None else str(int(v))
 
     def tm(v: float | None) -> str:
         return "" if v is None else format_time(v)
 
-    records = [[num(r.sr_no if r.sr_no is not None else i), escape_cell(r.utterance),
-                escape_cell(r.speaker), escape_cell(r.emotion), escape_cell(r.sentiment),
-                num(r.dialogue_id), num(r.utterance_id), num(r.season), num(r.episode),
-                tm(r.start), tm(r.end)] for i, r in enumerate(rows, start=1)]
-    frame = pd.DataFrame(records, columns=list(COLUMNS), dtype=object)
-    return frame.to_csv(index=False, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-
-
-def write_meld_csv(rows: Iterable[MeldRow], path: Union[str, Path, IO],
-                   excel_bom: bool = False) -> None:
-    """Write ``rows`` as UTF-8 MELD CSV to a path or a text/binary buffer.
-    ``excel_bom`` adds a UTF-8 BOM so that Excel does not decode the file as cp1252."""
-    data = ("\ufeff" if excel_bom else "") + meld_csv_text(rows)
-    if not hasattr(path, "write"):
-        Path(path).write_bytes(data.encode("utf-8"))
-    elif isinstance(path, io.TextIOBase):
-        path.write(data)
-    else:
-        path.write(data.encode("utf-8"))
+    return [[num(r.sr_no if r.sr_no is not None else i), r.utterance, r.speaker, r.emotion,
+             r.sentiment, num(r.dialogue_id), num(r.utterance_id), num(r.season), num(r.episode),
+             tm(r.start), tm(r.end)] for i, r in enumerate(rows, start=1)]
 
 
 def clip_name(dialogue_id: int, utterance_id: int) -> str:

@@ -21,6 +21,7 @@ class MediaInfo:
     fps: float = 0.0
     video_codec: str = ""
     audio_codec: str = ""
+    container: str = ""          # ffmpeg's demuxer, e.g. "matroska,webm" (core.media.ALLOWED_FORMATS)
 
 
 @dataclass

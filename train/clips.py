@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.meld import MeldFormatError, clip_name, read_meld_csv
+from core.writes import os_error_line
 
 from .data import TextExample, text_examples
 from core.types import UserError
@@ -117,29 +118,70 @@ def _export_csv(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def unpack_export(zip_path: Path, into: Path) -> Path:
-    """Extract an export zip's CSV and clips (nothing else, names checked) into `into`."""
+MAX_UNZIP_BYTES = 20 * 2**30    # what an export zip may unpack to in all (20 GiB)
+MAX_UNZIP_MEMBERS = 200_000     # entries in it (MELD's train split has about 10,000 clips)
+MAX_UNZIP_RATIO = 100           # unpacked / packed size of a member over 1 MB: clips are ~1, CSVs ~5
+_UNZIP_CHUNK = 1 << 20
+
+
+def unpack_export(zip_path: Path, into: Path, max_bytes: int = MAX_UNZIP_BYTES) -> Path:
+    """Extract an export zip's CSV and clips (nothing else, names checked) into `into`.
+
+    Refused in one line, before anything is written: more than MAX_UNZIP_MEMBERS entries, a
+    member named outside the folder (absolute, `..`), a member over 1 MB that unpacks more than
+    MAX_UNZIP_RATIO times its packed size, or members that unpack to more than `max_bytes` in
+    all. Extraction counts the bytes it writes too and stops at `max_bytes`.
+    """
     try:
         with zipfile.ZipFile(zip_path) as z:
-            members = [m for m in z.infolist() if not m.is_dir()]
+            infos = z.infolist()
+            if len(infos) > MAX_UNZIP_MEMBERS:
+                raise ClipDataError(f"{zip_path.name} holds {len(infos)} entries; the limit is "
+                                    f"{MAX_UNZIP_MEMBERS}")
+            for m in infos:
+                parts = m.filename.replace("\\", "/").split("/")
+                if m.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                    raise ClipDataError(f"{zip_path.name} names a file outside its folder "
+                                        f"({m.filename[:80]!r}); it is refused")
+                if m.file_size > 2**20 and m.file_size > MAX_UNZIP_RATIO * max(m.compress_size, 1):
+                    raise ClipDataError(f"{zip_path.name} looks like a zip bomb: {Path(m.filename).name[:60]} "
+                                        f"unpacks {m.file_size // max(m.compress_size, 1)} times its size")
+            members = [m for m in infos if not m.is_dir()]
             csvs = [m for m in members if m.filename.lower().endswith(".csv")]
             if len(csvs) != 1:
                 raise ClipDataError(f"{zip_path.name} is not a workbench export: "
                                     f"expected one CSV, found {len(csvs)}")
+            wanted = [csvs[0]] + [m for m in members if CLIP_PATTERN.fullmatch(Path(m.filename).name)
+                                  and Path(m.filename).parent.name == EXPORT_CLIPS]
+            total = sum(m.file_size for m in wanted)
+            if total > max_bytes:
+                raise ClipDataError(f"{zip_path.name} unpacks to {total / 2**20:.0f} MB; the limit is "
+                                    f"{max_bytes / 2**20:.0f} MB")
             (into / EXPORT_CLIPS).mkdir(parents=True, exist_ok=True)
-            _extract(z, csvs[0], into / Path(csvs[0].filename).name)
-            for m in members:
-                name = Path(m.filename).name   # only the base name: nothing can land outside `into`
-                if CLIP_PATTERN.fullmatch(name) and Path(m.filename).parent.name == EXPORT_CLIPS:
-                    _extract(z, m, into / EXPORT_CLIPS / name)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ClipDataError(f"{zip_path.name} cannot be read as a zip ({err})") from None
+            budget = [max_bytes]
+            _extract(z, csvs[0], into / Path(csvs[0].filename).name, budget)
+            for m in wanted[1:]:
+                # only the base name: nothing can land outside `into`
+                _extract(z, m, into / EXPORT_CLIPS / Path(m.filename).name, budget)
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as err:
+        if isinstance(err, ClipDataError):
+            raise
+        if isinstance(err, OSError):        # disk full, permission: one line, no absolute path
+            raise ClipDataError(f"{zip_path.name}: {os_error_line(err)}") from None
+        raise ClipDataError(f"{zip_path.name} cannot be read as a zip "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''})") from None
     return into / Path(csvs[0].filename).name
 
 
-def _extract(z: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+def _extract(z: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, budget: list[int]) -> None:
+    """Copy one member to `target`, taking its bytes from `budget[0]`; refused when that runs out."""
     with z.open(member) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
+        while chunk := src.read(_UNZIP_CHUNK):
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise ClipDataError(f"{Path(member.filename).name[:60]} unpacks past the size limit; "
+                                    "the zip is refused")
+            dst.write(chunk)
 
 
 def resolve(data: str | Path, clips: str | Path | None, workdir: Path | None = None) -> Source:

@@ -1,6 +1,8 @@
 """Bring an uploaded or recorded file into a session folder and make a copy every browser can play.
 
-* the upload is copied under a safe name (it is what the pipeline reads and clips are cut from);
+* the upload is copied under a safe name whose extension the server picks from the container
+  ffmpeg found (never the user's: `x.html` holding a WAV is staged as `source_x.wav`); it is what
+  the pipeline reads and clips are cut from;
 * an H.264 MP4 plays as it is; a WebM (webcam recordings: no duration, no index) is re-muxed so the
   player can seek; any other video is re-encoded to H.264 MP4;
 * an audio-only file gets a plain dark picture under its sound, so the player can show subtitles.
@@ -21,6 +23,13 @@ from .paths import safe_filename
 
 PLAYS_AS_IS = {(".mp4", "h264"), (".m4v", "h264"), (".mov", "h264")}
 WEBM_CODECS = {"vp8", "vp9", "av1"}
+WEBM_AUDIO = {"opus", "vorbis"}
+# the extension a staged file gets, by the first name of ffmpeg's demuxer (core.media.ALLOWED_FORMATS)
+EXTENSIONS = {"mov": ".mp4", "matroska": ".mkv", "avi": ".avi", "mp3": ".mp3", "wav": ".wav",
+              "w64": ".w64", "flac": ".flac", "ogg": ".ogg", "aac": ".aac", "mpegts": ".ts",
+              "mpeg": ".mpg", "asf": ".asf", "flv": ".flv", "aiff": ".aiff", "caf": ".caf",
+              "amr": ".amr", "ac3": ".ac3", "png_pipe": ".png", "jpeg_pipe": ".jpg",
+              "webp_pipe": ".webp", "bmp_pipe": ".bmp", "gif": ".gif"}
 # through 16-bit samples: NaN or infinite float samples (which make the AAC encoder fail) become
 # plain numbers; the playable copy loses nothing audible
 CLEAN_AUDIO = ("-af", "aformat=sample_fmts=s16")
@@ -36,9 +45,10 @@ class StagedMedia:
 def stage(upload: str | Path, folder: Path) -> StagedMedia:
     """Copy `upload` into `folder` and prepare a playable version; MediaError if unreadable."""
     upload = Path(upload)
-    media.probe(upload)                       # refuse empty, truncated, non-media files first
+    found = media.probe(upload)               # refuse empty, truncated, non-media files first
     folder.mkdir(parents=True, exist_ok=True)
-    source = folder / ("source_" + safe_filename(upload.name))
+    stem = safe_filename(upload.name).rpartition(".")[0] or safe_filename(upload.name)
+    source = folder / ("source_" + stem.replace(".", "_") + media_extension(found))
     shutil.copyfile(upload, source)
     info = media.probe(source)
     suffix = source.suffix.lower()
@@ -47,10 +57,10 @@ def stage(upload: str | Path, folder: Path) -> StagedMedia:
     elif (suffix, info.video_codec) in PLAYS_AS_IS:
         playable = source
     elif suffix == ".webm" and info.video_codec in WEBM_CODECS:
-        playable = _ffmpeg(["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-c", "copy",
+        playable = _ffmpeg([*media.input_args(source), "-map", "0:v:0", "-map", "0:a?", "-c", "copy",
                             str(folder / "playable.webm")], folder / "playable.webm")
     else:
-        playable = _ffmpeg(["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264",
+        playable = _ffmpeg([*media.input_args(source), "-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264",
                             "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
                             "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", *CLEAN_AUDIO, "-c:a", "aac",
                             "-movflags", "+faststart", str(folder / "playable.mp4")],
@@ -58,10 +68,26 @@ def stage(upload: str | Path, folder: Path) -> StagedMedia:
     return StagedMedia(source, playable, info)
 
 
+def media_extension(info: MediaInfo) -> str:
+    """The extension a file gets from what ffmpeg found in it (not from its name)."""
+    first = info.container.split(",")[0]
+    if first == "mov" and not info.has_video:
+        return ".m4a"
+    if first == "matroska" and (not info.has_video or info.video_codec in WEBM_CODECS) \
+            and (not info.has_audio or info.audio_codec in WEBM_AUDIO):
+        return ".webm"
+    if first == "asf":
+        return ".wmv" if info.has_video else ".wma"
+    try:
+        return EXTENSIONS[first]
+    except KeyError:        # probe() only accepts ALLOWED_FORMATS: a name missing above is a bug here
+        raise media.MediaError(f"This file's format ({info.container or 'unknown'}) is not accepted.") from None
+
+
 def _audio_with_picture(source: Path, out: Path, info: MediaInfo) -> Path:
     seconds = max(info.duration, 0.1)
     return _ffmpeg(["-f", "lavfi", "-i", f"color=c=0x1e293b:s=640x360:r=5:d={seconds:.3f}",
-                    "-i", str(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
+                    *media.input_args(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
                     "-preset", "veryfast", "-tune", "stillimage", "-pix_fmt", "yuv420p",
                     *CLEAN_AUDIO, "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
                     str(out)], out)
