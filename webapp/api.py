@@ -13,6 +13,12 @@
     models()                                -> the checkpoints to pick from, with their cards
     use_model(key)                          -> the checkpoint now used for the next analyses
 
+Every session belongs to whoever made it (webapp/owners.py): with a login (`--auth`) the login;
+without one, the client: send the header `X-Workbench-Token: <a secret of 16+ characters>` with
+every call (`Client(url, headers={...})`) to reach the same sessions from any client, else a
+session is reachable from the Client object that made it only. `sessions()` lists one's own;
+another's id is answered as if it did not exist.
+
 `utterance_id` is the row's position (its Utterance_ID in the export), from 0. `key` is a checkpoint's
 key from models() ("shipped", "models/NAME", "checkpoint"); a broken one raises an error and the model
 in use is kept. use_model changes the model of every user, so it raises an error (one line, the model
@@ -26,7 +32,9 @@ import functools
 
 import gradio as gr
 
-from .common import USER_ERRORS, fail
+from core.types import UserError
+
+from .common import fail
 from .ratelimit import client_key
 from .service import Workbench
 from .session import merge_next, set_field, split_row
@@ -56,7 +64,7 @@ def mount(wb: Workbench) -> None:
         def run(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except USER_ERRORS as err:
+            except (UserError, OSError) as err:
                 raise fail(err) from None
         return run
 
@@ -69,54 +77,56 @@ def mount(wb: Workbench) -> None:
             raise gr.Error(f"no utterance {position} in this session ({len(session.rows)} utterances)",
                            print_exception=False) from None
 
-    def change(session_id, position, op):
-        session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""))
+    def change(session_id, position, op, request):
+        session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""), wb.owner(request))
         return table_records(session)
 
     def analyze(media, request: gr.Request = None, progress=gr.Progress()):
         """Analyse a video or audio file: a new session and its utterance table."""
         if not media:
             raise gr.Error("no file given", print_exception=False)
-        session = wb.analyze(media, lambda f, stage: progress(f, desc=stage), user=client_key(request))
+        session = wb.analyze(media, lambda f, stage: progress(f, desc=stage), user=client_key(request),
+                             owner=wb.owner(request))
         return session.id, table_records(session)
 
-    def edit(session_id, utterance_id, field, value):
+    def edit(session_id, utterance_id, field, value, request: gr.Request = None):
         """Set one field (start, end, speaker, text, emotion, sentiment) of one utterance."""
-        return change(session_id, utterance_id, lambda s, uid: set_field(s, uid, field, value))
+        return change(session_id, utterance_id, lambda s, uid: set_field(s, uid, field, value), request)
 
-    def split(session_id, utterance_id, at):
+    def split(session_id, utterance_id, at, request: gr.Request = None):
         """Split an utterance at `at` seconds ("" = its middle)."""
-        return change(session_id, utterance_id, lambda s, uid: split_row(s, uid, at or None))
+        return change(session_id, utterance_id, lambda s, uid: split_row(s, uid, at or None), request)
 
-    def merge(session_id, utterance_id):
+    def merge(session_id, utterance_id, request: gr.Request = None):
         """Merge an utterance with the next one."""
-        return change(session_id, utterance_id, lambda s, uid: merge_next(s, uid)[0])
+        return change(session_id, utterance_id, lambda s, uid: merge_next(s, uid)[0], request)
 
-    def undo(session_id):
+    def undo(session_id, request: gr.Request = None):
         """Undo the last change of a session."""
-        return table_records(wb.undo(session_id))
+        return table_records(wb.undo(session_id, wb.owner(request)))
 
-    def session(session_id):
-        """The utterance table of a saved session."""
-        return table_records(wb.store.load(session_id))
+    def session(session_id, request: gr.Request = None):
+        """The utterance table of one of your sessions."""
+        return table_records(wb.session(session_id, wb.owner(request)))
 
-    def sessions():
-        """The saved sessions, newest first."""
-        return wb.store.list()
+    def sessions(request: gr.Request = None):
+        """Your saved sessions, newest first."""
+        return wb.sessions(wb.owner(request))
 
-    def export(session_id):
-        """The session as a MELD-format CSV file."""
-        return str(wb.export_csv(session_id))
+    def export(session_id, request: gr.Request = None):
+        """The session as a MELD-format CSV file (refused, naming the rows, while a row lacks a label,
+        a time or words)."""
+        return str(wb.export_csv(session_id, wb.owner(request)))
 
-    def export_zip(session_id, progress=gr.Progress()):
+    def export_zip(session_id, request: gr.Request = None, progress=gr.Progress()):
         """A zip of the MELD CSV and one clip per utterance (dia{D}_utt{U}.mp4)."""
-        return str(wb.export_zip(session_id, lambda f, s: progress(f, desc=s)).path)
+        return str(wb.export_zip(session_id, wb.owner(request), lambda f, s: progress(f, desc=s)).path)
 
-    def import_meld(csv, media):
+    def import_meld(csv, media, request: gr.Request = None):
         """Import a MELD CSV (with its video, optionally): one session per dialogue."""
         if not csv:
             raise gr.Error("no CSV given", print_exception=False)
-        created, imported = wb.import_csv(csv, media)
+        created, imported = wb.import_csv(csv, media, owner=wb.owner(request))
         return [s.id for s in created], [str(p) for p in imported.problems] + imported.notes
 
     def models():

@@ -1,6 +1,8 @@
 """Plotly figures: emotion probabilities over time (a stacked band per emotion, one block per
-utterance) above a sentiment track (positive minus negative). Corrected utterances are drawn
-with the annotator's label and outlined; the selected one is shaded."""
+utterance, its table id above it) above a sentiment track (positive minus negative). Corrected
+utterances are drawn with the annotator's label and outlined; the selected one is shaded; where an
+utterance starts before the one before it ends, the overlap is hatched red. Every bar carries its
+utterance's table id as customdata[0], which the page's click hook (ui.py) reads."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ from plotly.subplots import make_subplots
 
 from core.labels import EMOTIONS, SENTIMENTS
 
+from . import checks
 from .session import Session
 
 HEIGHT = 380
 EMOTION_COLORS = {"anger": "#dc2626", "disgust": "#65a30d", "fear": "#7c3aed", "joy": "#f59e0b",
                   "neutral": "#94a3b8", "sadness": "#2563eb", "surprise": "#ec4899"}
 SENTIMENT_COLORS = {"negative": "#dc2626", "neutral": "#94a3b8", "positive": "#16a34a"}
+MAX_ID_LABELS = 60      # more utterances than this: every k-th id is written above the bars
 
 
 def _spans(session: Session) -> list[tuple[int, float, float]]:
@@ -34,11 +38,9 @@ def _spans(session: Session) -> list[tuple[int, float, float]]:
 def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
                         vertical_spacing=0.06)
-    fig.update_layout(height=HEIGHT, margin=dict(l=56, r=16, t=44, b=40), barmode="stack",
-                      title=dict(text="Emotion probabilities over time · sentiment", x=0.01, y=0.98,
-                                 font=dict(size=14)),
-                      bargap=0, plot_bgcolor="white", paper_bgcolor="white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right", font=dict(size=12),
+    fig.update_layout(height=HEIGHT, margin=dict(l=56, r=16, t=40, b=40), barmode="stack",
+                      bargap=0, plot_bgcolor="white", paper_bgcolor="white", clickmode="event",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left", font=dict(size=12),
                                   traceorder="normal"),
                       hoverlabel=dict(font_size=12), font=dict(size=12))
     if session is None or not session.rows:
@@ -57,12 +59,14 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
              f"<br><b>{r.emotion or '—'}</b> · {r.sentiment or '—'}"
              f"{' (corrected)' if r.corrected else ''}<br>{_short(r.text)}"
              for (i, _, _), r in zip(spans, rows)]
+    ids = [i for i, _, _ in spans]
+    data = [[i, h] for i, h in zip(ids, hover)]
     edge = ["#0f172a" if r.corrected else "white" for r in rows]
     for k, emotion in enumerate(EMOTIONS):
         fig.add_trace(go.Bar(
             x=mids, y=[p[k] for p in probs], width=widths, name=emotion,
             marker=dict(color=EMOTION_COLORS[emotion], line=dict(color=edge, width=[2 if r.corrected else 0.5 for r in rows])),
-            customdata=hover, hovertemplate=f"{emotion} %{{y:.2f}}<br>%{{customdata}}<extra></extra>"),
+            customdata=data, hovertemplate=f"{emotion} %{{y:.2f}}<br>%{{customdata[1]}}<extra></extra>"),
             row=1, col=1)
     polarity = []
     for r in rows:
@@ -72,11 +76,16 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
         x=mids, y=polarity, width=widths, name="sentiment", showlegend=False,
         marker=dict(color=[SENTIMENT_COLORS.get(r.sentiment, "#e2e8f0") for r in rows],
                     line=dict(color=edge, width=[2 if r.corrected else 0 for r in rows])),
-        customdata=hover, hovertemplate="positive − negative %{y:.2f}<br>%{customdata}<extra></extra>"),
+        customdata=data, hovertemplate="positive − negative %{y:.2f}<br>%{customdata[1]}<extra></extra>"),
         row=2, col=1)
+    every = max(1, -(-len(spans) // MAX_ID_LABELS))
+    fig.add_trace(go.Scatter(x=mids[::every], y=[1.06] * len(mids[::every]), mode="text",
+                             text=[f"{i}" for i in ids[::every]], textfont=dict(size=11, color="#334155"),
+                             customdata=data[::every], hoverinfo="skip", showlegend=False), row=1, col=1)
+    _mark_overlaps(fig, session)
     for (i, s, e), r in zip(spans, rows):
         if r.corrected:
-            fig.add_annotation(x=(s + e) / 2, y=1.0, text="✎", showarrow=False, yshift=8,
+            fig.add_annotation(x=(s + e) / 2, y=0.94, text="✎", showarrow=False,
                                font=dict(size=13, color="#0f172a"), row=1, col=1)
         if selected is not None and i == selected:
             for row in (1, 2):
@@ -91,6 +100,24 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
     fig.update_xaxes(range=[0, max(end, session.duration) * 1.01], gridcolor="#f1f5f9", row=1, col=1)
     fig.update_xaxes(title_text="time (s)", gridcolor="#f1f5f9", row=2, col=1)
     return fig
+
+
+def _mark_overlaps(fig: go.Figure, session: Session) -> None:
+    """Hatch in red the stretch where an utterance starts before an earlier one has ended."""
+    ends = {}
+    latest = None
+    for i, r in enumerate(session.rows):
+        if r.start is not None and r.end is not None:
+            ends[i] = latest
+            latest = r.end if latest is None else max(latest, r.end)
+    for issue in checks.overlaps(session):
+        r = session.rows[issue.position]
+        x0, x1 = r.start, min(ends[issue.position], r.end)
+        for row in (1, 2):
+            fig.add_vrect(x0=x0, x1=x1, fillcolor="#ef4444", opacity=0.28, line=dict(color="#b91c1c", width=1),
+                          layer="above", row=row, col=1)
+        fig.add_annotation(x=(x0 + x1) / 2, y=0.5, text=f"⚠ overlap {issue.position}", showarrow=False,
+                           font=dict(size=11, color="#7f1d1d"), bgcolor="rgba(254,226,226,0.9)", row=1, col=1)
 
 
 def _short(text: str, limit: int = 70) -> str:

@@ -6,23 +6,17 @@ from typing import Any
 
 import gradio as gr
 
-from core.media import MediaError
-from core.meld import MeldFormatError
-from core.transcribe import TranscriptionError
+from core.types import UserError, error_line
 
-from .paths import PathError
-from .ratelimit import RateLimited
-from .service import ModelError
-from .session import EditError, Session
-from .store import StoreError
-
-USER_ERRORS = (MediaError, MeldFormatError, TranscriptionError, ModelError, StoreError, PathError,
-               EditError, RateLimited, OSError)
+from .session import Session
 
 
 def fail(err: BaseException) -> gr.Error:
-    return gr.Error(str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__,
-                    print_exception=False)
+    """A core.types.UserError (or a disk error) as Gradio's one-line error, never a traceback."""
+    if isinstance(err, OSError) and not isinstance(err, UserError):
+        return gr.Error(f"a file could not be read or written ({err.strerror or type(err).__name__})",
+                        print_exception=False)
+    return gr.Error(error_line(err, 300), print_exception=False)
 
 
 def position(session: Session | None, uid: int | None) -> int | None:

@@ -1,8 +1,12 @@
-"""The correcting and exporting half of the page's handlers (a mixin of handlers.Handlers).
+"""Event handlers that correct and export: a field of the row editor, cells of the table, split,
+merge, add, delete, undo, the Dialogue_ID, bulk relabelling of chosen rows, the keyboard's label
+keys, and the MELD exports.
 
 Every change goes through Workbench.apply: one transaction, saved before the handler returns, so
 what the page shows after an edit is what is on disk. A refused value is reverted on the page and
-said in a warning.
+said in the status line and a toast. The editor's fields are saved for the row they were typed
+for: each save carries that row's uid (the hidden `ed_uid`, sent by the browser with the field's
+value), never "whatever is selected when the save arrives".
 """
 
 from __future__ import annotations
@@ -12,13 +16,22 @@ from typing import Any
 
 import gradio as gr
 
-from . import charts, export, views
-from .common import USER_ERRORS, fail, first_uid, position, same
+from core.labels import EMOTIONS
+
+from . import checks, views
+from .common import first_uid, position, same
+from .render import Ctx, Renderer
 from .session import (EDITABLE, EditError, Session, add_row, delete_row, merge_next, set_dialogue_id,
                       set_field, split_row)
 
+MAX_BULK = 5000          # rows one bulk change may touch
+
 
 class Corrections:
+    def __init__(self, render: Renderer):
+        self.r, self.wb, self.p = render, render.wb, render.p
+        self._last_warning: dict[str, tuple[str, float]] = {}
+
     def warn_once(self, session_id: str, message: str) -> None:
         """A warning toast, not repeated when the table sends the same refused edit twice."""
         last = self._last_warning.get(session_id)
@@ -26,56 +39,66 @@ class Corrections:
             gr.Warning(message)
         self._last_warning[session_id] = (message, time.monotonic())
 
-    # ------------------------------------------------------------ correcting
+    # ------------------------------------------------------------ the one way a change is made
 
-    def _change(self, session_id: str, uid: int | None, change, player: str = "none") -> dict:
-        if not session_id:
-            raise gr.Error("Open a session first.", print_exception=False)
+    def _change(self, ctx: Ctx, uid: int | None, change, player: str = "none", what: str = "The change") -> dict:
+        if not ctx.sid:
+            return self.r.failed(what, EditError("open a session first"))
         try:
-            before = self.wb.store.load(session_id).version
-            session, note = self.wb.apply(session_id, change)
+            before = self.wb.session(ctx.sid, ctx.owner)
+            session, note = self.wb.apply(ctx.sid, change, ctx.owner)
         except EditError as err:
             gr.Warning(f"Reverted: {err}")
-            session, note = self._session(session_id), f"↩ Reverted: {err}"
-            return self.view(session, uid, note)
-        except USER_ERRORS as err:
-            raise fail(err) from None
+            return self.r.view(self.r.session(ctx), ctx, uid, f"↩ Reverted: {err}")
+        except Exception as err:
+            return self.r.failed(what, err)
         if uid is not None and position(session, uid) is None:
             uid = first_uid(session)
-        saved = "✓ Saved." if session.version != before else ""
-        return self.view(session, uid, f"{saved} {note}".strip(), player=player)
+        note = (f"{'✓ Saved.' if session.version != before.version else ''} {note}").strip()
+        warning = self._new_overlaps(before, session)
+        if warning:
+            gr.Warning(warning)
+            note = f"{note} ⚠ {warning}".strip()
+        return self.r.view(session, ctx, uid, note, player=player)
+
+    @staticmethod
+    def _new_overlaps(before: Session, after: Session) -> str:
+        old = {(before.rows[i.position].uid) for i in checks.overlaps(before)}
+        new = [i for i in checks.overlaps(after) if after.rows[i.position].uid not in old]
+        return ("Times overlap: " + checks.summary(new) + ".") if new else ""
+
+    # ------------------------------------------------------------ the row editor and the table
 
     def field(self, name: str):
-        """A handler that sets `name` of the selected utterance."""
-        def handler(session_id: str, uid: int | None, value: Any) -> dict:
-            if uid is None:
-                return self.nothing()
-            session = self._session(session_id)
-            if session is None or position(session, uid) is None:
-                return self.nothing()
+        """A handler that saves `name` for the row the editor showed when it was typed (ed_uid)."""
+        def handler(sid: str, ed_uid: str, token: str | None, tview, value: Any,
+                    request: gr.Request = None) -> dict:
+            ctx = self.r.ctx(request, sid, ed_uid, token, tview)
+            uid = ctx.sel
+            session = self.r.session(ctx)
+            if uid is None or session is None or position(session, uid) is None:
+                return self.r.nothing()
             if same(getattr(session.row(uid), name), value):
-                return self.nothing()
-            return self._change(session_id, uid, lambda s: (set_field(s, uid, name, value), ""),
-                                player="subtitles" if name != "sentiment" else "none")
+                return self.r.nothing()
+            return self._change(ctx, uid, lambda s: (set_field(s, uid, name, value), ""),
+                                player="subtitles" if name != "sentiment" else "none", what=f"Saving the {name}")
         return handler
 
-    def table_edit(self, session_id: str, uid: int | None, frame) -> dict:
+    def table_edit(self, sid: str, sel, token: str | None, tview, frame, request: gr.Request = None) -> dict:
         """Cells edited in the table: valid ones are saved, the others reverted with a message."""
+        ctx = self.r.ctx(request, sid, sel, token, tview)
         columns = list(getattr(frame, "columns", []))
         records = frame.values.tolist() if columns else []
 
         def change(s: Session) -> tuple[Session, str]:
-            if len(records) != len(s.rows):    # rows added or removed elsewhere: positions differ
+            shown = [views.parse_id(dict(zip(columns, rec)).get("id")) for rec in records]
+            if shown != views.visible_positions(s, ctx.view):
                 return s, ("↩ The table was out of date (rows are added, split, merged or deleted with "
                            "the buttons above); it has been refreshed, nothing was changed.")
             refused = []
-            for record in records:
+            for pos, record in zip(shown, records):
                 cells = dict(zip(columns, record))
-                try:
-                    pos = int(cells.get("id"))
-                    row = s.rows[pos]
-                except (TypeError, ValueError, IndexError):
-                    continue
+                row = s.rows[pos]
                 for name in EDITABLE:
                     if name in cells and not same(getattr(row, name), cells[name]):
                         try:
@@ -83,104 +106,170 @@ class Corrections:
                         except EditError as err:
                             refused.append(f"utterance {pos} {name}: {err}")
             if refused:
-                self.warn_once(session_id, "Reverted: " + "; ".join(refused)[:400])
+                self.warn_once(sid, "Reverted: " + "; ".join(refused)[:400])
             return s, ("↩ Reverted: " + "; ".join(refused)) if refused else ""
-        return self._change(session_id, uid, change, player="subtitles")
+        return self._change(ctx, ctx.sel, change, player="subtitles", what="Saving the table")
 
-    def split(self, session_id: str, uid: int | None, at: str) -> dict:
-        if uid is None:
-            raise gr.Error("Select an utterance to split.", print_exception=False)
-        return self._change(session_id, uid, lambda s: (split_row(s, uid, at), "Split in two."), player="subtitles")
+    def split(self, sid: str, sel, token: str | None, tview, at: str, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        if ctx.sel is None:
+            return self.r.failed("Split", EditError("select an utterance to split"))
+        uid = ctx.sel
+        return self._change(ctx, uid, lambda s: (split_row(s, uid, at), "Split in two."), player="subtitles",
+                            what="Split")
 
-    def merge(self, session_id: str, uid: int | None) -> dict:
-        if uid is None:
-            raise gr.Error("Select an utterance to merge with the next.", print_exception=False)
+    def merge(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        if ctx.sel is None:
+            return self.r.failed("Merge", EditError("select an utterance to merge with the next"))
+        uid = ctx.sel
+
         def change(s):
             new, note = merge_next(s, uid)
             return new, f"Merged with the next utterance. {note}".strip()
-        return self._change(session_id, uid, change, player="subtitles")
+        return self._change(ctx, uid, change, player="subtitles", what="Merge")
 
-    def add(self, session_id: str, uid: int | None) -> dict:
+    def add(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
         created = {}
 
         def change(s):
-            new, created["uid"] = add_row(s, uid)
+            new, created["uid"] = add_row(s, ctx.sel)
             return new, "Added an utterance: type its words, set its times and labels."
-        out = self._change(session_id, uid, change, player="subtitles")
-        if "uid" in created:
-            session = self.wb.store.load(session_id)
-            out.update(self._focus(session, created["uid"]))
+        out = self._change(ctx, ctx.sel, change, player="subtitles", what="Adding an utterance")
+        session = self.r.session(ctx)
+        if "uid" in created and session is not None:
+            out.update(self.r.focus(session, ctx, created["uid"]))
         return out
 
-    def delete(self, session_id: str, uid: int | None) -> dict:
-        if uid is None:
-            raise gr.Error("Select an utterance to delete.", print_exception=False)
-        session = self._session(session_id)
+    def delete(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        if ctx.sel is None:
+            return self.r.failed("Delete", EditError("select an utterance to delete"))
+        uid, session = ctx.sel, self.r.session(ctx)
         pos = position(session, uid)
         nxt = None
         if session is not None and pos is not None and len(session.rows) > 1:
             nxt = session.rows[pos + 1 if pos + 1 < len(session.rows) else pos - 1].uid
-        out = self._change(session_id, uid, lambda s: (delete_row(s, uid), "Deleted (Undo brings it back)."),
-                           player="subtitles")
-        session = self._session(session_id)
-        if session is not None and position(session, uid) is None:
-            out.update(self.editor(session, nxt))
-            out[self.p.sel] = nxt
-            out[self.p.detail] = views.detail_markdown(session, position(session, nxt))
-            out[self.p.chart] = charts.timeline(session, position(session, nxt))
+        out = self._change(ctx, uid, lambda s: (delete_row(s, uid), "Deleted (Undo brings it back)."),
+                           player="subtitles", what="Delete")
+        session = self.r.session(ctx)
+        if session is not None and position(session, uid) is None and nxt is not None:
+            out.update(self.r.focus(session, ctx, nxt, seek=False))
         return out
 
-    def undo(self, session_id: str, uid: int | None) -> dict:
+    def undo(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
         try:
-            session = self.wb.undo(session_id)
-        except USER_ERRORS as err:
-            raise fail(err) from None
-        if position(session, uid) is None:
-            uid = first_uid(session)
-        return self.view(session, uid, "↶ Undone (saved).", player="subtitles")
+            session = self.wb.undo(sid, ctx.owner)
+        except Exception as err:
+            return self.r.failed("Undo", err)
+        uid = ctx.sel if position(session, ctx.sel) is not None else first_uid(session)
+        return self.r.view(session, ctx, uid, "↶ Undone (saved).", player="subtitles")
 
-    def dialogue_id(self, session_id: str, uid: int | None, value) -> dict:
-        session = self._session(session_id)
+    def dialogue_id(self, sid: str, sel, token: str | None, tview, value, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        session = self.r.session(ctx)
         if session is None or value is None or same(session.dialogue_id, value):
-            return self.nothing()
+            return self.r.nothing()
+
         def change(s):
             new = set_dialogue_id(s, value)
-            clash = [x["title"] for x in self.wb.store.list()
+            clash = [x["title"] for x in self.wb.sessions(ctx.owner)
                      if x["dialogue_id"] == new.dialogue_id and x["id"] != s.id]
             note = (f"Dialogue_ID set; note that {clash[0]!r}{' and others' if len(clash) > 1 else ''} "
                     "uses it too: give each video its own before merging exports.") if clash else "Dialogue_ID set."
             return new, note
-        out = self._change(session_id, uid, change)
-        out[self.p.dialogue] = self._session(session_id).dialogue_id
+        out = self._change(ctx, ctx.sel, change, what="Setting the Dialogue_ID")
+        current = self.r.session(ctx)
+        out[self.p.dialogue] = current.dialogue_id if current else None
         return out
+
+    # ------------------------------------------------------------ several rows at once, and keys
+
+    def bulk(self, sid: str, sel, token: str | None, tview, rows: str, emotion: str | None,
+             sentiment: str | None, speaker: str | None, request: gr.Request = None) -> dict:
+        """Set emotion, sentiment and/or speaker of the rows named in `rows` ("0-4, 7", "shown", "all")."""
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        session = self.r.session(ctx)
+        if session is None:
+            return self.r.failed("Bulk change", EditError("open a session first"))
+        try:
+            positions = parse_rows(rows, session, ctx.view)
+        except EditError as err:
+            return self.r.failed("Bulk change", err)
+        values = [(n, v) for n, v in (("emotion", emotion), ("sentiment", sentiment), ("speaker", speaker))
+                  if v not in (None, "")]
+        if not values:
+            return self.r.failed("Bulk change", EditError("choose an emotion, a sentiment or a speaker to set"))
+
+        def change(s: Session) -> tuple[Session, str]:
+            for pos in positions:
+                for name, value in values:
+                    s = set_field(s, s.rows[pos].uid, name, value)
+            what = ", ".join(f"{n} = {v}" for n, v in values)
+            return s, f"Set {what} on {len(positions)} utterance(s)."
+        return self._change(ctx, ctx.sel, change, player="subtitles", what="Bulk change")
+
+    def key(self, sid: str, sel, token: str | None, tview, command: str, request: gr.Request = None) -> dict:
+        """A label key pressed on the page (the hook sends "emotion:NAME@NONCE"): set it on the selection."""
+        name, _, value = str(command or "").partition("@")[0].partition(":")
+        if name != "emotion" or value not in EMOTIONS:
+            return self.r.nothing()
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        if ctx.sel is None:
+            return self.r.nothing()
+        uid = ctx.sel
+        return self._change(ctx, uid, lambda s: (set_field(s, uid, "emotion", value), ""), player="subtitles",
+                            what="Setting the emotion")
 
     # ------------------------------------------------------------ export
 
-    def export_csv(self, session_id: str):
-        if not session_id:
-            raise gr.Error("Open a session first.", print_exception=False)
+    def export_csv(self, sid: str, token: str | None, request: gr.Request = None) -> dict:
+        owner = self.wb.owner(request, token)
         try:
-            path = self.wb.export_csv(session_id)
-        except USER_ERRORS as err:
-            raise fail(err) from None
-        self._warn_gaps(session_id)
-        return str(path)
+            path = self.wb.export_csv(sid, owner)
+        except Exception as err:
+            out = self.r.failed("Export", err)
+            out[self.p.export_file] = None
+            return out
+        return {self.p.export_file: str(path), self.p.status: f"✓ Exported {path.name}."}
 
-    def export_zip(self, session_id: str, progress=gr.Progress()):
-        if not session_id:
-            raise gr.Error("Open a session first.", print_exception=False)
+    def export_zip(self, sid: str, token: str | None, request: gr.Request = None, progress=gr.Progress()) -> dict:
+        owner = self.wb.owner(request, token)
         try:
-            report = self.wb.export_zip(session_id, lambda f, s: progress(f, desc=s))
-        except USER_ERRORS as err:
-            raise fail(err) from None
+            report = self.wb.export_zip(sid, owner, lambda f, s: progress(f, desc=s))
+        except Exception as err:
+            out = self.r.failed("Export", err)
+            out[self.p.export_file] = None
+            return out
+        note = f"✓ Exported {report.path.name}: {report.clips} clip(s)."
         if report.skipped:
             gr.Warning(f"{len(report.skipped)} clip(s) left out: see MISSING_CLIPS.txt in the zip.")
-        self._warn_gaps(session_id)
-        return str(report.path)
+            note += f" {len(report.skipped)} left out (see MISSING_CLIPS.txt)."
+        return {self.p.export_file: str(report.path), self.p.status: note}
 
-    def _warn_gaps(self, session_id: str) -> None:
-        session = self._session(session_id)
-        gaps = export.label_gaps(session) if session else []
-        if gaps:
-            gr.Warning(f"{len(gaps)} utterance(s) lack a label or a time ({gaps[0]}"
-                       f"{', …' if len(gaps) > 1 else ''}): training will skip them.")
+
+def parse_rows(text: str, session: Session, view: views.TableView) -> list[int]:
+    """Table ids from "0-4, 7", "shown" (the rows the table shows now) or "all"; EditError if bad."""
+    text = str(text or "").strip().lower()
+    n = len(session.rows)
+    if text in ("all", "*"):
+        return list(range(n))
+    if text in ("shown", "filtered", "visible"):
+        return views.visible_positions(session, view)
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        lo, dash, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise EditError(f"{part[:20]!r} is not a row id or a range like 2-5") from None
+        if not (0 <= a <= b < n):
+            raise EditError(f"rows {part[:20]} are not in this session (ids 0 to {n - 1})")
+        out.extend(range(a, b + 1))
+        if len(out) > MAX_BULK:
+            raise EditError(f"at most {MAX_BULK} rows at once")
+    if not out:
+        raise EditError("name the rows to change: ids like 0-4, 7, or 'shown', or 'all'")
+    return sorted(set(out))

@@ -1,240 +1,202 @@
-"""Event handlers of the page. Each returns a dict {component: update} over the Page's components.
+"""Event handlers that open and select: analyse, the example, import, reopen, restore on reload,
+select a row (table, chart click, ◀ ▶ and keys), order and filter the table, and the sessions
+panel (rename, delete with confirmation, undo a delete). Each returns a dict {component: update};
+render.py builds them. Corrections and exports are in corrections.py.
 
-This half renders, opens (analyse, example, import, reopen, restore on reload) and selects; the
-corrections and exports are in corrections.py. A file that cannot be used is a one-line gr.Error.
+Every handler takes the page's context inputs (session id, selection, the browser's owner token,
+the table view) and the gr.Request, so it only ever reaches the asker's own sessions. A failure is
+written in the status line, where it stays until the next action.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 
-from . import charts, views
-from .common import USER_ERRORS, fail, first_uid, num, position
-from .corrections import Corrections
+from core.labels import EMOTIONS
+from core.types import UserError
+
+from . import owners, views
+from .common import first_uid, position
 from .ratelimit import client_key
-from .service import Workbench
-from .session import Session
+from .render import Ctx, Renderer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "example.mp4"
 
 
-@dataclass
-class Page:
-    """The components handlers update (built by ui.build_app)."""
-
-    sid: Any
-    sel: Any
-    remembered: Any
-    banner: Any
-    status: Any
-    player: Any
-    chart: Any
-    detail: Any
-    table: Any
-    ed_title: Any
-    ed_start: Any
-    ed_end: Any
-    ed_speaker: Any
-    ed_emotion: Any
-    ed_sentiment: Any
-    ed_text: Any
-    split_at: Any
-    undo_btn: Any
-    dialogue: Any
-    export_file: Any
-    problems: Any
-    problems_box: Any
-    sessions: Any
-    input_box: Any
-
-    def all(self) -> list:
-        return [getattr(self, name) for name in self.__dataclass_fields__]
-
-
-class Handlers(Corrections):
-    def __init__(self, wb: Workbench, page: Page):
-        self.wb, self.p = wb, page
-        self._last_warning: dict[str, tuple[str, float]] = {}
-
-    # ------------------------------------------------------------ rendering
-
-    def nothing(self) -> dict:
-        """No change anywhere (an empty dict would be taken for one output value)."""
-        return {self.p.status: gr.skip()}
-
-    def editor(self, session: Session | None, uid: int | None) -> dict:
-        p = self.p
-        pos = position(session, uid)
-        if pos is None:
-            blank = gr.update(value="", interactive=False)
-            return {p.ed_title: "**No utterance selected**", p.ed_start: blank, p.ed_end: blank,
-                    p.ed_speaker: blank, p.ed_text: blank, p.split_at: blank,
-                    p.ed_emotion: gr.update(value=None, interactive=False),
-                    p.ed_sentiment: gr.update(value=None, interactive=False)}
-        r = session.rows[pos]
-        mid = "" if r.start is None or r.end is None else f"{(r.start + r.end) / 2:.2f}"
-        fix = views.edit_flags(r)
-        title = f"**Utterance {pos}** of {len(session.rows)}" + (f" · ✎ {', '.join(fix)}" if fix else "")
-        live = dict(interactive=True)
-        return {p.ed_title: title, p.ed_start: gr.update(value=num(r.start), **live),
-                p.ed_end: gr.update(value=num(r.end), **live),
-                p.ed_speaker: gr.update(value=r.speaker, **live), p.ed_text: gr.update(value=r.text, **live),
-                p.ed_emotion: gr.update(value=r.emotion or None, **live),
-                p.ed_sentiment: gr.update(value=r.sentiment or None, **live),
-                p.split_at: gr.update(value=mid, **live)}
-
-    def player(self, session: Session | None, seek: float | None = None, reload: bool = True):
-        if session is None:
-            return gr.Video(value=None)
-        subs = self.wb.subtitles(session)
-        if not reload:
-            return gr.Video(subtitles=str(subs) if subs else None)
-        media = self.wb.playable(session)
-        return gr.Video(value=str(media) if media else None, subtitles=str(subs) if subs else None,
-                        playback_position=seek or 0.0)
-
-    def view(self, session: Session | None, uid: int | None = None, note: str = "",
-             player: str = "none", full: bool = False) -> dict:
-        """Everything that depends on the session. player: "none", "subtitles" or "reload"."""
-        p = self.p
-        pos = position(session, uid)
-        out = {p.sid: session.id if session else "", p.sel: uid if pos is not None else None,
-               p.status: views.status_markdown(session, note),
-               p.chart: charts.timeline(session, pos), p.table: views.table_frame(session),
-               p.detail: views.detail_markdown(session, pos),
-               p.undo_btn: gr.update(interactive=bool(session and self.wb.store.can_undo(session.id, session.version)))}
-        out.update(self.editor(session, uid))
-        if player != "none":
-            out[p.player] = self.player(session, reload=player == "reload")
-        if full:
-            problems = session.problems if session else []
-            out.update({p.remembered: session.id if session else "",
-                        p.dialogue: session.dialogue_id if session else None,
-                        p.banner: self.banner(session),
-                        p.problems: views.problems_frame(problems),
-                        p.problems_box: gr.update(visible=bool(problems), open=bool(problems)),
-                        p.sessions: self.sessions_update(session.id if session else None),
-                        p.export_file: None})
-            if session is not None:
-                out[p.input_box] = gr.update(open=False)
-        return out
-
-    def banner(self, session: Session | None) -> str:
-        """The model that made this session's predictions (said when it is not the loaded one)."""
-        current = self.wb.holder.summary()
-        if session is None or not session.model:
-            return views.model_banner(current)
-        text = views.model_banner(session.model)
-        if session.model.get("name") != current.get("name") or session.model.get("trained") != current.get("trained"):
-            text += (f"  \n*This session was analysed with that model; the model loaded now is "
-                     f"**{current.get('name')}**.*")
-        return text
-
-    def banner_for(self, session_id: str | None) -> str:
-        """The banner for the open session (by id), e.g. after the model in use changed."""
-        return self.banner(self._session(session_id))
-
-    def sessions_update(self, current: str | None = None):
-        return gr.update(choices=views.session_choices(self.wb.store.list()), value=current)
+class Handlers:
+    def __init__(self, render: Renderer):
+        self.r, self.wb, self.p = render, render.wb, render.p
 
     # ------------------------------------------------------------ opening
 
-    def analyse(self, upload: str | None, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def analyse(self, upload: str | None, token: str | None, tview, request: gr.Request = None,
+                progress=gr.Progress()) -> dict:
         if not upload:
-            raise gr.Error("Upload or record a file first.", print_exception=False)
+            return self.r.failed("Analysis", _Missing("upload or record a file first"))
+        ctx = self.r.ctx(request, "", None, token, tview)
         try:
             session = self.wb.analyze(upload, lambda f, stage: progress(f, desc=stage),
-                                      user=client_key(request))
-        except USER_ERRORS as err:
-            raise fail(err) from None
+                                      user=client_key(request), owner=ctx.owner)
+        except Exception as err:            # shown in the status line, never a bare "Error"
+            return self.r.failed(f"Analysis of {Path(str(upload)).name[:60]}", err)
         note = "" if session.rows else "Nothing to annotate."
-        return self.view(session, first_uid(session), note, player="reload", full=True)
+        return self.r.view(session, ctx, first_uid(session), note, player="reload", full=True)
 
-    def example(self, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def example(self, token: str | None, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not EXAMPLE.is_file():
-            raise gr.Error("The example video is missing: run scripts/make_example.py.", print_exception=False)
-        return self.analyse(str(EXAMPLE), request, progress)
+            return self.r.failed("The example", _Missing("the example video is missing: run scripts/make_example.py"))
+        return self.analyse(str(EXAMPLE), token, tview, request, progress)
 
-    def import_csv(self, csv_file: str | None, media_file: str | None, progress=gr.Progress()) -> dict:
+    def import_csv(self, csv_file: str | None, media_file: str | None, token: str | None,
+                   tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not csv_file:
-            raise gr.Error("Choose a MELD CSV file to import.", print_exception=False)
-        progress(0.1, desc="reading the CSV")
+            return self.r.failed("Import", _Missing("choose a MELD CSV file to import"))
+        ctx = self.r.ctx(request, "", None, token, tview)
+        progress(0.05, desc="reading the CSV")
         try:
-            sessions, imported = self.wb.import_csv(csv_file, media_file)
-        except USER_ERRORS as err:
-            raise fail(err) from None
+            sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner)
+        except Exception as err:
+            return self.r.failed("Import", err)
         if not sessions:
-            raise gr.Error("The CSV holds no utterances.", print_exception=False)
+            return self.r.failed("Import", _Missing("the CSV holds no utterances"))
         n_problems = len(imported.problems)
+        first = sessions[0]
         note = (f"Imported {imported.row_count} row(s) in {len(sessions)} dialogue(s)"
                 + (f" as {len(sessions)} sessions (this one is the first)" if len(sessions) > 1 else "")
-                + (f"; **{n_problems} problem(s)** listed below, every row kept." if n_problems else "; no problems."))
+                + (f"; **{n_problems} problem(s)** listed below the table (⚠ rows), every row kept."
+                   if n_problems else "; no problems."))
+        if not media_file:
+            note += (" No video or audio was given: the player, the model's opinions and the clips of the "
+                     "zip export need it (import again with the file).")
+        elif first.message:
+            note += f" {first.message}"
         if n_problems:
             gr.Warning(f"{n_problems} problem(s) in the CSV: see the list under the table.")
-        return self.view(sessions[0], first_uid(sessions[0]), note, player="reload", full=True)
+        return self.r.view(first, ctx, first_uid(first), note, player="reload", full=True)
 
-    def open(self, session_id: str | None) -> dict:
+    def open(self, session_id: str | None, token: str | None, tview, request: gr.Request = None) -> dict:
         if not session_id:
-            return self.nothing()
+            return self.r.nothing()
+        ctx = self.r.ctx(request, session_id, None, token, tview)
         try:
-            session = self.wb.store.load(session_id)
-        except USER_ERRORS as err:
-            raise fail(err) from None
-        return self.view(session, first_uid(session), "Reopened.", player="reload", full=True)
+            session = self.wb.session(session_id, ctx.owner)
+        except Exception as err:
+            return self.r.failed("Opening the session", err)
+        return self.r.view(session, ctx, first_uid(session), "Reopened.", player="reload", full=True)
 
-    def load(self, remembered: str | None) -> dict:
-        session = None
-        if remembered:
-            try:
-                session = self.wb.store.load(remembered)
-            except USER_ERRORS:
-                session = None
+    def load(self, remembered: str | None, token: str | None, request: gr.Request = None) -> dict:
+        """A page load: give this browser its owner token if it has none, reopen its last session."""
+        fresh = not token or len(str(token)) < owners.TOKEN_MIN
+        token = owners.new_token() if fresh else token
+        ctx = self.r.ctx(request, remembered, None, token, None)
+        session = self.r.session(ctx) if remembered else None
         if session is None:
-            out = self.view(None, full=True)
-            out[self.p.player] = gr.Video(value=None)
-            return out
-        return self.view(session, first_uid(session), "Restored from the autosave.", player="reload", full=True)
+            out = self.r.view(None, ctx, full=True)
+            out[self.p.player] = self.r.player(None)
+        else:
+            out = self.r.view(session, ctx, first_uid(session), "Restored from the autosave.",
+                              player="reload", full=True)
+        out[self.p.token] = token
+        out[self.p.tview] = ctx.view
+        return out
 
     # ------------------------------------------------------------ selecting
 
-    def select(self, session_id: str, evt: gr.SelectData) -> dict:
-        session = self._session(session_id)
-        if session is None:
-            return self.nothing()
-        row_id = evt.row_value[0] if evt.row_value else evt.index[0]
-        try:
-            pos = int(row_id)
-            uid = session.rows[pos].uid
-        except (TypeError, ValueError, IndexError):
-            return self.nothing()
-        return self._focus(session, uid)
+    def select(self, sid: str, sel, token: str | None, tview, evt: gr.SelectData,
+               request: gr.Request = None) -> dict:
+        """A cell of the table clicked: select its row (by its id, whatever the order shown)."""
+        row_id = evt.row_value[0] if evt.row_value else None
+        return self._select_position(self.r.ctx(request, sid, sel, token, tview), views.parse_id(row_id))
 
-    def step(self, session_id: str, uid: int | None, delta: int) -> dict:
-        session = self._session(session_id)
+    def pick(self, sid: str, sel, token: str | None, tview, picked: str, request: gr.Request = None) -> dict:
+        """A bar of the chart clicked (the page's hook sends "POSITION@NONCE")."""
+        return self._select_position(self.r.ctx(request, sid, sel, token, tview),
+                                     views.parse_id(str(picked or "").partition("@")[0]))
+
+    def _select_position(self, ctx: Ctx, pos: int | None) -> dict:
+        session = self.r.session(ctx)
+        if session is None or pos is None or not 0 <= pos < len(session.rows):
+            return self.r.nothing()
+        return self.r.focus(session, ctx, session.rows[pos].uid)
+
+    def previous(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        """◀ (and ↑, k): the row before, in the order the table shows."""
+        return self._step(self.r.ctx(request, sid, sel, token, tview), -1)
+
+    def next(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        """▶ (and ↓, j): the row after, in the order the table shows."""
+        return self._step(self.r.ctx(request, sid, sel, token, tview), +1)
+
+    def _step(self, ctx: Ctx, delta: int) -> dict:
+        session = self.r.session(ctx)
         if session is None or not session.rows:
-            return self.nothing()
-        pos = position(session, uid)
-        pos = 0 if pos is None else min(max(pos + delta, 0), len(session.rows) - 1)
-        return self._focus(session, session.rows[pos].uid)
+            return self.r.nothing()
+        shown = views.visible_positions(session, ctx.view) or list(range(len(session.rows)))
+        pos = position(session, ctx.sel)
+        if pos not in shown:
+            k = 0
+        else:
+            k = min(max(shown.index(pos) + delta, 0), len(shown) - 1)
+        return self.r.focus(session, ctx, session.rows[shown[k]].uid)
 
-    def _focus(self, session: Session, uid: int) -> dict:
-        p, pos = self.p, position(session, uid)
-        out = {p.sel: uid, p.chart: charts.timeline(session, pos), p.detail: views.detail_markdown(session, pos)}
-        out.update(self.editor(session, uid))
-        start = session.rows[pos].start
-        if start is not None and self.wb.playable(session):
-            out[p.player] = gr.Video(playback_position=float(start))
+    def set_view(self, sid: str, sel, token: str | None, order: str, emotion: str, state: str,
+                 request: gr.Request = None) -> dict:
+        view = views.TableView(order=order if order in views.ORDERS else "time",
+                               emotion=emotion if emotion in EMOTIONS else "",
+                               state=state if state in views.STATES else "all")
+        ctx = self.r.ctx(request, sid, sel, token, view)
+        session = self.r.session(ctx)
+        out = self.r.table(session, ctx, position(session, ctx.sel))
+        out[self.p.tview] = view
         return out
 
-    def _session(self, session_id: str | None) -> Session | None:
-        if not session_id:
-            return None
-        try:
-            return self.wb.store.load(session_id)
-        except USER_ERRORS:
-            return None
+    # ------------------------------------------------------------ the sessions panel
 
+    def rename(self, sid: str, sel, token: str | None, tview, title: str, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        session = self.r.session(ctx)
+        if session is None or not str(title or "").strip() or title == session.title:
+            return self.r.nothing()
+        try:
+            session = self.wb.rename(sid, title, ctx.owner)
+        except Exception as err:
+            return self.r.failed("Renaming", err)
+        return {self.p.status: views.status_markdown(session, "Renamed (saved)."),
+                self.p.sessions: self.r.sessions_update(ctx.owner, sid)}
+
+    def ask_delete(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        if not self.r.session(self.r.ctx(request, sid, sel, token, tview)):
+            return self.r.nothing()
+        return {self.p.confirm_box: gr.update(visible=True)}
+
+    def cancel_delete(self) -> dict:
+        return {self.p.confirm_box: gr.update(visible=False)}
+
+    def delete_session(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, token, tview)
+        try:
+            gone = self.wb.delete(sid, ctx.owner)
+        except Exception as err:
+            return self.r.failed("Deleting the session", err)
+        out = self.r.view(None, ctx, full=True, note=f"Deleted **{gone.title}**. “↶ Undo delete” brings it back.")
+        out[self.p.player] = self.r.player(None)
+        out[self.p.deleted] = gone.id
+        out[self.p.restore_btn] = gr.update(visible=True)
+        return out
+
+    def restore_session(self, deleted: str, token: str | None, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, deleted, None, token, tview)
+        try:
+            session = self.wb.restore(deleted, ctx.owner)
+        except Exception as err:
+            return self.r.failed("Undoing the delete", err)
+        out = self.r.view(session, ctx, first_uid(session), "Restored.", player="reload", full=True)
+        out[self.p.deleted] = ""
+        out[self.p.restore_btn] = gr.update(visible=False)
+        return out
+
+
+class _Missing(UserError):
+    """Nothing to work on (no file chosen): said in the status line like any failure."""

@@ -46,7 +46,7 @@ def read(path: str | Path, fallback_dialogue: int = 0) -> Imported:
     dialogues = []
     for dialogue_id, items in groups.items():
         items.sort(key=lambda t: (t[0], t[1]))
-        dialogues.append((dialogue_id, [r for _, _, r in items], [_csv_row(table, n) for _, n, _ in items]))
+        dialogues.append((dialogue_id, [r for _, _, r in items], [r.line for _, _, r in items]))
     if orphans:
         notes.append(f"{orphans} row(s) without a valid Dialogue_ID were kept with the rows above them")
     if table.repaired:
@@ -71,12 +71,6 @@ def _mojibake_rows(path: str | Path) -> list[int]:
             if any(repair_text(cell) != cell for cell in record)]
 
 
-def _csv_row(table, n: int) -> int:
-    """Spreadsheet row number of the n-th kept record (empty lines are skipped by the reader,
-    so the number is only approximate after one; problems carry the exact one)."""
-    return n + 2
-
-
 def sessions_from(imported: Imported, csv_name: str, new_id) -> list[Session]:
     """One session per dialogue, titled after the CSV; each carries the problems of its rows."""
     out = []
@@ -84,8 +78,7 @@ def sessions_from(imported: Imported, csv_name: str, new_id) -> list[Session]:
         title = f"{Path(csv_name).name} · dialogue {dialogue_id}" if len(imported.dialogues) > 1 else Path(csv_name).name
         session = from_meld_rows(rows, new_id(), title, dialogue_id)
         mine = set(csv_rows)
-        session.problems = [str(p) for p in imported.problems
-                            if len(imported.dialogues) == 1 or p.row in mine or p.row == 1] + imported.notes
+        session.problems = [str(p) for p in imported.problems if p.row in mine or p.row == 1] + imported.notes
         out.append(session)
     return out
 

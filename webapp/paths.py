@@ -12,13 +12,14 @@ import re
 import secrets
 import unicodedata
 from pathlib import Path
+from core.types import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SESSION_ID = re.compile(r"[0-9a-f]{16}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class PathError(ValueError):
+class PathError(UserError, ValueError):
     """A name or id that would leave the data folder, or is malformed."""
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
+from core.types import UserError
 
 ENV = "WORKBENCH_RATE_PER_HOUR"
 DEFAULT_PER_HOUR = 30          # app.py's default; a Workbench made in Python has no limit unless given one
@@ -24,7 +25,7 @@ WINDOW_S = 3600.0
 MAX_USERS = 10_000             # users remembered at once; the longest idle are forgotten first
 
 
-class RateLimited(RuntimeError):
+class RateLimited(UserError, RuntimeError):
     """Over the limit; the message (one line) says the limit and when to try again."""
 
 

@@ -1,33 +1,39 @@
-"""The workbench's operations, shared by the page and the API: analyse, import, edit, undo, export.
+"""The workbench's operations, shared by the page and the API: analyse, import, open, edit, undo,
+rename, delete, export. `Workbench` is the one door into sessions: the page and the API never
+reach the store themselves, and every call names the owner asking (webapp/owners.py), so nobody
+opens, lists or changes a session that is not theirs.
 
-Nothing here knows about Gradio components; errors are one-line exceptions (MediaError,
-MeldFormatError, EditError, StoreError, PathError, ModelError, RateLimited) that the UI turns into
-messages. Switching the server's model obeys `model_switch` (switch_policy.py: refused on a public
+Nothing here knows about Gradio components; errors are one-line core.types.UserError subclasses
+(MediaError, MeldFormatError, EditError, StoreError, PathError, ModelError, RateLimited,
+ExportRefused) that the UI turns into messages. Switching the server's model obeys `model_switch` (switch_policy.py: refused on a public
 server without a login unless --allow-model-switch yes) and counts against the per-user rate limit.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read_card
 from core.limits import Limits
-from core.types import error_line
+from core.types import UserError, error_line
 from core.pipeline import Models, analyze, load_models
 
-from . import checkpoints, export, importer, media_prep, paths
+from . import checkpoints, checks, export, importer, media_prep, owners, paths
 from .ratelimit import RateLimiter
-from .session import Session, from_analysis, vtt_text
+from .session import EditError, Session, from_analysis, vtt_text
 from .store import Store
 from .switch_policy import ALLOWED, SwitchPolicy
 
 Progress = Callable[[float, str], None]
+T = TypeVar("T")
+MAX_TITLE = 120
 MODELS_FOLDER = "models"      # checkpoints copied here (a folder each) are offered by the picker
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The models could not be loaded; one line."""
 
 
@@ -104,18 +110,28 @@ class ModelHolder:
             return {"name": "unreadable", "trained": False, "error": str(err)}
 
 
+class ExportRefused(UserError):
+    """A MELD export was refused: the message names the table's rows that need fixing."""
+
+
 class Workbench:
     def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None,
-                 rate: RateLimiter | None = None, model_switch: SwitchPolicy | None = None):
+                 rate: RateLimiter | None = None, model_switch: SwitchPolicy | None = None,
+                 admins: frozenset[str] = frozenset()):
         self.holder = holder
         self.limits = limits or Limits.from_env()
         self.rate = rate or RateLimiter(0)      # no limit unless given one (app.py gives one)
         self.model_switch = model_switch or ALLOWED     # app.py decides from --allow-model-switch
+        self.admins = frozenset(admins)         # logins that reach every session (--admin)
         self.root = Path(root).resolve() if root else paths.data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.models_dir = self.root / MODELS_FOLDER
         self.models_dir.mkdir(exist_ok=True)
         self.store = Store(self.root / "workbench.sqlite3")
+
+    def owner(self, request, browser_token: str | None = None) -> str | None:
+        """The owner key of a request (a login, else the browser's or client's token)."""
+        return owners.owner_of(request, browser_token, self.admins)
 
     # ------------------------------------------------------------ models
 
@@ -173,9 +189,11 @@ class Workbench:
 
     # ------------------------------------------------------------ creating sessions
 
-    def analyze(self, upload: str | Path, progress: Progress | None = None, user: str | None = None) -> Session:
-        """Analyse a file into a new session. `user` (ratelimit.client_key) is counted against the
-        rate limit first, before the file is even read (RateLimited when over)."""
+    def analyze(self, upload: str | Path, progress: Progress | None = None, user: str | None = None,
+                owner: str | None = "") -> Session:
+        """Analyse a file into a new session of `owner`. `user` (ratelimit.client_key) is counted
+        against the rate limit first, before the file is even read (RateLimited when over). A failed
+        analysis leaves nothing behind."""
         self.rate.check(user)
         report = progress or (lambda f, s: None)
         report(0.0, "checking the file")
@@ -188,27 +206,32 @@ class Workbench:
             report(0.02, "preparing the file")
             staged = media_prep.stage(upload, folder / "media")
             result = analyze(staged.source, models, lambda f, stage: report(0.05 + 0.93 * f, stage))
+            session = from_analysis(result, sid, Path(str(upload)).name, self.store.next_dialogue_id(owner))
+            session.source_name = paths.safe_filename(Path(str(upload)).name)
+            session.source = paths.relative(self.root, staged.source)
+            session.media = paths.relative(self.root, staged.playable)
+            return self.store.create(session, owner or "")
         except BaseException:
             _remove_tree(folder)
             raise
-        session = from_analysis(result, sid, Path(str(upload)).name, self.store.next_dialogue_id())
-        session.source_name = paths.safe_filename(Path(str(upload)).name)
-        session.source = paths.relative(self.root, staged.source)
-        session.media = paths.relative(self.root, staged.playable)
-        return self.store.create(session)
 
     def import_csv(self, csv_path: str | Path, media_upload: str | Path | None = None,
-                   csv_name: str | None = None) -> tuple[list[Session], importer.Imported]:
+                   csv_name: str | None = None, owner: str | None = "") -> tuple[list[Session], importer.Imported]:
         self.limits.check_size(csv_path, "CSV file")
         if media_upload:
             self.limits.check_media(media_upload)
-        imported = importer.read(csv_path, fallback_dialogue=self.store.next_dialogue_id())
+        imported = importer.read(csv_path, fallback_dialogue=self.store.next_dialogue_id(owner))
         self.limits.check_rows(imported.row_count)
         name = csv_name or Path(str(csv_path)).name
         sessions = importer.sessions_from(imported, name, paths.new_session_id)
         if media_upload and sessions:
             first = sessions[0]
-            staged = media_prep.stage(media_upload, self.folder(first.id) / "media")
+            folder = self.folder(first.id)
+            try:
+                staged = media_prep.stage(media_upload, folder / "media")
+            except BaseException:
+                _remove_tree(folder)
+                raise
             first.source = paths.relative(self.root, staged.source)
             first.media = paths.relative(self.root, staged.playable)
             first.source_name = paths.safe_filename(Path(str(media_upload)).name)
@@ -220,25 +243,61 @@ class Workbench:
             if len(sessions) > 1:
                 first.problems.append(f"the media file was attached to dialogue {first.dialogue_id} "
                                       "(the first in the CSV)")
-        return [self.store.create(s) for s in sessions], imported
+        return [self.store.create(s, owner or "") for s in sessions], imported
+
+    # ------------------------------------------------------------ opening and listing
+
+    def session(self, session_id: str, owner: str | None) -> Session:
+        """The session, if `owner` may see it (StoreError otherwise, as if it did not exist)."""
+        return self.store.load(session_id, owner)
+
+    def sessions(self, owner: str | None) -> list[dict]:
+        """`owner`'s sessions, newest first (store.list's fields)."""
+        return self.store.list(owner)
+
+    def can_undo(self, session: Session) -> bool:
+        return self.store.can_undo(session.id, session.version)
 
     # ------------------------------------------------------------ editing
 
-    def apply(self, session_id: str, change: Callable[[Session], tuple[Session, str]]) -> tuple[Session, str]:
-        return self.store.update(session_id, change)
+    def apply(self, session_id: str, change: Callable[[Session], tuple[Session, T]],
+              owner: str | None) -> tuple[Session, T]:
+        return self.store.update(session_id, change, owner)
 
-    def undo(self, session_id: str) -> Session:
-        return self.store.undo(session_id)
+    def undo(self, session_id: str, owner: str | None) -> Session:
+        return self.store.undo(session_id, owner)
+
+    def rename(self, session_id: str, title: str, owner: str | None) -> Session:
+        clean = " ".join(str(title or "").split())[:MAX_TITLE]
+        if not clean:
+            raise EditError("a session name cannot be empty")
+        return self.apply(session_id, lambda s: (replace(s, title=clean), None), owner)[0]
+
+    def delete(self, session_id: str, owner: str | None) -> Session:
+        """Hide the session (restore() brings it back; purged after store.PURGE_AFTER)."""
+        return self.store.set_deleted(session_id, True, owner)
+
+    def restore(self, session_id: str, owner: str | None) -> Session:
+        return self.store.set_deleted(session_id, False, owner)
 
     # ------------------------------------------------------------ export
 
-    def export_csv(self, session_id: str) -> Path:
-        session = self.store.load(session_id)
+    def export_csv(self, session_id: str, owner: str | None) -> Path:
+        """The MELD CSV; ExportRefused naming the rows a MELD export must not write."""
+        session = self._exportable(session_id, owner)
         return export.export_csv(session, self.folder(session_id) / "exports")
 
-    def export_zip(self, session_id: str, progress: Progress | None = None) -> export.ZipReport:
-        session = self.store.load(session_id)
+    def export_zip(self, session_id: str, owner: str | None, progress: Progress | None = None) -> export.ZipReport:
+        session = self._exportable(session_id, owner)
         return export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
+
+    def _exportable(self, session_id: str, owner: str | None) -> Session:
+        session = self.session(session_id, owner)
+        problems = checks.export_problems(session)
+        if problems:
+            raise ExportRefused(f"Not exported: {len(problems)} problem(s) to fix first (marked ⚠ in the "
+                                f"table): {checks.summary(problems)}")
+        return session
 
 
 def _remove_tree(folder: Path) -> None:

@@ -15,15 +15,16 @@ from typing import Any
 
 from core.labels import EMOTIONS, SENTIMENTS
 from core.meld import MeldRow, parse_time
-from core.types import Analysis
+from core.types import Analysis, UserError
 
 EDITABLE = ("start", "end", "speaker", "text", "emotion", "sentiment")
 MIN_LENGTH = 0.05        # seconds: the shortest utterance an edit may leave
 MAX_SPEAKER = 80
 MAX_TEXT = 2000
+NEW_TEXT = "(new utterance: type its words)"   # an added row's text until someone types it
 
 
-class EditError(ValueError):
+class EditError(UserError, ValueError):
     """A correction was refused; the message (one line) says why."""
 
 
@@ -150,7 +151,8 @@ def from_meld_rows(rows: list[MeldRow], session_id: str, title: str, dialogue_id
     for i, m in enumerate(rows):
         row = Row(uid=i, start=m.start, end=m.end, text=m.utterance, speaker=m.speaker,
                   emotion=m.emotion, sentiment=m.sentiment,
-                  meta={"season": m.season, "episode": m.episode, "sr_no": m.sr_no})
+                  meta={"season": m.season, "episode": m.episode, "sr_no": m.sr_no,
+                        "line": m.line or None})
         row.original = {f: getattr(row, f) for f in EDITABLE}
         out.append(row)
     return Session(id=session_id, title=title, origin="import", dialogue_id=dialogue_id,
@@ -303,7 +305,7 @@ def add_row(session: Session, after_uid: int | None) -> tuple[Session, int]:
     end = round(min(start + 2.0, limit), 3)
     if end - start < MIN_LENGTH:
         raise EditError("there is no room after this utterance: shorten it or its neighbour first")
-    row = Row(uid=new.next_uid, start=round(start, 3), end=end, text="(new utterance: type its words)",
+    row = Row(uid=new.next_uid, start=round(start, 3), end=end, text=NEW_TEXT,
               ops=["added"], meta={"season": (before or after).meta.get("season") if (before or after) else None,
                                    "episode": (before or after).meta.get("episode") if (before or after) else None})
     row.original = {f: getattr(row, f) for f in EDITABLE}

@@ -4,6 +4,11 @@
 sessions; `history` keeps the last HISTORY versions of each, which is what Undo walks back through.
 A write returns only after its transaction has committed, so an acknowledged correction survives
 a crash, a page reload or a server restart.
+
+Every session has an owner (a login, or a browser's or API client's token: webapp/owners.py).
+Each read and write names the owner asking; a session of someone else is answered exactly like one
+that does not exist. `owner=None` (the --admin login) reaches every session. Deleting only marks a
+session (it can be restored from the page); marked sessions are purged after PURGE_AFTER seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Callable, Iterator, TypeVar
 
 from .paths import check_session_id
 from .session import Session
+from core.types import UserError
 
 HISTORY = 200            # versions kept per session for undo
+PURGE_AFTER = 7 * 86400  # seconds a deleted session can still be restored
+ANY = None               # the owner that reaches every session (an admin)
 T = TypeVar("T")
 
 SCHEMA = """
@@ -33,7 +41,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     version INTEGER NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    deleted REAL
 );
 CREATE TABLE IF NOT EXISTS history (
     session_id TEXT NOT NULL,
@@ -45,7 +55,7 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A session could not be found or saved; the message is one line."""
 
 
@@ -56,6 +66,14 @@ class Store:
         self._lock = threading.RLock()
         with self._connect() as db:
             db.executescript(SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+            for name, kind in (("owner", "TEXT NOT NULL DEFAULT ''"), ("deleted", "REAL")):
+                if name not in columns:          # a store written before sessions had owners
+                    db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, updated)")
+            db.execute("DELETE FROM history WHERE session_id IN (SELECT id FROM sessions WHERE deleted < ?)",
+                       (time.time() - PURGE_AFTER,))
+            db.execute("DELETE FROM sessions WHERE deleted < ?", (time.time() - PURGE_AFTER,))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -98,27 +116,31 @@ class Store:
         db.execute("DELETE FROM history WHERE session_id = ? AND version <= ?", (session.id, version - HISTORY))
         return session
 
-    def create(self, session: Session) -> Session:
+    def create(self, session: Session, owner: str = "") -> Session:
         check_session_id(session.id)
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session.id,)).fetchone():
                 raise StoreError(f"session {session.id} exists already")
+            db.execute("INSERT INTO sessions (id, title, origin, dialogue_id, n_rows, n_corrected, created,"
+                       " updated, version, data, owner) VALUES (?, '', '', 0, 0, 0, 0, 0, 0, '{}', ?)",
+                       (session.id, owner or ""))
             return self._write(db, session, 1)
 
-    def update(self, session_id: str, change: Callable[[Session], tuple[Session, T]]) -> tuple[Session, T]:
+    def update(self, session_id: str, change: Callable[[Session], tuple[Session, T]],
+               owner: str | None = ANY) -> tuple[Session, T]:
         """Load, apply `change` (which returns the new session and a result), save if it changed.
         Runs under one lock and one transaction: two tabs editing one session never lose an edit."""
         with self._transaction() as db:
-            current = self._load(db, session_id)
+            current = self._load(db, session_id, owner)
             new, result = change(current)
             if new.to_dict() == current.to_dict():
                 return current, result
             return self._write(db, new, current.version + 1), result
 
-    def undo(self, session_id: str) -> Session:
+    def undo(self, session_id: str, owner: str | None = ANY) -> Session:
         """Go back to the version before the current one (the current one is discarded)."""
         with self._transaction() as db:
-            current = self._load(db, session_id)
+            current = self._load(db, session_id, owner)
             prev = db.execute("SELECT version, data FROM history WHERE session_id = ? AND version < ?"
                               " ORDER BY version DESC LIMIT 1", (session_id, current.version)).fetchone()
             if prev is None:
@@ -129,31 +151,51 @@ class Store:
 
     # ------------------------------------------------------------ reading
 
-    def _load(self, db: sqlite3.Connection, session_id: str) -> Session:
+    def _load(self, db: sqlite3.Connection, session_id: str, owner: str | None = ANY,
+              deleted: bool = False) -> Session:
         check_session_id(session_id)
-        row = db.execute("SELECT data FROM sessions WHERE id = ?", (session_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"no session {session_id} in this workbench")
+        row = db.execute("SELECT data, owner, deleted FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None or (owner is not ANY and row[1] != owner) or (row[2] is not None) != deleted:
+            raise StoreError(f"no session {session_id} here (it belongs to no one you are logged in as, "
+                             "or was deleted)")
         return Session.from_dict(json.loads(row[0]))
 
-    def load(self, session_id: str) -> Session:
+    def load(self, session_id: str, owner: str | None = ANY) -> Session:
         with self._connect() as db:
-            return self._load(db, session_id)
+            return self._load(db, session_id, owner)
 
     def can_undo(self, session_id: str, version: int) -> bool:
         with self._connect() as db:
             return db.execute("SELECT 1 FROM history WHERE session_id = ? AND version < ?",
                               (session_id, version)).fetchone() is not None
 
-    def list(self, limit: int = 500) -> list[dict]:
-        """Newest first: id, title, origin, dialogue_id, n_rows, n_corrected, created, updated."""
+    def list(self, owner: str | None = ANY, limit: int = 500) -> list[dict]:
+        """`owner`'s live sessions, newest first: id, title, origin, dialogue_id, n_rows,
+        n_corrected, created, updated, version."""
+        where, args = ("deleted IS NULL", []) if owner is ANY else ("deleted IS NULL AND owner = ?", [owner])
         with self._connect() as db:
             cur = db.execute("SELECT id, title, origin, dialogue_id, n_rows, n_corrected, created, updated,"
-                             " version FROM sessions ORDER BY updated DESC LIMIT ?", (limit,))
+                             f" version FROM sessions WHERE {where} ORDER BY updated DESC LIMIT ?",
+                             (*args, limit))
             names = [c[0] for c in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
-    def next_dialogue_id(self) -> int:
+    def count(self, owner: str | None = ANY) -> int:
+        """How many live sessions `owner` has."""
+        where, args = ("deleted IS NULL", ()) if owner is ANY else ("deleted IS NULL AND owner = ?", (owner,))
         with self._connect() as db:
-            (top,) = db.execute("SELECT MAX(dialogue_id) FROM sessions").fetchone()
+            return db.execute(f"SELECT COUNT(*) FROM sessions WHERE {where}", args).fetchone()[0]
+
+    def set_deleted(self, session_id: str, deleted: bool, owner: str | None = ANY) -> Session:
+        """Mark a session deleted (hidden, restorable for PURGE_AFTER seconds), or restore it."""
+        with self._transaction() as db:
+            session = self._load(db, session_id, owner, deleted=not deleted)
+            db.execute("UPDATE sessions SET deleted = ? WHERE id = ?",
+                       (time.time() if deleted else None, session_id))
+            return session
+
+    def next_dialogue_id(self, owner: str | None = ANY) -> int:
+        where, args = ("1", ()) if owner is ANY else ("owner = ?", (owner,))
+        with self._connect() as db:
+            (top,) = db.execute(f"SELECT MAX(dialogue_id) FROM sessions WHERE {where}", args).fetchone()
         return 0 if top is None else int(top) + 1

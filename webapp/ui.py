@@ -13,7 +13,10 @@ import gradio as gr
 from core.labels import EMOTIONS, SENTIMENTS
 
 from . import api, charts, model_picker, views
-from .handlers import Handlers, Page
+from .corrections import Corrections
+from .handlers import Handlers
+from .player import Player
+from .render import Page, Renderer
 from .service import ModelHolder, Workbench
 
 TITLE = "Emotion Workbench"
@@ -25,14 +28,98 @@ CSS = """
 #status p {margin: 2px 0;}
 #detail table {font-size: 13px;}
 #detail blockquote {margin: 4px 0; font-style: italic;}
-#editor-title {padding: 6px 12px;}
-#editor-head {align-items: center;}
+#editor-title {padding: 6px 12px; min-width: 160px !important; flex: 1 1 160px !important;}
+#editor-head {align-items: center; flex-wrap: wrap;}
+#editor-head button {flex: 0 0 auto !important;}
 #transcript {font-size: 13px;}
 #transcript .add-row-button, #transcript .cell-menu-button {display: none !important;}
+#transcript .wb-selected > * {background: #fef3c7 !important;}
+#transcript .wb-problem > *:last-child {color: #b91c1c; font-weight: 600;}
+#wb-hidden {display: none !important;}
+#video-in {min-height: 300px;}
+#mix p {margin: 2px 0; font-size: 13px;}
+video::cue {font-size: 15px; background: rgba(15, 23, 42, 0.78);}
+@media (max-width: 640px) {
+  #editor-head > div, #editor-head > button {min-width: 0 !important;}
+  #editor-title {flex-basis: 100% !important;}
+  #chart {min-height: 360px;}
+}
 """
-HELP = ("Click a row (or ◀ ▶) to select it: the player seeks there. Labels save at once; text, speaker "
-        "and times save on Enter or when you leave the field; invalid values are reverted. Cells of the "
-        "table can be edited too (double-click). Split cuts at the time given; Undo steps back one change.")
+HELP = ("Click a row, a bar of the chart, or use ◀ ▶: the player seeks there. Labels save at once; text, "
+        "speaker and times save on Enter or when you leave the field, for the row they were typed for; "
+        "invalid values are reverted. **Keys** (not while typing in a field): ↑/↓ or k/j previous/next, "
+        "1–7 set the emotion (1 anger, 2 disgust, 3 fear, 4 joy, 5 neutral, 6 sadness, 7 surprise), "
+        "p play the utterance, Ctrl+Z undo.")
+
+# The page's hooks: keyboard shortcuts, a click on the chart selects that utterance, the selected
+# row and problem rows are highlighted. They send their value through hidden text fields (the
+# value carries "@<time>" so that the same value twice still counts as a new event).
+HEAD = """
+<script>
+(() => {
+  const EMOTIONS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"];
+  const send = (id, value) => {
+    const el = document.querySelector(`#${id} textarea, #${id} input`);
+    if (!el) return;
+    el.value = `${value}@${Date.now()}`;
+    el.dispatchEvent(new Event("input", {bubbles: true}));
+  };
+  const click = (id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); };
+  const typing = (t) => t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName));
+  document.addEventListener("keydown", (e) => {
+    if (typing(e.target) || e.altKey || e.metaKey) return;
+    if (e.ctrlKey) {
+      if (e.key.toLowerCase() === "z") { e.preventDefault(); click("undo-btn"); }
+      return;
+    }
+    if (e.key === "ArrowDown" || e.key === "j") { e.preventDefault(); click("next-btn"); }
+    else if (e.key === "ArrowUp" || e.key === "k") { e.preventDefault(); click("prev-btn"); }
+    else if (/^[1-7]$/.test(e.key)) { e.preventDefault(); send("wb-key", "emotion:" + EMOTIONS[+e.key - 1]); }
+    else if (e.key === "p") { e.preventDefault(); click("play-utt"); }
+  });
+  let queued = false;
+  const refresh = () => {
+    queued = false;
+    const plot = document.querySelector("#chart .js-plotly-plot");
+    if (plot && plot.on && !plot.__wbHooked) {
+      plot.__wbHooked = true;
+      plot.on("plotly_click", (ev) => {
+        const cd = ev && ev.points && ev.points[0] && ev.points[0].customdata;
+        if (cd !== undefined && cd !== null) send("wb-pick", Array.isArray(cd) ? cd[0] : cd);
+      });
+    }
+    document.querySelectorAll('#transcript [data-testid^="cell-"][data-testid$="-0"]').forEach((td) => {
+      const tr = td.closest("tr, .virtual-row");
+      if (!tr) return;
+      tr.classList.toggle("wb-selected", td.innerText.trim().startsWith("▶"));
+      const last = tr.lastElementChild;
+      tr.classList.toggle("wb-problem", !!last && last.innerText.includes("⚠"));
+    });
+  };
+  new MutationObserver(() => { if (!queued) { queued = true; requestAnimationFrame(refresh); } })
+    .observe(document.documentElement, {childList: true, subtree: true, characterData: true});
+})();
+</script>
+"""
+# "Play this utterance": from its start, paused at its end (checked every frame, not every 250 ms).
+PLAY_JS = """
+() => {
+  const v = document.querySelector("#player video");
+  const read = (id) => parseFloat((document.querySelector(`#${id} input, #${id} textarea`) || {}).value);
+  const start = read("ed-start"), end = read("ed-end");
+  if (!v || isNaN(start)) return;
+  v.currentTime = start;
+  v.play();
+  const token = Symbol();
+  v.__wbPlay = token;
+  const watch = () => {
+    if (v.__wbPlay !== token || v.paused) return;
+    if (!isNaN(end) && v.currentTime >= end) { v.pause(); return; }
+    requestAnimationFrame(watch);
+  };
+  requestAnimationFrame(watch);
+}
+"""
 
 
 def browser_secret(wb: Workbench) -> str:
@@ -45,10 +132,11 @@ def browser_secret(wb: Workbench) -> str:
 
 def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
     wb = wb_or_holder if isinstance(wb_or_holder, Workbench) else Workbench(wb_or_holder)
+    secret = browser_secret(wb)
     with gr.Blocks(title=TITLE) as demo:
-        sid = gr.State("")
-        sel = gr.State(None)
-        remembered = gr.BrowserState("", storage_key="emotion-workbench-session", secret=browser_secret(wb))
+        sid, sel, tview, deleted = gr.State(""), gr.State(None), gr.State(views.TableView()), gr.State("")
+        remembered = gr.BrowserState("", storage_key="emotion-workbench-session", secret=secret)
+        token = gr.BrowserState("", storage_key="emotion-workbench-owner", secret=secret)
         gr.Markdown(f"# {TITLE}\nWhat is said, how it sounds and what the face shows — utterance by "
                     "utterance; correct it, export it as MELD, retrain on it.")
         banner = gr.Markdown(views.model_banner(wb.holder.summary()), elem_id="banner")
@@ -56,52 +144,65 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
 
         with gr.Accordion("1 · Input", open=True) as input_box:
             with gr.Row(equal_height=False):
-                with gr.Column(scale=3):
+                with gr.Column(scale=3, min_width=300):
                     with gr.Tabs():
                         with gr.Tab("Video (upload or webcam)"):
-                            video_in = gr.Video(sources=["upload", "webcam"], label="Video", height=240,
+                            video_in = gr.Video(sources=["upload", "webcam"], label="Video", height=300,
                                                 elem_id="video-in")
                             analyse_video = gr.Button("Analyse video", variant="primary", elem_id="analyse-video")
                         with gr.Tab("Audio file"):
                             audio_in = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio",
                                                 elem_id="audio-in")
-                            analyse_audio = gr.Button("Analyse audio", variant="primary")
+                            analyse_audio = gr.Button("Analyse audio", variant="primary", elem_id="analyse-audio")
                         with gr.Tab("Import MELD CSV"):
                             with gr.Row():
                                 csv_in = gr.File(label="MELD CSV", file_types=[".csv"], height=120, elem_id="csv-in")
                                 csv_media = gr.File(label="Its video or audio (optional)", height=120,
-                                                    file_types=["video", "audio"])
+                                                    file_types=["video", "audio"], elem_id="csv-media")
                             import_btn = gr.Button("Import and annotate", variant="primary", elem_id="import-btn")
-                with gr.Column(scale=2):
-                    example_btn = gr.Button("▶ Analyse the example video", variant="secondary")
-                    sessions = gr.Dropdown(label="Earlier sessions (every correction is autosaved)",
-                                           choices=views.session_choices(wb.store.list()), value=None,
-                                           interactive=True)
-                    gr.Markdown("Analysis runs Whisper, then reads the face, the text and the audio of "
-                                "each utterance; a progress bar shows the stage.")
+                with gr.Column(scale=2, min_width=280):
+                    example_btn = gr.Button("▶ Analyse the example video", variant="secondary", elem_id="example-btn")
+                    sessions = gr.Dropdown(label="Your earlier sessions (every correction is autosaved)",
+                                           choices=[], value=None, interactive=True, elem_id="sessions")
+                    with gr.Row(equal_height=True):
+                        session_name = gr.Textbox(label="Name of this session", interactive=False, scale=3,
+                                                  elem_id="session-name")
+                        rename_btn = gr.Button("Rename", size="sm", scale=0, min_width=80, elem_id="rename-btn")
+                    with gr.Row():
+                        delete_session_btn = gr.Button("✕ Delete this session", size="sm", variant="stop",
+                                                       elem_id="delete-session")
+                        restore_btn = gr.Button("↶ Undo delete", size="sm", visible=False, elem_id="restore-session")
+                    with gr.Row(visible=False, elem_id="confirm-delete") as confirm_box:
+                        gr.Markdown("Delete this session and its corrections?")
+                        confirm_btn = gr.Button("Yes, delete it", size="sm", variant="stop", elem_id="confirm-delete-btn")
+                        cancel_btn = gr.Button("Cancel", size="sm", elem_id="cancel-delete-btn")
 
         status = gr.Markdown(views.status_markdown(None), elem_id="status", min_height=72)
         with gr.Row(equal_height=False):
-            player = gr.Video(label="Player (utterances as subtitles)", interactive=False, height=320,
-                              scale=1, min_width=320, elem_id="player")
-            with gr.Column(scale=1, min_width=320):
+            player = Player(label="Player (utterances as subtitles)", interactive=False, height=320,
+                            scale=1, min_width=300, elem_id="player")
+            with gr.Column(scale=1, min_width=300):
                 detail = gr.Markdown(views.detail_markdown(None, None), elem_id="detail", min_height=120)
-        chart = gr.Plot(charts.timeline(None), label="Emotion and sentiment over time", show_label=False,
-                        elem_id="chart")
+        gr.Markdown("**Emotion probabilities over time · sentiment** (click a bar to select its utterance)",
+                    elem_id="chart-title")
+        chart = gr.Plot(charts.timeline(None), show_label=False, elem_id="chart")
+        mix = gr.Markdown("", elem_id="mix")
 
         with gr.Group():
             with gr.Row(equal_height=True, elem_id="editor-head"):
-                ed_title = gr.Markdown("**No utterance selected**", elem_id="editor-title", scale=4)
-                prev_btn = gr.Button("◀ Prev", size="sm", scale=0, min_width=90)
-                next_btn = gr.Button("Next ▶", size="sm", scale=0, min_width=90)
-                undo_btn = gr.Button("↶ Undo", size="sm", scale=0, min_width=90, interactive=False,
+                ed_title = gr.Markdown("**No utterance selected**", elem_id="editor-title")
+                prev_btn = gr.Button("◀ Prev", size="sm", scale=0, min_width=76, elem_id="prev-btn")
+                next_btn = gr.Button("Next ▶", size="sm", scale=0, min_width=76, elem_id="next-btn")
+                play_btn = gr.Button("▶ Play this utterance", size="sm", scale=0, min_width=150, elem_id="play-utt")
+                undo_btn = gr.Button("↶ Undo", size="sm", scale=0, min_width=76, interactive=False,
                                      elem_id="undo-btn")
             with gr.Row(equal_height=True):
                 ed_emotion = gr.Dropdown(list(EMOTIONS), label="Emotion", interactive=False, min_width=130,
                                          elem_id="ed-emotion")
                 ed_sentiment = gr.Dropdown(list(SENTIMENTS), label="Sentiment", interactive=False, min_width=130,
                                            elem_id="ed-sentiment")
-                ed_speaker = gr.Textbox(label="Speaker", interactive=False, min_width=120, elem_id="ed-speaker")
+                ed_speaker = gr.Dropdown([], label="Speaker", allow_custom_value=True, interactive=False,
+                                         min_width=130, elem_id="ed-speaker")
                 ed_start = gr.Textbox(label="Start (s)", interactive=False, min_width=90, elem_id="ed-start")
                 ed_end = gr.Textbox(label="End (s)", interactive=False, min_width=90, elem_id="ed-end")
             with gr.Row(equal_height=True):
@@ -112,14 +213,35 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                 add_btn = gr.Button("+ Add after", scale=0, min_width=110, elem_id="add-btn")
                 delete_btn = gr.Button("✕ Delete", scale=0, min_width=90, elem_id="delete-btn",
                                        variant="stop")
-        gr.Markdown(HELP)
+        gr.Markdown(HELP, elem_id="help")
+        with gr.Accordion("Several rows at once", open=False, elem_id="bulk-box"):
+            with gr.Row(equal_height=True):
+                bulk_rows = gr.Textbox(label="Rows (ids like 0-4, 7; or shown; or all)", scale=2,
+                                       min_width=180, elem_id="bulk-rows")
+                bulk_emotion = gr.Dropdown([""] + list(EMOTIONS), value="", label="Set emotion", min_width=120,
+                                           elem_id="bulk-emotion")
+                bulk_sentiment = gr.Dropdown([""] + list(SENTIMENTS), value="", label="Set sentiment",
+                                             min_width=120, elem_id="bulk-sentiment")
+                bulk_speaker = gr.Dropdown([], value=None, label="Set speaker", allow_custom_value=True,
+                                           min_width=120, elem_id="bulk-speaker")
+                bulk_btn = gr.Button("Apply to these rows", variant="primary", scale=0, min_width=150,
+                                     elem_id="bulk-btn")
+        with gr.Row(equal_height=True, elem_id="table-view"):
+            order = gr.Dropdown([(v, k) for k, v in views.ORDERS.items()], value="time", label="Order",
+                                min_width=160, elem_id="table-order")
+            only_emotion = gr.Dropdown([("any emotion", "")] + [(e, e) for e in EMOTIONS], value="",
+                                       label="Emotion", min_width=120, elem_id="table-emotion")
+            only_state = gr.Dropdown([(v, k) for k, v in views.STATES.items()], value="all", label="Rows",
+                                     min_width=140, elem_id="table-state")
+            table_info = gr.Markdown("", elem_id="table-info")
         table = gr.Dataframe(value=views.table_frame(None), headers=views.TABLE_COLUMNS,
                              datatype=views.TABLE_TYPES, interactive=True, wrap=True, max_height=460,
                              static_columns=views.STATIC_COLUMNS, label="Transcript", elem_id="transcript",
-                             column_widths=["52px", "68px", "68px", "90px", "40%", "92px", "96px", "112px", "130px"])
-        with gr.Accordion("Import problems", open=False, visible=False) as problems_box:
-            problems = gr.Dataframe(headers=["row", "column", "problem"], interactive=False, wrap=True,
-                                    max_height=300, label="Rows with problems (all rows were kept)")
+                             column_widths=views.COLUMN_WIDTHS)
+        with gr.Accordion("Import problems", open=False, visible=False, elem_id="problems-box") as problems_box:
+            problems = gr.Dataframe(headers=views.PROBLEM_COLUMNS, interactive=False, wrap=True,
+                                    max_height=300, label="Problems found in the CSV (every row was kept; "
+                                    "the table marks their rows ⚠)", elem_id="problems")
         with gr.Accordion("2 · Export (MELD format)", open=True):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=240):
@@ -130,66 +252,91 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                                       elem_id="export-file")
             gr.Markdown("CSV: `Sr No., Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID, "
                         "Season, Episode, StartTime, EndTime`; times `h:mm:ss,mmm`; Utterance_ID from 0; cells "
-                        "starting with `= + - @` are escaped against spreadsheet formulas. The zip adds "
-                        "`clips/dia{D}_utt{U}.mp4` cut at the corrected times, for `train/`.")
+                        "that a spreadsheet would run as a formula are escaped. Rows without a label, a time "
+                        "or words are refused, by id. The zip adds `clips/dia{D}_utt{U}.mp4` cut at the "
+                        "corrected times, for `train/`.")
+        with gr.Column(elem_id="wb-hidden"):
+            ed_uid = gr.Textbox(elem_id="ed-uid")
+            pick = gr.Textbox(elem_id="wb-pick")
+            keys = gr.Textbox(elem_id="wb-key")
 
-        page = Page(sid=sid, sel=sel, remembered=remembered, banner=banner, status=status, player=player,
-                    chart=chart, detail=detail, table=table, ed_title=ed_title, ed_start=ed_start,
+        page = Page(sid=sid, sel=sel, tview=tview, deleted=deleted, remembered=remembered, token=token,
+                    banner=banner, status=status, player=player, chart=chart, mix=mix, detail=detail,
+                    table=table, table_info=table_info, ed_uid=ed_uid, ed_title=ed_title, ed_start=ed_start,
                     ed_end=ed_end, ed_speaker=ed_speaker, ed_emotion=ed_emotion, ed_sentiment=ed_sentiment,
-                    ed_text=ed_text, split_at=split_at, undo_btn=undo_btn, dialogue=dialogue,
-                    export_file=export_file, problems=problems, problems_box=problems_box,
-                    sessions=sessions, input_box=input_box)
+                    ed_text=ed_text, split_at=split_at, undo_btn=undo_btn, bulk_speaker=bulk_speaker,
+                    dialogue=dialogue, export_file=export_file, problems=problems, problems_box=problems_box,
+                    sessions=sessions, session_name=session_name, confirm_box=confirm_box,
+                    restore_btn=restore_btn, input_box=input_box)
         api.mount(wb)      # first, so that the API endpoints get the plain names
         controls = dict(demo=demo, video_in=video_in, audio_in=audio_in, csv_in=csv_in, csv_media=csv_media,
                         analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn,
-                        import_btn=import_btn, prev_btn=prev_btn, next_btn=next_btn, split_btn=split_btn,
-                        merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn, csv_btn=csv_btn,
-                        zip_btn=zip_btn)
-        handlers = Handlers(wb, page)
-        _wire(handlers, page, controls)
-        model_picker.wire(model_picker.PickerHandlers(wb, picker, banner, sid, handlers.banner_for), demo)
+                        import_btn=import_btn, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
+                        split_btn=split_btn, merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn,
+                        csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, keys=keys, order=order,
+                        only_emotion=only_emotion, only_state=only_state, bulk_rows=bulk_rows,
+                        bulk_emotion=bulk_emotion, bulk_sentiment=bulk_sentiment, bulk_btn=bulk_btn,
+                        rename_btn=rename_btn, delete_session_btn=delete_session_btn, confirm_btn=confirm_btn,
+                        cancel_btn=cancel_btn)
+        render = Renderer(wb, page)
+        _wire(Handlers(render), Corrections(render), page, controls)
+        model_picker.wire(model_picker.PickerHandlers(wb, picker, banner, sid, render.banner_for), demo)
     demo.workbench = wb
     return demo
 
 
-def _wire(h: Handlers, p: Page, c: dict) -> None:
+def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     out = p.all()
     private = dict(api_visibility="private")
-    serial = dict(concurrency_id="session", concurrency_limit=1, **private)
     quiet = dict(show_progress="hidden")
-    serial = dict(serial, **quiet)
+    serial = dict(concurrency_id="session", concurrency_limit=1, **private, **quiet)
     heavy = dict(concurrency_id="analysis", concurrency_limit=1, show_progress_on=[p.status], **private)
-    c["analyse_video"].click(h.analyse, [c["video_in"]], out, **heavy)
-    c["analyse_audio"].click(h.analyse, [c["audio_in"]], out, **heavy)
-    c["example_btn"].click(h.example, None, out, **heavy)
-    c["import_btn"].click(h.import_csv, [c["csv_in"], c["csv_media"]], out, **heavy)
-    p.sessions.input(h.open, [p.sessions], out, **serial)
-    p.sessions.focus(lambda s: h.sessions_update(s or None), [p.sid], [p.sessions], **private)
-    c["demo"].load(h.load, [p.remembered], out, **private, **quiet)
-    p.table.select(h.select, [p.sid], out, **serial)
-    p.table.input(h.table_edit, [p.sid, p.sel, p.table], out, **serial)
+    ctx = [p.sid, p.sel, p.token, p.tview]
+    ui["analyse_video"].click(h.analyse, [ui["video_in"], p.token, p.tview], out, **heavy)
+    ui["analyse_audio"].click(h.analyse, [ui["audio_in"], p.token, p.tview], out, **heavy)
+    ui["example_btn"].click(h.example, [p.token, p.tview], out, **heavy)
+    ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], p.token, p.tview], out, **heavy)
+    p.sessions.input(h.open, [p.sessions, p.token, p.tview], out, **serial)
+    ui["demo"].load(h.load, [p.remembered, p.token], out, **private, **quiet)
+    p.table.select(h.select, ctx, out, **serial)
+    p.table.input(c.table_edit, ctx + [p.table], out, **serial)
+    ui["pick"].input(h.pick, ctx + [ui["pick"]], out, **serial)
+    ui["keys"].input(c.key, ctx + [ui["keys"]], out, **serial)
     fields = [("emotion", p.ed_emotion, ("input",)), ("sentiment", p.ed_sentiment, ("input",)),
-              ("speaker", p.ed_speaker, ("submit", "blur")), ("text", p.ed_text, ("submit", "blur")),
+              ("speaker", p.ed_speaker, ("input", "blur")), ("text", p.ed_text, ("submit", "blur")),
               ("start", p.ed_start, ("submit", "blur")), ("end", p.ed_end, ("submit", "blur"))]
-    for name, component, events in fields:
-        gr.on([getattr(component, e) for e in events], h.field(name), [p.sid, p.sel, component], out, **serial)
-    c["prev_btn"].click(lambda s, u: h.step(s, u, -1), [p.sid, p.sel], out, **serial)
-    c["next_btn"].click(lambda s, u: h.step(s, u, +1), [p.sid, p.sel], out, **serial)
-    c["split_btn"].click(h.split, [p.sid, p.sel, p.split_at], out, **serial)
-    c["merge_btn"].click(h.merge, [p.sid, p.sel], out, **serial)
-    c["add_btn"].click(h.add, [p.sid, p.sel], out, **serial)
-    c["delete_btn"].click(h.delete, [p.sid, p.sel], out, **serial)
-    p.undo_btn.click(h.undo, [p.sid, p.sel], out, **serial)
-    gr.on([p.dialogue.submit, p.dialogue.blur], h.dialogue_id, [p.sid, p.sel, p.dialogue], out, **serial)
-    c["csv_btn"].click(h.export_csv, [p.sid], [p.export_file], concurrency_id="session", **private)
-    c["zip_btn"].click(h.export_zip, [p.sid], [p.export_file], concurrency_id="export",
-                       concurrency_limit=1, **private)
+    for name, component, events in fields:     # saved for the row in ed_uid, as the browser had it
+        gr.on([getattr(component, e) for e in events], c.field(name),
+              [p.sid, p.ed_uid, p.token, p.tview, component], out, **serial)
+    ui["prev_btn"].click(h.previous, ctx, out, **serial)
+    ui["next_btn"].click(h.next, ctx, out, **serial)
+    ui["play_btn"].click(None, None, None, js=PLAY_JS)
+    ui["split_btn"].click(c.split, ctx + [p.split_at], out, **serial)
+    ui["merge_btn"].click(c.merge, ctx, out, **serial)
+    ui["add_btn"].click(c.add, ctx, out, **serial)
+    ui["delete_btn"].click(c.delete, ctx, out, **serial)
+    p.undo_btn.click(c.undo, ctx, out, **serial)
+    ui["bulk_btn"].click(c.bulk, ctx + [ui["bulk_rows"], ui["bulk_emotion"], ui["bulk_sentiment"], p.bulk_speaker],
+                         out, **serial)
+    view_inputs = [p.sid, p.sel, p.token, ui["order"], ui["only_emotion"], ui["only_state"]]
+    for control in (ui["order"], ui["only_emotion"], ui["only_state"]):
+        control.input(h.set_view, view_inputs, [p.table, p.table_info, p.tview], **serial)
+    gr.on([p.dialogue.submit, p.dialogue.blur], c.dialogue_id, ctx + [p.dialogue], out, **serial)
+    gr.on([p.session_name.submit, ui["rename_btn"].click], h.rename, ctx + [p.session_name], out, **serial)
+    ui["delete_session_btn"].click(h.ask_delete, ctx, out, **serial)
+    ui["cancel_btn"].click(h.cancel_delete, None, out, **serial)
+    ui["confirm_btn"].click(h.delete_session, ctx, out, **serial)
+    p.restore_btn.click(h.restore_session, [p.deleted, p.token, p.tview], out, **serial)
+    ui["csv_btn"].click(c.export_csv, [p.sid, p.token], [p.export_file, p.status], concurrency_id="session",
+                        **private)
+    ui["zip_btn"].click(c.export_zip, [p.sid, p.token], [p.export_file, p.status], concurrency_id="export",
+                        concurrency_limit=1, **private)
 
 
 def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
     """What launch() needs: the theme and css (Gradio 6 takes them there), the data folder, the upload
     limit (Gradio refuses a bigger file before storing it) and, when `auth` is given, a login."""
-    kwargs = dict(theme=THEME, css=CSS, allowed_paths=[str(wb.root)],
+    kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.root)],
                   max_file_size=wb.limits.gradio_max_file_size())
     if auth:
         kwargs.update(auth=check_login(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")

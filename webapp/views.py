@@ -4,31 +4,124 @@ the model banner, the list of earlier sessions. Pure functions returning plain d
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from core.labels import EMOTIONS, SENTIMENTS
 
+from . import checks
 from .session import Session
 
-TABLE_COLUMNS = ["id", "start", "end", "speaker", "text", "emotion", "sentiment", "confidence", "edited"]
-TABLE_TYPES = ["number", "number", "number", "str", "str", "str", "str", "str", "str"]
+TABLE_COLUMNS = ["id", "emotion", "sentiment", "confidence", "start", "end", "speaker", "text", "notes"]
+TABLE_TYPES = ["str", "str", "str", "str", "number", "number", "str", "str", "str"]
+COLUMN_WIDTHS = ["58px", "96px", "96px", "84px", "68px", "68px", "96px", "36%", "160px"]
 EDITABLE_COLUMNS = {"start", "end", "speaker", "text", "emotion", "sentiment"}
 STATIC_COLUMNS = [i for i, c in enumerate(TABLE_COLUMNS) if c not in EDITABLE_COLUMNS]
-MODALITY_NAMES = {"text": "Text", "face": "Face", "audio": "Audio", "video": "Video"}
+MODALITY_NAMES = {"text": "Text", "face": "Face", "audio": "Voice", "video": "Video"}
+SELECTED_MARK = "▶ "
+ORDERS = {"time": "in time order", "low": "lowest confidence first (review order)",
+          "high": "highest confidence first"}
+STATES = {"all": "all rows", "todo": "not corrected yet", "corrected": "corrected",
+          "problems": "with a problem (⚠)"}
 
 
-def table_frame(session: Session | None) -> pd.DataFrame:
-    rows = []
-    for i, r in enumerate(session.rows if session else []):
-        conf = f"{r.confidence:.2f}" if r.confidence is not None else "—"
-        flags = edit_flags(r)
-        edited = ("✎ " + ", ".join(flags)) if flags else ("imported" if session.origin == "import" else "")
+@dataclass(frozen=True)
+class TableView:
+    """How the table is ordered and filtered; the rows keep their ids (positions) whatever the view."""
+
+    order: str = "time"          # a key of ORDERS
+    emotion: str = ""            # "" = any
+    state: str = "all"           # a key of STATES
+
+    def describe(self, shown: int, total: int) -> str:
+        if shown == total and self == TableView(order=self.order):
+            return f"{total} utterances, {ORDERS.get(self.order, self.order)}"
+        what = [STATES[self.state]] if self.state != "all" else []
+        what += [f"labelled {self.emotion}"] if self.emotion else []
+        return f"showing {shown} of {total} utterances ({', '.join(what) or 'all'}), {ORDERS.get(self.order, self.order)}"
+
+
+def row_notes(session: Session) -> dict[int, list[str]]:
+    """Per table id: what is wrong with the row (⚠ overlaps, what blocks an export, import problems)."""
+    notes: dict[int, list[str]] = {}
+    for issue in checks.overlaps(session) + checks.export_problems(session):
+        notes.setdefault(issue.position, []).append(issue.message)
+    for i, r in enumerate(session.rows):
+        line = r.meta.get("line")
+        if line and any(p.startswith(f"row {line}:") or p.startswith(f"row {line},") for p in session.problems):
+            notes.setdefault(i, []).append(f"import problem (CSV row {line})")
         if r.error:
-            edited = (edited + " ⚠ " + r.error)[:120]
-        rows.append([i, r.start, r.end, r.speaker, r.text, r.emotion, r.sentiment, conf, edited])
+            notes.setdefault(i, []).append(r.error)
+    return notes
+
+
+def visible_positions(session: Session, view: TableView, notes: dict[int, list[str]] | None = None) -> list[int]:
+    """The table ids shown under `view`, in its order."""
+    notes = row_notes(session) if notes is None else notes
+    keep = []
+    for i, r in enumerate(session.rows):
+        if view.emotion and r.emotion != view.emotion:
+            continue
+        if (view.state == "todo" and r.corrected) or (view.state == "corrected" and not r.corrected):
+            continue
+        if view.state == "problems" and i not in notes:
+            continue
+        keep.append(i)
+    if view.order in ("low", "high"):
+        sign = 1 if view.order == "low" else -1
+        keep.sort(key=lambda i: (session.rows[i].confidence is None,
+                                 sign * (session.rows[i].confidence or 0.0), i))
+    return keep
+
+
+def table_frame(session: Session | None, view: TableView = TableView(), selected: int | None = None) -> pd.DataFrame:
+    """The transcript table under `view`; `selected` (a position) is marked ▶ in the id column."""
+    rows = []
+    if session is not None:
+        notes = row_notes(session)
+        for i in visible_positions(session, view, notes):
+            r = session.rows[i]
+            conf = f"{r.confidence:.2f}" if r.confidence is not None else "—"
+            flags = edit_flags(r)
+            note = ("✎ " + ", ".join(flags)) if flags else ("imported" if session.origin == "import" else "")
+            if i in notes:
+                note = (note + " ⚠ " + "; ".join(notes[i])).strip()[:160]
+            rows.append([f"{SELECTED_MARK}{i}" if i == selected else str(i), r.emotion, r.sentiment, conf,
+                         r.start, r.end, r.speaker, r.text, note])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def parse_id(cell) -> int | None:
+    """The position in a table id cell ("3" or "▶ 3")."""
+    try:
+        return int(str(cell).replace(SELECTED_MARK.strip(), "").strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def mix_markdown(session: Session | None) -> str:
+    """The emotion and sentiment mix of the session, in counts and shares of its utterances."""
+    if session is None or not session.rows:
+        return ""
+    def mix(values: list[str], labels: tuple[str, ...]) -> str:
+        counts = Counter(v for v in values if v)
+        total = max(1, len(values))
+        return " · ".join(f"{name} {counts[name]} ({100 * counts[name] / total:.0f} %)"
+                          for name in sorted(labels, key=lambda n: -counts[n]) if counts[name])
+    emotions = mix([r.emotion for r in session.rows], EMOTIONS) or "—"
+    sentiments = mix([r.sentiment for r in session.rows], SENTIMENTS) or "—"
+    return f"**Mix** of {len(session.rows)} utterances — emotion: {emotions}  \n sentiment: {sentiments}"
+
+
+def speakers(session: Session | None) -> list[str]:
+    """The speakers already used in the session, most used first."""
+    if session is None:
+        return []
+    counts = Counter(r.speaker for r in session.rows if r.speaker)
+    return [name for name, _ in counts.most_common()]
 
 
 def edit_flags(row) -> list[str]:
@@ -95,26 +188,24 @@ def _trained_note(model: dict) -> str:
     return "" if model.get("trained") else "untrained model"
 
 
+PLAIN_NAMES = {"text": "the words", "audio": "the voice", "face": "the face", "video": "the video"}
+
+
+def _plain_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def model_banner(summary: dict) -> str:
-    """One paragraph saying plainly what the model is and what it was trained on."""
-    face = ("The **face** column is the pretrained FER2013 face-expression net's own opinion "
-            "(not trained by this project)")
+    """One plain sentence: what the labels are decided from (details are in the Model panel)."""
     if not summary.get("trained"):
-        return ("⚠️ **The fusion model is untrained**: its emotion and sentiment predictions are not "
-                f"meaningful yet; correct them, export, and retrain. {face}.")
-    modalities = list(summary.get("trained_modalities", []))
-    scores = []
-    for split in ("test", "dev"):
-        m = summary.get("metrics", {}).get(split, {})
-        if isinstance(m, dict) and "emotion_weighted_f1" in m:
-            scores.append(f"{split}: emotion weighted F1 {m['emotion_weighted_f1']:.1f}"
-                          + (f", sentiment {m['sentiment_weighted_f1']:.1f}" if "sentiment_weighted_f1" in m else ""))
-    fused_face = "face" in modalities
-    untrained = [m for m in ("text", "face", "audio") if m not in modalities]
-    return (f"Fusion model **{summary.get('name', '?')}**, trained on **{', '.join(modalities)}**"
-            + (f" ({'; '.join(scores)})" if scores else "") + ". "
-            + f"{face}{', and it is fused' if fused_face else ', shown beside the fused result but not fused'}. "
-            + (f"No trained head for {', '.join(untrained)}: not fused." if untrained else ""))
+        return ("⚠️ The model is untrained: its labels are placeholders until you correct some, "
+                "export them and retrain (see Model).")
+    fused = [m for m in ("text", "audio", "face", "video") if m in summary.get("trained_modalities", [])]
+    shown = [PLAIN_NAMES[m] for m in ("audio", "face") if m not in fused]
+    return (f"Emotion and sentiment are decided from {_plain_list([PLAIN_NAMES[m] for m in fused]) or 'nothing'}"
+            + (f"; what {_plain_list(shown)} {'says' if len(shown) == 1 else 'say'} on {'its' if len(shown) == 1 else 'their'} "
+               "own is shown beside each utterance." if shown else ".")
+            + " Details: Model.")
 
 
 def status_markdown(session: Session | None, note: str = "") -> str:
@@ -138,13 +229,22 @@ def session_choices(summaries: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def problems_frame(lines: list[str]) -> pd.DataFrame:
+PROBLEM_COLUMNS = ["CSV row", "table id", "column", "problem"]
+
+
+def problems_frame(session: Session | None) -> pd.DataFrame:
+    """The import problems of a session, each with its CSV row and the table id of that row."""
+    if session is None:
+        return pd.DataFrame([], columns=PROBLEM_COLUMNS)
+    by_line = {r.meta.get("line"): i for i, r in enumerate(session.rows) if r.meta.get("line")}
     rows = []
-    for line in lines:
+    for line in session.problems:
         head, _, message = line.partition(": ")
         if head.startswith("row ") and message:
             where, _, column = head.partition(", ")
-            rows.append([where[4:], column or "(whole row)", message])
+            number = where[4:]
+            table_id = by_line.get(int(number)) if number.isdigit() else None
+            rows.append([number, "" if table_id is None else str(table_id), column or "(whole row)", message])
         else:
-            rows.append(["", "", line])
-    return pd.DataFrame(rows, columns=["row", "column", "problem"])
+            rows.append(["", "", "", line])
+    return pd.DataFrame(rows, columns=PROBLEM_COLUMNS)
