@@ -5,7 +5,8 @@ On a Hugging Face Space this file is the app_file; the GPU is used when there is
 Limits: `--max-upload-mb`, `--max-seconds` (else $WORKBENCH_MAX_UPLOAD_MB, $WORKBENCH_MAX_SECONDS);
 login: `--auth user:pass[,user2:pass2]` or `--auth @FILE` (else $WORKBENCH_AUTH); analyses per hour
 per user: `--rate-per-hour N` (else $WORKBENCH_RATE_PER_HOUR, else 30; 0 = no limit; model switches
-count too). Checkpoints copied into the data folder's `models/` can be picked in the app ("Model", or
+count too). Every session belongs to the login (else the browser) that made it; `--admin USER` lets a
+login see every session. Checkpoints copied into the data folder's `models/` can be picked in the app ("Model", or
 the API's /use_model); a pick changes the model of every user, so `--allow-model-switch {auto,yes,no}`
 (else $WORKBENCH_MODEL_SWITCH, else auto) says who may: auto allows it when the server is reachable
 from this machine only (--host 127.0.0.1, localhost or ::1, no share link) or requires a login
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--auth", default=os.environ.get("WORKBENCH_AUTH") or None,
                         help="require a login: user:pass[,user2:pass2] or @FILE with one user:pass a line "
                              "(default: $WORKBENCH_AUTH; none)")
+    parser.add_argument("--admin", default=os.environ.get("WORKBENCH_ADMIN") or None,
+                        help="logins (comma-separated, from --auth) that see and change every user's "
+                             "sessions (default: $WORKBENCH_ADMIN; none)")
     parser.add_argument("--rate-per-hour", type=int, default=None,
                         help="analyses (and model switches) per hour per user (login, else IP address), "
                              "0 = no limit (default: $WORKBENCH_RATE_PER_HOUR or 30)")
@@ -64,10 +68,13 @@ def main() -> None:
         except (CheckpointError, OSError) as err:
             parser.error(f"--checkpoint: {err}")
 
+    admins = frozenset(a.strip() for a in (args.admin or "").split(",") if a.strip())
+    if admins and not args.auth:
+        parser.error("--admin needs --auth: an admin is a login")
     ensure_ffmpeg_on_path()
     from webapp.service import ModelHolder, Workbench
     from webapp.ui import build_app, launch_kwargs
-    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch)
+    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch, admins)
     try:
         kwargs = launch_kwargs(workbench, args.auth)
     except ValueError as err:

@@ -148,7 +148,7 @@ def test_page_handlers_switch_and_refuse(wb, models, shared_data):
         assert "banner" not in out                        # nothing changed
         out = h.select("models/tiny", None, progress)
         assert out["choice"]["value"] == "models/tiny" and TINY in out["card"] and "in use" in out["card"]
-        assert TINY in out["banner"] and "Switched" in out["status"]
+        assert "decided from" in out["banner"] and "Switched" in out["status"]   # the card names the model
 
         shutil.copytree(shared_data / "models" / "tiny", shared_data / "models" / "tiny-copy")
         out = h.refresh()                                 # a checkpoint copied in appears on re-scan

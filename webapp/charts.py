@@ -14,7 +14,7 @@ from core.labels import EMOTIONS, SENTIMENTS
 from . import checks
 from .session import Session
 
-HEIGHT = 380
+HEIGHT = 420
 EMOTION_COLORS = {"anger": "#dc2626", "disgust": "#65a30d", "fear": "#7c3aed", "joy": "#f59e0b",
                   "neutral": "#94a3b8", "sadness": "#2563eb", "surprise": "#ec4899"}
 SENTIMENT_COLORS = {"negative": "#dc2626", "neutral": "#94a3b8", "positive": "#16a34a"}
@@ -38,9 +38,9 @@ def _spans(session: Session) -> list[tuple[int, float, float]]:
 def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28],
                         vertical_spacing=0.06)
-    fig.update_layout(height=HEIGHT, margin=dict(l=56, r=16, t=40, b=40), barmode="stack",
+    fig.update_layout(height=HEIGHT, margin=dict(l=56, r=16, t=34, b=96), barmode="stack",
                       bargap=0, plot_bgcolor="white", paper_bgcolor="white", clickmode="event",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, xanchor="left", font=dict(size=12),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left", font=dict(size=12),
                                   traceorder="normal"),
                       hoverlabel=dict(font_size=12), font=dict(size=12))
     if session is None or not session.rows:

@@ -71,9 +71,9 @@ class Corrections:
 
     def field(self, name: str):
         """A handler that saves `name` for the row the editor showed when it was typed (ed_uid)."""
-        def handler(sid: str, ed_uid: str, token: str | None, tview, value: Any,
+        def handler(sid: str, ed_uid: str, tview, value: Any,
                     request: gr.Request = None) -> dict:
-            ctx = self.r.ctx(request, sid, ed_uid, token, tview)
+            ctx = self.r.ctx(request, sid, ed_uid, tview)
             uid = ctx.sel
             session = self.r.session(ctx)
             if uid is None or session is None or position(session, uid) is None:
@@ -84,9 +84,9 @@ class Corrections:
                                 player="subtitles" if name != "sentiment" else "none", what=f"Saving the {name}")
         return handler
 
-    def table_edit(self, sid: str, sel, token: str | None, tview, frame, request: gr.Request = None) -> dict:
+    def table_edit(self, sid: str, sel, tview, frame, request: gr.Request = None) -> dict:
         """Cells edited in the table: valid ones are saved, the others reverted with a message."""
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+        ctx = self.r.ctx(request, sid, sel, tview)
         columns = list(getattr(frame, "columns", []))
         records = frame.values.tolist() if columns else []
 
@@ -110,16 +110,16 @@ class Corrections:
             return s, ("↩ Reverted: " + "; ".join(refused)) if refused else ""
         return self._change(ctx, ctx.sel, change, player="subtitles", what="Saving the table")
 
-    def split(self, sid: str, sel, token: str | None, tview, at: str, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def split(self, sid: str, sel, tview, at: str, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         if ctx.sel is None:
             return self.r.failed("Split", EditError("select an utterance to split"))
         uid = ctx.sel
         return self._change(ctx, uid, lambda s: (split_row(s, uid, at), "Split in two."), player="subtitles",
                             what="Split")
 
-    def merge(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def merge(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         if ctx.sel is None:
             return self.r.failed("Merge", EditError("select an utterance to merge with the next"))
         uid = ctx.sel
@@ -129,8 +129,8 @@ class Corrections:
             return new, f"Merged with the next utterance. {note}".strip()
         return self._change(ctx, uid, change, player="subtitles", what="Merge")
 
-    def add(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def add(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         created = {}
 
         def change(s):
@@ -142,8 +142,8 @@ class Corrections:
             out.update(self.r.focus(session, ctx, created["uid"]))
         return out
 
-    def delete(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def delete(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         if ctx.sel is None:
             return self.r.failed("Delete", EditError("select an utterance to delete"))
         uid, session = ctx.sel, self.r.session(ctx)
@@ -158,8 +158,8 @@ class Corrections:
             out.update(self.r.focus(session, ctx, nxt, seek=False))
         return out
 
-    def undo(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def undo(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         try:
             session = self.wb.undo(sid, ctx.owner)
         except Exception as err:
@@ -167,8 +167,8 @@ class Corrections:
         uid = ctx.sel if position(session, ctx.sel) is not None else first_uid(session)
         return self.r.view(session, ctx, uid, "↶ Undone (saved).", player="subtitles")
 
-    def dialogue_id(self, sid: str, sel, token: str | None, tview, value, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def dialogue_id(self, sid: str, sel, tview, value, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         session = self.r.session(ctx)
         if session is None or value is None or same(session.dialogue_id, value):
             return self.r.nothing()
@@ -187,10 +187,10 @@ class Corrections:
 
     # ------------------------------------------------------------ several rows at once, and keys
 
-    def bulk(self, sid: str, sel, token: str | None, tview, rows: str, emotion: str | None,
+    def bulk(self, sid: str, sel, tview, rows: str, emotion: str | None,
              sentiment: str | None, speaker: str | None, request: gr.Request = None) -> dict:
         """Set emotion, sentiment and/or speaker of the rows named in `rows` ("0-4, 7", "shown", "all")."""
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+        ctx = self.r.ctx(request, sid, sel, tview)
         session = self.r.session(ctx)
         if session is None:
             return self.r.failed("Bulk change", EditError("open a session first"))
@@ -211,12 +211,12 @@ class Corrections:
             return s, f"Set {what} on {len(positions)} utterance(s)."
         return self._change(ctx, ctx.sel, change, player="subtitles", what="Bulk change")
 
-    def key(self, sid: str, sel, token: str | None, tview, command: str, request: gr.Request = None) -> dict:
+    def key(self, sid: str, sel, tview, command: str, request: gr.Request = None) -> dict:
         """A label key pressed on the page (the hook sends "emotion:NAME@NONCE"): set it on the selection."""
         name, _, value = str(command or "").partition("@")[0].partition(":")
         if name != "emotion" or value not in EMOTIONS:
             return self.r.nothing()
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+        ctx = self.r.ctx(request, sid, sel, tview)
         if ctx.sel is None:
             return self.r.nothing()
         uid = ctx.sel
@@ -225,8 +225,8 @@ class Corrections:
 
     # ------------------------------------------------------------ export
 
-    def export_csv(self, sid: str, token: str | None, request: gr.Request = None) -> dict:
-        owner = self.wb.owner(request, token)
+    def export_csv(self, sid: str, request: gr.Request = None) -> dict:
+        owner = self.wb.owner(request)
         try:
             path = self.wb.export_csv(sid, owner)
         except Exception as err:
@@ -235,8 +235,8 @@ class Corrections:
             return out
         return {self.p.export_file: str(path), self.p.status: f"✓ Exported {path.name}."}
 
-    def export_zip(self, sid: str, token: str | None, request: gr.Request = None, progress=gr.Progress()) -> dict:
-        owner = self.wb.owner(request, token)
+    def export_zip(self, sid: str, request: gr.Request = None, progress=gr.Progress()) -> dict:
+        owner = self.wb.owner(request)
         try:
             report = self.wb.export_zip(sid, owner, lambda f, s: progress(f, desc=s))
         except Exception as err:

@@ -3,8 +3,9 @@ select a row (table, chart click, ◀ ▶ and keys), order and filter the table,
 panel (rename, delete with confirmation, undo a delete). Each returns a dict {component: update};
 render.py builds them. Corrections and exports are in corrections.py.
 
-Every handler takes the page's context inputs (session id, selection, the browser's owner token,
-the table view) and the gr.Request, so it only ever reaches the asker's own sessions. A failure is
+Every handler takes the page's context inputs (session id, selection, the table view) and the
+gr.Request, whose login or browser cookie (owners.py) names the owner, so it only ever reaches the
+asker's own sessions. A failure is
 written in the status line, where it stays until the next action.
 """
 
@@ -17,7 +18,7 @@ import gradio as gr
 from core.labels import EMOTIONS
 from core.types import UserError
 
-from . import owners, views
+from . import views
 from .common import first_uid, position
 from .ratelimit import client_key
 from .render import Ctx, Renderer
@@ -31,11 +32,11 @@ class Handlers:
 
     # ------------------------------------------------------------ opening
 
-    def analyse(self, upload: str | None, token: str | None, tview, request: gr.Request = None,
+    def analyse(self, upload: str | None, tview, request: gr.Request = None,
                 progress=gr.Progress()) -> dict:
         if not upload:
             return self.r.failed("Analysis", _Missing("upload or record a file first"))
-        ctx = self.r.ctx(request, "", None, token, tview)
+        ctx = self.r.ctx(request, "", None, tview)
         try:
             session = self.wb.analyze(upload, lambda f, stage: progress(f, desc=stage),
                                       user=client_key(request), owner=ctx.owner)
@@ -44,16 +45,15 @@ class Handlers:
         note = "" if session.rows else "Nothing to annotate."
         return self.r.view(session, ctx, first_uid(session), note, player="reload", full=True)
 
-    def example(self, token: str | None, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def example(self, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not EXAMPLE.is_file():
             return self.r.failed("The example", _Missing("the example video is missing: run scripts/make_example.py"))
-        return self.analyse(str(EXAMPLE), token, tview, request, progress)
+        return self.analyse(str(EXAMPLE), tview, request, progress)
 
-    def import_csv(self, csv_file: str | None, media_file: str | None, token: str | None,
-                   tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def import_csv(self, csv_file: str | None, media_file: str | None, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not csv_file:
             return self.r.failed("Import", _Missing("choose a MELD CSV file to import"))
-        ctx = self.r.ctx(request, "", None, token, tview)
+        ctx = self.r.ctx(request, "", None, tview)
         progress(0.05, desc="reading the CSV")
         try:
             sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner)
@@ -76,21 +76,19 @@ class Handlers:
             gr.Warning(f"{n_problems} problem(s) in the CSV: see the list under the table.")
         return self.r.view(first, ctx, first_uid(first), note, player="reload", full=True)
 
-    def open(self, session_id: str | None, token: str | None, tview, request: gr.Request = None) -> dict:
+    def open(self, session_id: str | None, tview, request: gr.Request = None) -> dict:
         if not session_id:
             return self.r.nothing()
-        ctx = self.r.ctx(request, session_id, None, token, tview)
+        ctx = self.r.ctx(request, session_id, None, tview)
         try:
             session = self.wb.session(session_id, ctx.owner)
         except Exception as err:
             return self.r.failed("Opening the session", err)
         return self.r.view(session, ctx, first_uid(session), "Reopened.", player="reload", full=True)
 
-    def load(self, remembered: str | None, token: str | None, request: gr.Request = None) -> dict:
-        """A page load: give this browser its owner token if it has none, reopen its last session."""
-        fresh = not token or len(str(token)) < owners.TOKEN_MIN
-        token = owners.new_token() if fresh else token
-        ctx = self.r.ctx(request, remembered, None, token, None)
+    def load(self, remembered: str | None, request: gr.Request = None) -> dict:
+        """A page load: reopen this browser's last session (if it is still this browser's)."""
+        ctx = self.r.ctx(request, remembered, None, None)
         session = self.r.session(ctx) if remembered else None
         if session is None:
             out = self.r.view(None, ctx, full=True)
@@ -98,21 +96,20 @@ class Handlers:
         else:
             out = self.r.view(session, ctx, first_uid(session), "Restored from the autosave.",
                               player="reload", full=True)
-        out[self.p.token] = token
         out[self.p.tview] = ctx.view
         return out
 
     # ------------------------------------------------------------ selecting
 
-    def select(self, sid: str, sel, token: str | None, tview, evt: gr.SelectData,
+    def select(self, sid: str, sel, tview, evt: gr.SelectData,
                request: gr.Request = None) -> dict:
         """A cell of the table clicked: select its row (by its id, whatever the order shown)."""
         row_id = evt.row_value[0] if evt.row_value else None
-        return self._select_position(self.r.ctx(request, sid, sel, token, tview), views.parse_id(row_id))
+        return self._select_position(self.r.ctx(request, sid, sel, tview), views.parse_id(row_id))
 
-    def pick(self, sid: str, sel, token: str | None, tview, picked: str, request: gr.Request = None) -> dict:
+    def pick(self, sid: str, sel, tview, picked: str, request: gr.Request = None) -> dict:
         """A bar of the chart clicked (the page's hook sends "POSITION@NONCE")."""
-        return self._select_position(self.r.ctx(request, sid, sel, token, tview),
+        return self._select_position(self.r.ctx(request, sid, sel, tview),
                                      views.parse_id(str(picked or "").partition("@")[0]))
 
     def _select_position(self, ctx: Ctx, pos: int | None) -> dict:
@@ -121,13 +118,13 @@ class Handlers:
             return self.r.nothing()
         return self.r.focus(session, ctx, session.rows[pos].uid)
 
-    def previous(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+    def previous(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
         """◀ (and ↑, k): the row before, in the order the table shows."""
-        return self._step(self.r.ctx(request, sid, sel, token, tview), -1)
+        return self._step(self.r.ctx(request, sid, sel, tview), -1)
 
-    def next(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
+    def next(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
         """▶ (and ↓, j): the row after, in the order the table shows."""
-        return self._step(self.r.ctx(request, sid, sel, token, tview), +1)
+        return self._step(self.r.ctx(request, sid, sel, tview), +1)
 
     def _step(self, ctx: Ctx, delta: int) -> dict:
         session = self.r.session(ctx)
@@ -141,12 +138,12 @@ class Handlers:
             k = min(max(shown.index(pos) + delta, 0), len(shown) - 1)
         return self.r.focus(session, ctx, session.rows[shown[k]].uid)
 
-    def set_view(self, sid: str, sel, token: str | None, order: str, emotion: str, state: str,
+    def set_view(self, sid: str, sel, order: str, emotion: str, state: str,
                  request: gr.Request = None) -> dict:
         view = views.TableView(order=order if order in views.ORDERS else "time",
                                emotion=emotion if emotion in EMOTIONS else "",
                                state=state if state in views.STATES else "all")
-        ctx = self.r.ctx(request, sid, sel, token, view)
+        ctx = self.r.ctx(request, sid, sel, view)
         session = self.r.session(ctx)
         out = self.r.table(session, ctx, position(session, ctx.sel))
         out[self.p.tview] = view
@@ -154,8 +151,8 @@ class Handlers:
 
     # ------------------------------------------------------------ the sessions panel
 
-    def rename(self, sid: str, sel, token: str | None, tview, title: str, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def rename(self, sid: str, sel, tview, title: str, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         session = self.r.session(ctx)
         if session is None or not str(title or "").strip() or title == session.title:
             return self.r.nothing()
@@ -166,16 +163,16 @@ class Handlers:
         return {self.p.status: views.status_markdown(session, "Renamed (saved)."),
                 self.p.sessions: self.r.sessions_update(ctx.owner, sid)}
 
-    def ask_delete(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        if not self.r.session(self.r.ctx(request, sid, sel, token, tview)):
+    def ask_delete(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        if not self.r.session(self.r.ctx(request, sid, sel, tview)):
             return self.r.nothing()
         return {self.p.confirm_box: gr.update(visible=True)}
 
     def cancel_delete(self) -> dict:
         return {self.p.confirm_box: gr.update(visible=False)}
 
-    def delete_session(self, sid: str, sel, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, sid, sel, token, tview)
+    def delete_session(self, sid: str, sel, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, sid, sel, tview)
         try:
             gone = self.wb.delete(sid, ctx.owner)
         except Exception as err:
@@ -186,8 +183,8 @@ class Handlers:
         out[self.p.restore_btn] = gr.update(visible=True)
         return out
 
-    def restore_session(self, deleted: str, token: str | None, tview, request: gr.Request = None) -> dict:
-        ctx = self.r.ctx(request, deleted, None, token, tview)
+    def restore_session(self, deleted: str, tview, request: gr.Request = None) -> dict:
+        ctx = self.r.ctx(request, deleted, None, tview)
         try:
             session = self.wb.restore(deleted, ctx.owner)
         except Exception as err:

@@ -5,7 +5,7 @@
   the pipeline reads and clips are cut from;
 * an H.264 MP4 plays as it is; a WebM (webcam recordings: no duration, no index) is re-muxed so the
   player can seek; any other video is re-encoded to H.264 MP4;
-* an audio-only file gets a plain dark picture under its sound, so the player can show subtitles.
+* an audio-only file plays over a picture of its waveform (so the player shows something, and subtitles).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ EXTENSIONS = {"mov": ".mp4", "matroska": ".mkv", "avi": ".avi", "mp3": ".mp3", "
               "webp_pipe": ".webp", "bmp_pipe": ".bmp", "gif": ".gif"}
 # through 16-bit samples: NaN or infinite float samples (which make the AAC encoder fail) become
 # plain numbers; the playable copy loses nothing audible
+WAVE_SIZE, WAVE_PAD = "960x300", 60          # the waveform picture of an audio-only file, and its margin
+WAVE_COLOR, WAVE_BACKGROUND = "0x818cf8", "0x1e293b"
 CLEAN_AUDIO = ("-af", "aformat=sample_fmts=s16")
 
 
@@ -85,12 +87,26 @@ def media_extension(info: MediaInfo) -> str:
 
 
 def _audio_with_picture(source: Path, out: Path, info: MediaInfo) -> Path:
+    """The sound under a picture of its own waveform (the whole file, left to right), so the
+    player shows what it plays and where the speech is, and can overlay subtitles."""
     seconds = max(info.duration, 0.1)
-    return _ffmpeg(["-f", "lavfi", "-i", f"color=c=0x1e293b:s=640x360:r=5:d={seconds:.3f}",
-                    *media.input_args(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
-                    "-preset", "veryfast", "-tune", "stillimage", "-pix_fmt", "yuv420p",
-                    *CLEAN_AUDIO, "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
-                    str(out)], out)
+    wave = out.with_name("waveform.png")
+    try:
+        _ffmpeg([*media.input_args(source), "-filter_complex",
+                 f"[0:a:0]aformat=channel_layouts=mono,showwavespic=s={WAVE_SIZE}:colors={WAVE_COLOR},"
+                 f"pad=iw:ih+{WAVE_PAD}:0:{WAVE_PAD // 2}:color={WAVE_BACKGROUND}",
+                 "-frames:v", "1", str(wave)], wave)
+        picture = ["-loop", "1", "-framerate", "2", "-t", f"{seconds:.3f}", "-i", str(wave)]
+    except media.MediaError:          # no picture to be had: a plain background, the sound still plays
+        picture = ["-f", "lavfi", "-i", f"color=c={WAVE_BACKGROUND}:s=640x360:r=2:d={seconds:.3f}"]
+    try:
+        return _ffmpeg([*picture, *media.input_args(source), "-map", "0:v", "-map", "1:a:0", "-c:v", "libx264",
+                        "-preset", "veryfast", "-tune", "stillimage", "-pix_fmt", "yuv420p",
+                        "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+                        *CLEAN_AUDIO, "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
+                        str(out)], out)
+    finally:
+        wave.unlink(missing_ok=True)
 
 
 def _ffmpeg(args: list[str], out: Path, timeout: float = 1800) -> Path:

@@ -29,7 +29,6 @@ class Page:
     tview: Any               # gr.State: views.TableView
     deleted: Any             # gr.State: the id of the session deleted last (for "Undo delete")
     remembered: Any          # gr.BrowserState: the session to reopen on the next visit
-    token: Any               # gr.BrowserState: this browser's owner token (owners.py)
     banner: Any
     status: Any
     player: Any
@@ -77,13 +76,13 @@ class Renderer:
     def __init__(self, wb: Workbench, page: Page):
         self.wb, self.p = wb, page
 
-    def ctx(self, request, sid: str | None, sel: Any, token: str | None, tview: Any) -> Ctx:
+    def ctx(self, request, sid: str | None, sel: Any, tview: Any) -> Ctx:
         view = tview if isinstance(tview, views.TableView) else views.TableView()
         try:
             uid = None if sel in (None, "") else int(sel)
         except (TypeError, ValueError):
             uid = None
-        return Ctx(sid or "", uid, self.wb.owner(request, token), view)
+        return Ctx(sid or "", uid, self.wb.owner(request), view)
 
     def session(self, ctx: Ctx) -> Session | None:
         """The open session, or None (not open, gone, or not this owner's)."""
@@ -142,7 +141,7 @@ class Renderer:
         subs = self.wb.subtitles(session)
         if not reload:
             return Player(subtitles=str(subs) if subs else None)
-        media = self.wb.playable(session)
+        media = self.wb.player_file(session)
         return Player(value=str(media) if media else None, subtitles=str(subs) if subs else None,
                       playback_position=0.0)
 

@@ -11,6 +11,10 @@ server without a login unless --allow-model-switch yes) and counts against the p
 
 from __future__ import annotations
 
+import hmac
+import os
+import secrets
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +34,9 @@ from .switch_policy import ALLOWED, SwitchPolicy
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
 MAX_TITLE = 120
-MODELS_FOLDER = "models"      # checkpoints copied here (a folder each) are offered by the picker
+MODELS_FOLDER = "models"
+SERVED_FOLDER = "served"      # the only folder of the data folder the browser may fetch from
+SECRET_FILE = ".browser_secret"      # checkpoints copied here (a folder each) are offered by the picker
 
 
 class ModelError(UserError, RuntimeError):
@@ -128,10 +134,13 @@ class Workbench:
         self.models_dir = self.root / MODELS_FOLDER
         self.models_dir.mkdir(exist_ok=True)
         self.store = Store(self.root / "workbench.sqlite3")
+        self.served_root = self.root / SERVED_FOLDER
+        self.served_root.mkdir(exist_ok=True)
+        self.secret = _secret(self.root / SECRET_FILE)
 
-    def owner(self, request, browser_token: str | None = None) -> str | None:
+    def owner(self, request) -> str | None:
         """The owner key of a request (a login, else the browser's or client's token)."""
-        return owners.owner_of(request, browser_token, self.admins)
+        return owners.owner_of(request, self.admins)
 
     # ------------------------------------------------------------ models
 
@@ -170,16 +179,44 @@ class Workbench:
         path = paths.resolve_relative(self.root, session.media)
         return path if path and path.is_file() else None
 
+    def served(self, session_id: str) -> Path:
+        """The folder of what a page may fetch for this session. Its name is an HMAC of the session
+        id under the server's secret: it cannot be guessed, and only launch(allowed_paths=...) names
+        the served root, so the database, the secret, uploads and other sessions are never served."""
+        key = hmac.new(self.secret.encode(), paths.check_session_id(session_id).encode(), "sha256").hexdigest()[:32]
+        folder = paths.inside(self.served_root, key)
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def publish(self, session_id: str, path: Path, name: str) -> Path:
+        """`path` (a file the app made) under `name` in the session's served folder (a hard link)."""
+        out = paths.inside(self.served(session_id), paths.safe_filename(name))
+        if out.is_file() and out.stat().st_ino == path.stat().st_ino:
+            return out
+        tmp = out.with_name(out.name + ".part")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:                       # another file system, or no hard links: a copy
+            shutil.copyfile(path, tmp)
+        tmp.replace(out)
+        return out
+
+    def player_file(self, session: Session) -> Path | None:
+        """The session's playable media as the page may fetch it."""
+        media = self.playable(session)
+        return self.publish(session.id, media, "playable" + media.suffix.lower()) if media else None
+
     def source(self, session: Session) -> Path | None:
         path = paths.resolve_relative(self.root, session.source)
         return path if path and path.is_file() else None
 
     def subtitles(self, session: Session) -> Path | None:
-        """A .vtt of the current rows (named by version, so the browser never shows a stale one)."""
+        """A .vtt of the current rows, in the served folder (named by version, so the browser never
+        shows a stale one)."""
         if not session.rows:
             return None
-        folder = self.folder(session.id) / "subtitles"
-        folder.mkdir(exist_ok=True)
+        folder = self.served(session.id)
         out = folder / f"v{session.version}.vtt"
         if not out.is_file():
             for old in folder.glob("*.vtt"):
@@ -285,11 +322,15 @@ class Workbench:
     def export_csv(self, session_id: str, owner: str | None) -> Path:
         """The MELD CSV; ExportRefused naming the rows a MELD export must not write."""
         session = self._exportable(session_id, owner)
-        return export.export_csv(session, self.folder(session_id) / "exports")
+        path = export.export_csv(session, self.folder(session_id) / "exports")
+        return self.publish(session_id, path, path.name)
 
     def export_zip(self, session_id: str, owner: str | None, progress: Progress | None = None) -> export.ZipReport:
+        """The zip of the CSV and the clips (ExportRefused like export_csv); its path is the served one."""
         session = self._exportable(session_id, owner)
-        return export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
+        report = export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
+        report.path = self.publish(session_id, report.path, report.path.name)
+        return report
 
     def _exportable(self, session_id: str, owner: str | None) -> Session:
         session = self.session(session_id, owner)
@@ -301,5 +342,12 @@ class Workbench:
 
 
 def _remove_tree(folder: Path) -> None:
-    import shutil
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _secret(path: Path) -> str:
+    """The server's secret (made once, kept in the data folder, never served)."""
+    if not path.is_file():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

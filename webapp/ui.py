@@ -5,14 +5,13 @@ table) → export. Layout and event wiring only; the handlers are in handlers.py
 from __future__ import annotations
 
 import hmac
-import secrets
 from pathlib import Path
 
 import gradio as gr
 
 from core.labels import EMOTIONS, SENTIMENTS
 
-from . import api, charts, model_picker, views
+from . import api, charts, model_picker, owners, views
 from .corrections import Corrections
 from .handlers import Handlers
 from .player import Player
@@ -27,6 +26,7 @@ CSS = """
 #banner p {margin: 4px 0;}
 #status p {margin: 2px 0;}
 #detail table {font-size: 13px;}
+#detail td:first-child, #detail th:first-child {white-space: nowrap;}
 #detail blockquote {margin: 4px 0; font-style: italic;}
 #editor-title {padding: 6px 12px; min-width: 160px !important; flex: 1 1 160px !important;}
 #editor-head {align-items: center; flex-wrap: wrap;}
@@ -51,12 +51,21 @@ HELP = ("Click a row, a bar of the chart, or use ◀ ▶: the player seeks there
         "1–7 set the emotion (1 anger, 2 disgust, 3 fear, 4 joy, 5 neutral, 6 sadness, 7 surprise), "
         "p play the utterance, Ctrl+Z undo.")
 
-# The page's hooks: keyboard shortcuts, a click on the chart selects that utterance, the selected
+# The page's hooks: the browser's owner cookie, keyboard shortcuts, a click on the chart selects that utterance, the selected
 # row and problem rows are highlighted. They send their value through hidden text fields (the
 # value carries "@<time>" so that the same value twice still counts as a new event).
 HEAD = """
 <script>
 (() => {
+  // This browser's owner token (webapp/owners.py), sent as a cookie with every request of the page,
+  // from the first one on: made once, kept in the browser's storage.
+  const KEY = "emotion-workbench-owner";
+  let owner = localStorage.getItem(KEY);
+  if (!owner || owner.length < 32) {
+    owner = Array.from(crypto.getRandomValues(new Uint8Array(24)), (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem(KEY, owner);
+  }
+  document.cookie = `__OWNER_COOKIE__=${owner}; path=/; SameSite=Strict; max-age=31536000`;
   const EMOTIONS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"];
   const send = (id, value) => {
     const el = document.querySelector(`#${id} textarea, #${id} input`);
@@ -100,7 +109,7 @@ HEAD = """
     .observe(document.documentElement, {childList: true, subtree: true, characterData: true});
 })();
 </script>
-"""
+""".replace("__OWNER_COOKIE__", owners.COOKIE)
 # "Play this utterance": from its start, paused at its end (checked every frame, not every 250 ms).
 PLAY_JS = """
 () => {
@@ -122,21 +131,12 @@ PLAY_JS = """
 """
 
 
-def browser_secret(wb: Workbench) -> str:
-    """A key kept in the data folder, so the browser's remembered session survives a restart."""
-    path = wb.root / ".browser_secret"
-    if not path.is_file():
-        path.write_text(secrets.token_hex(16))
-    return path.read_text().strip()
-
-
 def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
     wb = wb_or_holder if isinstance(wb_or_holder, Workbench) else Workbench(wb_or_holder)
-    secret = browser_secret(wb)
+    secret = wb.secret             # kept in the data folder: a browser's state survives a restart
     with gr.Blocks(title=TITLE) as demo:
         sid, sel, tview, deleted = gr.State(""), gr.State(None), gr.State(views.TableView()), gr.State("")
         remembered = gr.BrowserState("", storage_key="emotion-workbench-session", secret=secret)
-        token = gr.BrowserState("", storage_key="emotion-workbench-owner", secret=secret)
         gr.Markdown(f"# {TITLE}\nWhat is said, how it sounds and what the face shows — utterance by "
                     "utterance; correct it, export it as MELD, retrain on it.")
         banner = gr.Markdown(views.model_banner(wb.holder.summary()), elem_id="banner")
@@ -260,7 +260,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
             pick = gr.Textbox(elem_id="wb-pick")
             keys = gr.Textbox(elem_id="wb-key")
 
-        page = Page(sid=sid, sel=sel, tview=tview, deleted=deleted, remembered=remembered, token=token,
+        page = Page(sid=sid, sel=sel, tview=tview, deleted=deleted, remembered=remembered,
                     banner=banner, status=status, player=player, chart=chart, mix=mix, detail=detail,
                     table=table, table_info=table_info, ed_uid=ed_uid, ed_title=ed_title, ed_start=ed_start,
                     ed_end=ed_end, ed_speaker=ed_speaker, ed_emotion=ed_emotion, ed_sentiment=ed_sentiment,
@@ -291,13 +291,13 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     quiet = dict(show_progress="hidden")
     serial = dict(concurrency_id="session", concurrency_limit=1, **private, **quiet)
     heavy = dict(concurrency_id="analysis", concurrency_limit=1, show_progress_on=[p.status], **private)
-    ctx = [p.sid, p.sel, p.token, p.tview]
-    ui["analyse_video"].click(h.analyse, [ui["video_in"], p.token, p.tview], out, **heavy)
-    ui["analyse_audio"].click(h.analyse, [ui["audio_in"], p.token, p.tview], out, **heavy)
-    ui["example_btn"].click(h.example, [p.token, p.tview], out, **heavy)
-    ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], p.token, p.tview], out, **heavy)
-    p.sessions.input(h.open, [p.sessions, p.token, p.tview], out, **serial)
-    ui["demo"].load(h.load, [p.remembered, p.token], out, **private, **quiet)
+    ctx = [p.sid, p.sel, p.tview]
+    ui["analyse_video"].click(h.analyse, [ui["video_in"], p.tview], out, **heavy)
+    ui["analyse_audio"].click(h.analyse, [ui["audio_in"], p.tview], out, **heavy)
+    ui["example_btn"].click(h.example, [p.tview], out, **heavy)
+    ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], p.tview], out, **heavy)
+    p.sessions.input(h.open, [p.sessions, p.tview], out, **serial)
+    ui["demo"].load(h.load, [p.remembered], out, **private, **quiet)
     p.table.select(h.select, ctx, out, **serial)
     p.table.input(c.table_edit, ctx + [p.table], out, **serial)
     ui["pick"].input(h.pick, ctx + [ui["pick"]], out, **serial)
@@ -307,7 +307,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
               ("start", p.ed_start, ("submit", "blur")), ("end", p.ed_end, ("submit", "blur"))]
     for name, component, events in fields:     # saved for the row in ed_uid, as the browser had it
         gr.on([getattr(component, e) for e in events], c.field(name),
-              [p.sid, p.ed_uid, p.token, p.tview, component], out, **serial)
+              [p.sid, p.ed_uid, p.tview, component], out, **serial)
     ui["prev_btn"].click(h.previous, ctx, out, **serial)
     ui["next_btn"].click(h.next, ctx, out, **serial)
     ui["play_btn"].click(None, None, None, js=PLAY_JS)
@@ -318,7 +318,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     p.undo_btn.click(c.undo, ctx, out, **serial)
     ui["bulk_btn"].click(c.bulk, ctx + [ui["bulk_rows"], ui["bulk_emotion"], ui["bulk_sentiment"], p.bulk_speaker],
                          out, **serial)
-    view_inputs = [p.sid, p.sel, p.token, ui["order"], ui["only_emotion"], ui["only_state"]]
+    view_inputs = [p.sid, p.sel, ui["order"], ui["only_emotion"], ui["only_state"]]
     for control in (ui["order"], ui["only_emotion"], ui["only_state"]):
         control.input(h.set_view, view_inputs, [p.table, p.table_info, p.tview], **serial)
     gr.on([p.dialogue.submit, p.dialogue.blur], c.dialogue_id, ctx + [p.dialogue], out, **serial)
@@ -326,17 +326,18 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     ui["delete_session_btn"].click(h.ask_delete, ctx, out, **serial)
     ui["cancel_btn"].click(h.cancel_delete, None, out, **serial)
     ui["confirm_btn"].click(h.delete_session, ctx, out, **serial)
-    p.restore_btn.click(h.restore_session, [p.deleted, p.token, p.tview], out, **serial)
-    ui["csv_btn"].click(c.export_csv, [p.sid, p.token], [p.export_file, p.status], concurrency_id="session",
+    p.restore_btn.click(h.restore_session, [p.deleted, p.tview], out, **serial)
+    ui["csv_btn"].click(c.export_csv, [p.sid], [p.export_file, p.status], concurrency_id="session",
                         **private)
-    ui["zip_btn"].click(c.export_zip, [p.sid, p.token], [p.export_file, p.status], concurrency_id="export",
+    ui["zip_btn"].click(c.export_zip, [p.sid], [p.export_file, p.status], concurrency_id="export",
                         concurrency_limit=1, **private)
 
 
 def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
-    """What launch() needs: the theme and css (Gradio 6 takes them there), the data folder, the upload
+    """What launch() needs: the theme, css and page hooks (Gradio 6 takes them there), the one folder
+    the browser may fetch from (each session's served files, not the data folder: service.served), the upload
     limit (Gradio refuses a bigger file before storing it) and, when `auth` is given, a login."""
-    kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.root)],
+    kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.served_root)],
                   max_file_size=wb.limits.gradio_max_file_size())
     if auth:
         kwargs.update(auth=check_login(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")

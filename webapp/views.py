@@ -172,7 +172,7 @@ def detail_markdown(session: Session | None, position: int | None) -> str:
         fused = "fused" if o.get("used_in_fusion") and o.get("present") else "not fused"
         lines.append(f"| {name} | {says} | {note}{' · ' if note else ''}{fused} |")
     if r.emotion_probs:
-        lines.append(f"| **Fusion decided** | {_top(r.emotion_probs, EMOTIONS)} · "
+        lines.append(f"| **Fused** | {_top(r.emotion_probs, EMOTIONS)} · "
                      f"{_top(r.sentiment_probs, SENTIMENTS, 1)} | {_trained_note(session.model)} |")
     fixed = [f for f in ("emotion", "sentiment") if f in r.corrected_fields]
     who = "Annotator" if fixed or session.origin != "import" else "Imported label"

@@ -1,0 +1,332 @@
+"""The workbench as a new user meets it: `python app.py` started as the README says, in a child
+process whose PATH holds no `ffprobe` (as on a fresh machine: imageio-ffmpeg ships `ffmpeg` only),
+driven by headless Chromium. The example button, an upload, the webcam (Chromium's fake camera and
+microphone, fed a face and espeak-ng speech), reopening an earlier session, and the annotator's
+tools: edits landing on the row they were typed for, keys, a click on the chart, play-one-utterance,
+review order and filters, bulk changes, overlaps, the sessions panel, refused exports. Screenshots
+at 1366x900 and 390x844 go to $WORKBENCH_SCREENSHOTS (else the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import mediagen
+from tests.serving import free_port, path_without, start_app, stop_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium: apt-get install -y chromium")
+ID, EMOTION, SENTIMENT, CONFIDENCE, START, END, SPEAKER, TEXT, NOTES = range(9)
+LONG = 300_000
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """app.py on a free port, as a fresh machine has it: no ffprobe anywhere on PATH."""
+    folder = tmp_path_factory.mktemp("browser-app")
+    port = free_port()
+    log = folder / "server.log"
+    proc = start_app(folder / "data", port, log, PATH=path_without("ffprobe"))
+    yield f"http://127.0.0.1:{port}/", log
+    stop_app(proc)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "FFExecutableNotFoundError" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server, shots):
+    """One browser profile for the module (its owner token persists, like a user's browser)."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    p.goto(server[0], wait_until="load")
+    yield p
+    context.close()
+
+
+def cell(page, row: int, col: int):
+    return page.locator(f'#transcript [data-testid="cell-{row}-{col}"]')
+
+
+def rows_shown(page) -> int:
+    return page.locator('#transcript [data-testid$="-0"][data-testid^="cell-"]').count()
+
+
+def wait_status(page, pattern: str, timeout: float = LONG) -> str:
+    page.wait_for_function(
+        "re => new RegExp(re).test(document.querySelector('#status')?.innerText || '')",
+        arg=pattern, timeout=timeout)
+    return page.locator("#status").inner_text()
+
+
+def select_row(page, row: int) -> None:
+    cell(page, row, TEXT).click()
+    page.wait_for_function(
+        f"(document.querySelector('#editor-title')?.innerText || '').includes('Utterance {row} ')")
+
+
+def choose(page, dropdown: str, text: str) -> None:
+    """Pick the option holding `text` in a dropdown (typing filters Gradio's options)."""
+    box = page.locator(f"#{dropdown} input")
+    box.click()
+    page.locator("ul[role=listbox]").first.wait_for(state="visible")
+    box.fill(text)
+    option = page.locator("ul[role=listbox] li", has_text=text).first
+    try:
+        option.wait_for(state="visible", timeout=20_000)
+    except Exception:
+        raise AssertionError(f"no option {text!r} in #{dropdown}: "
+                             f"{page.locator('ul[role=listbox] li').all_inner_texts()}") from None
+    option.click()
+
+
+def open_input(page) -> None:
+    """Open the "1 · Input" panel (it closes once a session is open)."""
+    if not page.locator("#example-btn").is_visible():
+        page.locator("text=1 · Input").first.click()
+        page.locator("#example-btn").wait_for(state="visible")
+
+
+def snap(page, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / name), full_page=True)
+
+
+def test_first_click_upload_and_reopen_without_ffprobe(page, server, shots, talking_video):
+    from playwright.sync_api import expect
+    page.locator("#example-btn").click()
+    status = wait_status(page, r"example\.mp4 · \d+ utterances|failed")
+    assert "failed" not in status and "Error" not in status, status
+    page.wait_for_selector("#chart g.barlayer path", state="attached")
+    expect(cell(page, 0, TEXT)).to_contain_text("best day")
+    assert page.locator("#player video").count() == 1
+    snap(page, shots, "desktop-example.png")
+
+    # an upload
+    open_input(page)
+    page.locator("#video-in input[type=file]").set_input_files(str(talking_video))
+    page.wait_for_selector("#video-in video", state="attached")
+    page.locator("#analyse-video").click()
+    wait_status(page, r"talking\.mp4 · 3 utterances")
+    expect(cell(page, 0, TEXT)).to_contain_text("door")
+
+    # reopen the example from the list of earlier sessions
+    open_input(page)
+    choose(page, "sessions", "example.mp4")
+    wait_status(page, r"Reopened")
+    expect(cell(page, 0, TEXT)).to_contain_text("best day")
+    assert page.locator("#player video").count() == 1
+
+    # and a reload brings it back
+    page.reload(wait_until="load")
+    wait_status(page, r"Restored from the autosave")
+    expect(cell(page, 0, TEXT)).to_contain_text("best day")
+    assert "FFExecutableNotFoundError" not in server[1].read_text(errors="replace")
+
+
+def test_a_field_typed_without_enter_is_saved_on_its_own_row(page):
+    from playwright.sync_api import expect
+    select_row(page, 0)
+    page.locator("#ed-speaker input").fill("Zed")          # no Enter: then a cell of row 2 is clicked
+    select_row(page, 2)
+    expect(cell(page, 0, SPEAKER)).to_have_text("Zed")
+    expect(cell(page, 2, SPEAKER)).not_to_have_text("Zed")
+    row4 = cell(page, 4, TEXT).inner_text()
+    select_row(page, 1)
+    page.locator("#ed-text textarea").fill("these words belong to row one")
+    select_row(page, 4)
+    expect(cell(page, 1, TEXT)).to_have_text("these words belong to row one")
+    expect(cell(page, 4, TEXT)).to_have_text(row4)
+
+
+def test_keys_chart_click_and_play_one_utterance(page):
+    from playwright.sync_api import expect
+    select_row(page, 0)
+    page.locator("#help").click()                           # focus leaves the fields
+    page.keyboard.press("j")
+    expect(page.locator("#editor-title")).to_contain_text("Utterance 1 ")
+    expect(cell(page, 1, ID)).to_have_text("▶ 1")
+    assert page.locator("#transcript .wb-selected").count() == 1      # the selected row is highlighted
+    before = cell(page, 1, EMOTION).inner_text().strip()
+    key, label = ("1", "anger") if before != "anger" else ("3", "fear")
+    page.keyboard.press(key)
+    expect(cell(page, 1, EMOTION)).to_have_text(label)
+    page.locator("#ed-text textarea").click()               # typing in a field: keys are text there
+    page.keyboard.press("2")
+    page.locator("#help").click()
+    time.sleep(1)
+    expect(cell(page, 1, EMOTION)).to_have_text(label)
+    page.keyboard.press("Control+z")
+    expect(cell(page, 1, EMOTION)).to_have_text(before)
+
+    # a click on utterance 3's column of the chart selects it and the player seeks there
+    start3 = float(cell(page, 3, START).inner_text())
+    box = page.evaluate("""() => {
+        let best = null;
+        document.querySelectorAll('#chart g.barlayer g.trace.bars').forEach((trace) => {
+            const point = trace.querySelectorAll('g.point')[3];
+            const r = point && point.getBoundingClientRect();
+            if (r && r.height > 8 && (!best || r.height > best.height)) best = {x: r.x, y: r.y, width: r.width, height: r.height};
+        });
+        return best; }""")
+    assert box, "no bar drawn for utterance 3"
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator("#editor-title")).to_contain_text("Utterance 3 ")
+    page.wait_for_function(
+        f"Math.abs((document.querySelector('#player video')?.currentTime ?? -9) - {start3}) < 0.3")
+
+    # "Play this utterance" plays from its start and stops at its end
+    select_row(page, 0)
+    end0 = float(cell(page, 0, END).inner_text())
+    page.locator("#play-utt").click()
+    page.wait_for_function("() => { const v = document.querySelector('#player video'); return v && !v.paused; }")
+    page.wait_for_function("() => document.querySelector('#player video').paused", timeout=30_000)
+    stopped = page.evaluate("() => document.querySelector('#player video').currentTime")
+    assert end0 - 0.05 <= stopped <= end0 + 0.25, (stopped, end0)
+
+
+def test_review_order_filters_mix_bulk_and_overlap(page):
+    from playwright.sync_api import expect
+    confidences = {int(cell(page, i, ID).inner_text().strip("▶ ")): float(cell(page, i, CONFIDENCE).inner_text())
+                   for i in range(rows_shown(page))}
+    choose(page, "table-order", "lowest confidence first")
+    lowest = min(confidences, key=confidences.get)
+    expect(cell(page, 0, ID)).to_have_text(re.compile(rf"^(▶ )?{lowest}$"))
+    expect(page.locator("#table-info")).to_contain_text("lowest confidence first")
+    choose(page, "table-order", "in time order")
+    expect(cell(page, 0, ID)).to_have_text(re.compile(r"^(▶ )?0$"))
+    expect(page.locator("#mix")).to_contain_text("Mix of 5 utterances")
+
+    # bulk: a speaker for rows 0-1; then the editor offers it
+    page.locator("#bulk-box").locator("text=Several rows at once").click()
+    page.locator("#bulk-rows textarea, #bulk-rows input").first.fill("0-1")
+    page.locator("#bulk-speaker input").fill("Ann")
+    page.locator("#bulk-speaker input").press("Enter")
+    page.locator("#bulk-btn").click()
+    expect(cell(page, 0, SPEAKER)).to_have_text("Ann")
+    expect(cell(page, 1, SPEAKER)).to_have_text("Ann")
+    select_row(page, 2)
+    page.locator("#ed-speaker input").click()
+    expect(page.locator("ul[role=listbox] li", has_text="Ann").first).to_be_visible()
+    page.keyboard.press("Escape")
+
+    # an overlap: accepted, warned in the status, on the row and in the chart
+    select_row(page, 1)
+    end0 = float(cell(page, 0, END).inner_text())
+    page.locator("#ed-start input, #ed-start textarea").first.fill(f"{end0 - 0.5:.2f}")
+    page.locator("#ed-start input, #ed-start textarea").first.press("Enter")
+    wait_status(page, r"overlap")
+    expect(cell(page, 1, NOTES)).to_contain_text("⚠")
+    page.wait_for_function("() => [...document.querySelectorAll('#chart text')].some(t => t.textContent.includes('overlap 1'))")
+    page.locator("#undo-btn").click()
+    expect(cell(page, 1, NOTES)).not_to_contain_text("⚠")
+
+
+def test_sessions_rename_delete_and_undo(page):
+    from playwright.sync_api import expect
+    open_input(page)
+    page.locator("#session-name textarea, #session-name input").first.fill("Best-day interview")
+    page.locator("#rename-btn").click()
+    wait_status(page, "Renamed")
+    page.locator("#sessions input").fill("Best-day")
+    expect(page.locator("ul[role=listbox] li", has_text="Best-day interview").first).to_be_visible()
+    page.keyboard.press("Escape")
+    page.locator("#delete-session").click()
+    expect(page.locator("#confirm-delete")).to_be_visible()
+    page.locator("#confirm-delete-btn").click()
+    wait_status(page, "Deleted")
+    assert rows_shown(page) == 0
+    page.locator("#sessions input").fill("Best-day")
+    time.sleep(0.5)
+    assert page.locator("ul[role=listbox] li", has_text="Best-day interview").count() == 0
+    page.keyboard.press("Escape")
+    page.locator("#restore-session").click()
+    wait_status(page, "Restored")
+    expect(cell(page, 0, TEXT)).to_be_visible()
+
+
+def test_import_problems_are_shown_by_row_and_export_refuses_them(page, tmp_path):
+    from playwright.sync_api import expect
+    csv = tmp_path / "messy.csv"
+    csv.write_text("Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,StartTime,EndTime\n"
+                   'Hello there,Ann,joy,positive,3,0,"0:00:01,000","0:00:02,000"\n'
+                   'Who cares,Bob,,negative,3,1,"0:00:02,500","0:00:03,000"\n'
+                   'Later,Ann,neutral,neutral,3,2,,"0:00:05,000"\n', encoding="utf-8")
+    open_input(page)
+    page.locator("button[role=tab]", has_text="Import MELD CSV").click()
+    page.locator("#csv-in input[type=file]").set_input_files(str(csv))
+    page.locator("#import-btn").click()
+    wait_status(page, r"Imported 3 row")
+    expect(page.locator("#problems")).to_contain_text("Emotion")
+    page.wait_for_function("() => document.querySelectorAll('#transcript .wb-problem').length >= 2")
+    page.locator("#export-csv").click()
+    status = wait_status(page, r"Export failed")
+    assert "utterance 1: no emotion" in status and "utterance 2: no start" in status, status
+    assert page.locator("#export-file a[download]").count() == 0
+
+
+def test_phone_layout(browser, server, shots):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    try:
+        p.goto(server[0], wait_until="load")
+        p.locator("#example-btn").click()
+        wait_status(p, r"example\.mp4 · \d+ utterances")
+        snap(p, shots, "phone-example.png")
+        title = p.locator("#editor-title").bounding_box()
+        assert title["height"] < 60, title                  # not a syllable per line
+        for col in (EMOTION, SENTIMENT):                     # labels visible without scrolling sideways
+            box = cell(p, 0, col).bounding_box()
+            assert box and box["x"] + box["width"] <= 390, (col, box)
+    finally:
+        context.close()
+
+
+def test_webcam_recording_is_analysed(browser, server, media_dir, three_sentences_wav):
+    wav, _ = three_sentences_wav
+    y4m = media_dir / "face.y4m"
+    if not y4m.exists():
+        mediagen.ffmpeg("-loop", "1", "-i", str(mediagen.face_image(media_dir / "face_cam.png", (320, 240))),
+                        "-t", "2", "-r", "15", "-pix_fmt", "yuv420p", str(y4m))
+    b = browser.browser_type.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS + [
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}", f"--use-file-for-fake-video-capture={y4m}"])
+    try:
+        context = b.new_context(viewport={"width": 1366, "height": 900}, permissions=["camera", "microphone"])
+        p = context.new_page()
+        p.set_default_timeout(60_000)
+        p.goto(server[0], wait_until="load")
+        p.locator("#video-in [aria-label='Record video from camera']").click()
+        p.locator("#video-in [aria-label='start recording']").click()
+        time.sleep(9)
+        p.locator("#video-in [aria-label='stop recording']").click()
+        p.wait_for_selector("#video-in video", state="attached")
+        time.sleep(1)
+        p.locator("#analyse-video").click()
+        status = wait_status(p, r"\d+ utterances|failed|No speech")
+        assert re.search(r"[1-9]\d* utterances", status), status
+        assert re.search(r"door|weather|window", p.locator("#transcript").inner_text(), re.I)
+    finally:
+        b.close()
