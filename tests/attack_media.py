@@ -41,10 +41,16 @@ def ffconcat(out: Path, target: Path) -> Path:
     return out
 
 
-def mkv_claiming(out: Path, seconds: float, claimed: float) -> Path:
-    """An Opus .mkv of `seconds` whose Segment Duration says `claimed` seconds."""
-    tone(out.with_suffix(".src.mkv"), seconds, "libopus")
-    data = bytearray(out.with_suffix(".src.mkv").read_bytes())
+def mkv_claiming(out: Path, seconds: float, claimed: float, video: bool = False) -> Path:
+    """An Opus .mkv (or, with `video`, a silent 64x48 H.264 one) of `seconds` whose Segment
+    Duration says `claimed` seconds."""
+    src = out.with_suffix(".src.mkv")
+    if video:
+        mediagen.ffmpeg("-f", "lavfi", "-i", f"testsrc=s=64x48:r=10:d={seconds}", "-c:v", "libx264",
+                        "-preset", "ultrafast", str(src))
+    else:
+        tone(src, seconds, "libopus")
+    data = bytearray(src.read_bytes())
     at = data.find(b"\x44\x89\x88")                   # Duration, an 8-byte float in ms
     assert at > 0, "no Duration element"
     data[at + 3:at + 11] = struct.pack(">d", claimed * 1000.0)

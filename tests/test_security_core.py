@@ -59,6 +59,7 @@ def hostile(tmp_path_factory):
             "ffconcat named wav": attack.ffconcat(d / "voice.wav", secret),
             "mkv": attack.mkv_claiming(d / "claims5.mkv", 30.0, 5.0),
             "mp3": attack.mp3_claiming(d / "claims5.mp3", 30.0, 5.0),
+            "silent video": attack.mkv_claiming(d / "claims5_video.mkv", 30.0, 5.0, video=True),
             "honest": attack.tone(d / "honest.wav", 8.0)}
 
 
@@ -107,12 +108,13 @@ def test_a_file_name_is_never_read_as_a_protocol(tmp_path):
 def test_plain_media_still_pass(hostile):
     info = Limits(max_seconds=10).check_media(hostile["honest"])
     assert info.container == "wav" and abs(info.duration - 8.0) < 0.05
+    assert Limits(max_seconds=8).check_media(hostile["honest"])      # right at the limit: fine
 
 
 # ---------------------------------------------------------------- item 5: the duration limit
 
-@pytest.mark.parametrize("name", ["mkv", "mp3"])
-def test_a_header_that_lies_about_the_duration_is_caught_on_the_decoded_audio(name, hostile):
+@pytest.mark.parametrize("name", ["mkv", "mp3", "silent video"])
+def test_a_header_that_lies_about_the_duration_is_caught_on_what_the_file_holds(name, hostile):
     path = hostile[name]
     assert media.probe(path).duration < 6                        # the lie: ~5 s
     with pytest.raises(LimitError) as err:
