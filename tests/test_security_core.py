@@ -23,7 +23,7 @@ import pytest
 from core import media
 from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from core.limits import LimitError, Limits
-from core.meld import COLUMNS, MeldRow, read_meld_csv, write_meld_csv
+from core.meld import MeldRow, read_meld_csv, write_meld_csv
 from core.model import EmotionModel, ModelConfig
 from tests import attack_media as attack
 
