@@ -8,8 +8,9 @@ With GPUs in the cluster each actor asks for one (`--gpus-per-job`), else for CP
 Where it runs: no `--address` starts a local Ray on this machine; `--address auto` joins the
 cluster this machine belongs to (`ray start --head` / `ray start --address ...`); `ray://HOST:10001`
 connects through Ray Client. On a cluster the project's code is shipped to the nodes (Ray's
-working_dir), but each node needs the Python environment (the pinned requirements) and must see
-the videos and any --checkpoint at the same absolute path (a shared file system).
+working_dir) with this process's WORKBENCH_* settings, but each node needs the Python environment
+(the pinned requirements) and must see the videos and any --checkpoint at the same absolute path
+(a shared file system). Outputs are written here, by this process.
 
 Ray is optional: requirements-ray.txt installs it.
 """
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "pip install -r requirements-ray.txt"
 CPUS_PER_JOB = 2.0        # Whisper decodes on one thread while the face grid uses another
 GPUS_PER_JOB = 1.0
+ENV_PREFIX = "WORKBENCH_"   # settings passed on to the actors, wherever they run
 SHIP_EXCLUDES = [".venv", ".git", "data", "runs", "out", "tests", "__pycache__", "*.pyc", ".gradio",
                  ".pytest_cache", "*.mp4", "*.wav", "*.webm", "*.mkv", "*.mov"]
 
@@ -69,15 +71,17 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    # the same analysis as here: the workbench's settings (caches, int8, video weights) go along
+    settings = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     if address:                 # a cluster: ship this code, not the venv, data or media
-        runtime_env = {"working_dir": str(ROOT), "excludes": SHIP_EXCLUDES}
+        runtime_env = {"working_dir": str(ROOT), "excludes": SHIP_EXCLUDES, "env_vars": settings}
         try:
             ray.init(address=address, runtime_env=runtime_env, **quiet)
         except ConnectionError as err:
             raise RayUnavailable(f"Could not reach the Ray cluster at {address}: {error_line(err)}") from None
     else:                       # this machine: workers import the project from where it lies
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
+        ray.init(include_dashboard=False, runtime_env={"env_vars": {**settings, "PYTHONPATH": path}}, **quiet)
     return True
 
 
