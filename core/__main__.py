@@ -4,6 +4,9 @@ Both apply the app's limits (core/limits.py: --max-mb / --max-upload-mb, --max-s
 WORKBENCH_MAX_* variables) and refuse an over-limit file in one line before any model is loaded;
 a --checkpoint whose card asks for absurd shapes is refused the same way, before any weight
 exists. Failures (a refused file, a full disk) are one line on stderr, never a traceback.
+`batch` runs on worker processes here (`--engine local`) or on Ray actors (`--engine ray
+[--address auto|ray://HOST:PORT]`, core/ray_engine.py) and skips files already done with the
+same models (core/batch.py).
 """
 
 from __future__ import annotations
@@ -126,8 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("batch", help="analyse every video in a folder into one JSON + CSV each")
     b.add_argument("folder")
     b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--jobs", type=int, default=1, help="worker processes (they share the CPU cores)")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="workers, each loading the models once (local: processes sharing the CPU cores, "
+                        "default 1; ray: actors, default as many as the cluster fits)")
     b.add_argument("--checkpoint", help="checkpoint folder (default: assets/model, else untrained)")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where the workers run: this machine's processes, or Ray actors (needs "
+                        "requirements-ray.txt)")
+    b.add_argument("--address", default=None,
+                   help="ray: the cluster to join ('auto', or ray://HOST:10001); default: a local Ray")
+    b.add_argument("--cpus-per-job", type=float, default=None, help="ray: CPU cores each actor asks for")
+    b.add_argument("--gpus-per-job", type=float, default=None,
+                   help="ray: GPUs each actor asks for when the cluster has GPUs (default 1; 0: CPUs only)")
     _add_limit_flags(b)
     args = parser.parse_args(argv)
     from .limits import Limits
@@ -137,12 +150,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.command == "analyze":
         return _analyze(args)
+    if args.engine != "ray" and (args.address or args.cpus_per_job or args.gpus_per_job is not None):
+        parser.error("--address, --cpus-per-job and --gpus-per-job are for --engine ray")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     return _batch(args)
 
 
 def _batch(args: argparse.Namespace) -> int:
     from .batch import analyze_folder, find_media
+    from .types import UserError
     from .writes import os_error_line
+    if args.engine == "ray":
+        from .ray_engine import RayUnavailable, import_ray
+        try:                                # before any file is read: one line on how to get Ray
+            import_ray()
+        except RayUnavailable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if not Path(args.folder).is_dir() or not find_media(args.folder):
         print(f"error: no video or audio files in {args.folder}", file=sys.stderr)
         return 1
@@ -151,17 +176,23 @@ def _batch(args: argparse.Namespace) -> int:
         return 1
     try:
         results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint,
-                                 limits=args.limits)
+                                 limits=args.limits, engine=args.engine, address=args.address,
+                                 cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job)
     except OSError as err:                  # the output folder cannot be made
         print(f"error: {os_error_line(err, args.out)}", file=sys.stderr)
         return 1
+    except UserError as err:                # Ray unreachable, no worker could start
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for r in results:
         into = f" -> {r.output}.json, {r.output}.csv" if r.ok and r.output else ""
-        print(f"{'SKIP' if r.skipped else 'ok  ' if r.ok else 'ERR '} {Path(r.source).name}: {r.message}{into}")
+        tag = "SKIP" if r.skipped else "done" if r.resumed else "ok  " if r.ok else "ERR "
+        print(f"{tag} {Path(r.source).name}: {r.message}{into}")
     skipped = sum(r.skipped for r in results)
+    resumed = sum(r.resumed for r in results)
     failed = sum(not r.ok for r in results) - skipped
-    print(f"{len(results) - failed - skipped} analysed, {failed} failed, {skipped} skipped (over a limit); "
-          f"results in {args.out}")
+    print(f"{len(results) - failed - skipped - resumed} analysed, {failed} failed, {skipped} skipped "
+          f"(over a limit), {resumed} already done (same file and models); results in {args.out}")
     return 1 if failed + skipped == len(results) else 0
 
 

@@ -1,4 +1,4 @@
-"""Analyse a folder of videos into one JSON and one CSV per video, on the cores it is given.
+"""Analyse a folder of videos into one JSON and one CSV per video, on this machine or on Ray.
 
 Every file is checked against the limits (core/limits.py) first, in this process and before any
 worker loads a model: a file over a limit is skipped and reported by name, the others go on.
@@ -6,6 +6,12 @@ Outputs are named after the file (NAME.json, NAME.csv); files whose names differ
 extension (talk.mp4, talk.wav) keep it (talk.mp4.json, talk.wav.json), so no result overwrites
 another. The CSV goes through core.csvsafe (formula-safe); a write that fails (disk full) fails
 that file with one line, never the batch.
+
+Engines: "local" (worker processes on this machine, the default) and "ray" (Ray actors on this
+machine or a cluster, core/ray_engine.py). Either way a worker (BatchWorker) loads the models
+once and analyses one file per call; this process writes the outputs. NAME.json records the
+file's sha256 and the models' signature (key "batch"), so a second run over the same folder skips
+the files already done with the same models (resume) and analyses the rest.
 """
 
 from __future__ import annotations
@@ -14,22 +20,25 @@ import contextlib
 import json
 import multiprocessing
 import os
+import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Protocol
 
 from .csvsafe import write_csv
 from .limits import LimitError, Limits
 from .media import MediaError
-from .types import Analysis, error_line
+from .types import Analysis, UserError, error_line
 from .writes import os_error_line
 
 MEDIA_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".wav", ".mp3", ".m4a", ".ogg", ".flac"}
 CSV_COLUMNS = ["id", "start", "end", "text", "emotion", "emotion_confidence", "sentiment",
                "sentiment_confidence", "face_emotion", "face_confidence", "error"]
-
-_worker_models = None
-_worker_error = ""          # why this worker could not load the models (each file then says it)
+ENGINES = ("local", "ray")
+STAMP_KEY = "batch"             # NAME.json's record of what made it: {"sha256": file, "models": signature}
+MAX_STAMPED_JSON = 64 << 20     # a NAME.json bigger than this is not read back for resuming
+ALREADY_DONE = "already analysed with these models"
 
 
 @dataclass
@@ -39,6 +48,28 @@ class BatchItem:
     message: str        # "N utterances", "No speech found…", or the one-line error
     skipped: bool = False   # refused by a limit before any analysis
     output: str = ""        # NAME of NAME.json / NAME.csv in the output folder ("" when none)
+    resumed: bool = False   # done by an earlier run with the same file and models: not analysed again
+    worker: str = ""        # "host:pid" of the worker that analysed it
+
+
+@dataclass
+class Outcome:
+    """What a worker sends back for one file: its analysis, or why there is none."""
+
+    path: str
+    analysis: Analysis | None
+    message: str
+    sha256: str = ""
+    models: dict | None = None      # the signature of the models that made the analysis
+    worker: str = ""
+
+
+class Engine(Protocol):
+    """Runs BatchWorkers somewhere; starts nothing until asked for a signature or a run."""
+
+    def signature(self) -> dict | None: ...
+    def run(self, paths: list[str]) -> Iterator[Outcome]: ...
+    def close(self) -> None: ...
 
 
 def find_media(folder: str | Path) -> list[Path]:
@@ -69,52 +100,176 @@ def analysis_rows(analysis: Analysis) -> list[list]:
     return rows
 
 
+# ---------------------------------------------------------------- the worker (process or Ray actor)
+
+def _canonical(signature: dict) -> dict:
+    """The signature as it reads back from JSON (tuples become lists), so stamps compare equal."""
+    return json.loads(json.dumps(signature, sort_keys=True, default=str))
+
+
+class BatchWorker:
+    """Loads the models once, then analyses one file per call. A bad checkpoint is not fatal:
+    every file then fails with the one line that says why."""
+
+    def __init__(self, checkpoint: str | None = None, threads: int = 0):
+        import torch
+        if threads > 0:
+            torch.set_num_threads(threads)
+        from .pipeline import load_models
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.models, self.error = None, ""
+        try:
+            self.models = load_models(checkpoint)
+        except UserError as err:
+            self.error = f"the models could not be loaded: {err}"
+
+    def signature(self) -> dict | None:
+        """What decides an analysis besides the file (core.pipeline.Models.signature), or None."""
+        return _canonical(self.models.signature()) if self.models is not None else None
+
+    def run(self, path: str) -> Outcome:
+        from .cache import file_digest
+        from .pipeline import analyze
+        if self.models is None:
+            return Outcome(path, None, self.error, worker=self.name)
+        try:
+            digest = file_digest(path)          # before: a file changed meanwhile is done again next time
+            analysis = analyze(path, self.models)
+        except UserError as err:                # media, checkpoint, transcription: their own line
+            return Outcome(path, None, str(err), worker=self.name)
+        except OSError as err:
+            return Outcome(path, None, f"Could not read {Path(path).name}: {err.strerror or err}.",
+                           worker=self.name)
+        except Exception as err:                # one file must never stop the batch
+            first = error_line(err) if str(err).strip() else ""
+            return Outcome(path, None, f"{type(err).__name__}: {first}".rstrip(": "), worker=self.name)
+        message = analysis.message or f"{len(analysis.utterances)} utterances"
+        return Outcome(path, analysis, message, digest, self.signature(), self.name)
+
+
+# ---------------------------------------------------------------- the local engine
+
+_worker: BatchWorker | None = None
+
+
 def _init_worker(checkpoint: str | None, threads: int) -> None:
-    global _worker_models, _worker_error
-    import torch
-    torch.set_num_threads(threads)
-    from .pipeline import load_models
-    from .types import UserError
-    try:
-        _worker_models = load_models(checkpoint)
-    except UserError as err:            # a bad checkpoint: every file says so, in one line
-        _worker_error = f"the models could not be loaded: {err}"
+    global _worker
+    _worker = BatchWorker(checkpoint, threads)
 
 
-def _run_one(path: str, out_dir: str, name: str) -> BatchItem:
-    from .checkpoint import CheckpointError
-    from .pipeline import analyze
-    from .transcribe import TranscriptionError
-    if _worker_error:
-        return BatchItem(path, False, _worker_error)
-    try:
-        analysis = analyze(path, _worker_models)
-    except (MediaError, CheckpointError, TranscriptionError) as err:
-        return BatchItem(path, False, str(err))
-    except Exception as err:            # one file must never stop the batch
-        first = error_line(err) if str(err).strip() else ""
-        return BatchItem(path, False, f"{type(err).__name__}: {first}".rstrip(": "))
-    try:
-        write_outputs(analysis, Path(out_dir) / name)
-    except OSError as err:              # disk full, permission: one line, no path
-        return BatchItem(path, False, os_error_line(err), output=name)
-    return BatchItem(path, True, analysis.message or f"{len(analysis.utterances)} utterances", output=name)
+def _worker_signature() -> dict | None:
+    return _worker.signature()
 
 
-def write_outputs(analysis: Analysis, stem: Path) -> None:
-    """STEM.json (the whole analysis) and STEM.csv (one row per utterance, formula-safe cells);
-    STEM is a name, not a suffix to replace (talk.mp4 -> talk.mp4.json). An OSError names the file."""
-    for suffix, write in ((".json", lambda p: p.write_text(json.dumps(analysis.to_dict(), indent=1))),
-                          (".csv", lambda p: write_csv(p, CSV_COLUMNS, analysis_rows(analysis),
-                                                       lineterminator="\n"))):
+def _worker_run(path: str) -> Outcome:
+    return _worker.run(path)
+
+
+class LocalEngine:
+    """`jobs` worker processes on this machine sharing its cores (spawned: fork after torch has
+    threads can deadlock); each loads the models once, when it first gets work."""
+
+    def __init__(self, jobs: int, checkpoint: str | None):
+        self.jobs = max(1, jobs)
+        self.checkpoint = checkpoint
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.checkpoint, threads))
+        return self._pool
+
+    def signature(self) -> dict | None:
+        return self._started().submit(_worker_signature).result()
+
+    def run(self, paths: list[str]) -> Iterator[Outcome]:
+        pool = self._started()
+        futures = [pool.submit(_worker_run, p) for p in paths]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def make_engine(engine: str, jobs: int | None, checkpoint: str | None, n_files: int,
+                address: str | None = None, cpus_per_job: float | None = None,
+                gpus_per_job: float | None = None) -> Engine:
+    """The engine by name; jobs=None lets it choose (local: 1 process; Ray: what the cluster fits).
+    `address`, `cpus_per_job` and `gpus_per_job` are Ray's (core/ray_engine.py)."""
+    if engine == "local":
+        return LocalEngine(min(jobs or 1, max(1, n_files)), checkpoint)
+    if engine == "ray":
+        from .ray_engine import RayEngine
+        return RayEngine(jobs, checkpoint, n_files, address, cpus_per_job, gpus_per_job)
+    raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+
+
+# ---------------------------------------------------------------- outputs and resuming
+
+def write_outputs(analysis: Analysis, stem: Path, stamp: dict | None = None) -> None:
+    """STEM.csv (one row per utterance, formula-safe cells), then STEM.json (the whole analysis,
+    plus `stamp` under "batch"); STEM is a name, not a suffix to replace (talk.mp4 ->
+    talk.mp4.json). The JSON comes last, so a stamped JSON means both are whole. An OSError names
+    the file, and nothing of this file's outputs is left behind."""
+    record = analysis.to_dict()
+    if stamp is not None:
+        record[STAMP_KEY] = stamp
+    written = []
+    for suffix, write in ((".csv", lambda p: write_csv(p, CSV_COLUMNS, analysis_rows(analysis),
+                                                       lineterminator="\n")),
+                          (".json", lambda p: p.write_text(json.dumps(record, indent=1)))):
         target = stem.parent / (stem.name + suffix)
         try:
             write(target)
         except OSError as err:
-            with contextlib.suppress(OSError):      # no half-written output is left behind
-                target.unlink(missing_ok=True)
+            for done in (*written, target):
+                with contextlib.suppress(OSError):
+                    done.unlink(missing_ok=True)
             err.filename = target.name
             raise
+        written.append(target)
+
+
+def read_stamp(stem: Path) -> dict | None:
+    """The "batch" record of STEM.json when STEM.json and STEM.csv are both plain files, else None."""
+    record_path, csv_path = stem.parent / (stem.name + ".json"), stem.parent / (stem.name + ".csv")
+    try:          # is_file() is False for a device or a folder: never read /dev/zero to its end
+        if not (record_path.is_file() and csv_path.is_file()) or record_path.stat().st_size > MAX_STAMPED_JSON:
+            return None
+        stamp = json.loads(record_path.read_text(encoding="utf-8")).get(STAMP_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("sha256"), str) \
+            or not isinstance(stamp.get("models"), dict):
+        return None
+    return stamp
+
+
+def already_done(files: list[Path], names: dict[Path, str], out: Path,
+                 engine: Engine) -> tuple[list[BatchItem], list[Path]]:
+    """(items for files an earlier run did with the same file content and models, the rest).
+    The engine's workers are asked for their models' signature only when some output is stamped."""
+    from .cache import file_digest
+    stamps = {f: s for f in files if (s := read_stamp(out / names[f])) is not None}
+    signature = engine.signature() if stamps else None
+    done, rest = [], []
+    for f in files:
+        stamp = stamps.get(f)
+        try:
+            same = signature is not None and stamp is not None and stamp["models"] == signature \
+                and stamp["sha256"] == file_digest(f)
+        except OSError:
+            same = False                        # unreadable now: check_files says why
+        if same:
+            done.append(BatchItem(str(f), True, ALREADY_DONE, output=names[f], resumed=True))
+        else:
+            rest.append(f)
+    return done, rest
 
 
 def check_files(files: list[Path], limits: Limits) -> tuple[list[Path], list[BatchItem]]:
@@ -132,24 +287,52 @@ def check_files(files: list[Path], limits: Limits) -> tuple[list[Path], list[Bat
     return keep, refused
 
 
-def analyze_folder(folder: str | Path, out_dir: str | Path, jobs: int = 1,
+def _finish(outcome: Outcome, source: Path, name: str, out: Path) -> BatchItem:
+    """Write one worker's result into the output folder (this process writes every output)."""
+    if outcome.analysis is None:
+        return BatchItem(str(source), False, outcome.message, worker=outcome.worker)
+    analysis = outcome.analysis
+    analysis.source = analysis.media.path = str(source)     # as given, wherever the worker read it
+    stamp = {"sha256": outcome.sha256, "models": outcome.models} if outcome.models and outcome.sha256 else None
+    try:
+        write_outputs(analysis, out / name, stamp)
+    except OSError as err:              # disk full, permission: one line, no path
+        return BatchItem(str(source), False, os_error_line(err), output=name, worker=outcome.worker)
+    return BatchItem(str(source), True, outcome.message, output=name, worker=outcome.worker)
+
+
+def run_files(engine: Engine, files: Iterable[Path], names: dict[Path, str], out: Path,
+              progress: bool = True) -> list[BatchItem]:
+    """Analyse `files` on the engine's workers (given absolute paths, so a worker elsewhere reads
+    the same file) and write each result as it comes back."""
+    from tqdm import tqdm
+    by_path = {str(f.resolve()): f for f in files}
+    items = []
+    for outcome in tqdm(engine.run(list(by_path)), total=len(by_path), desc="videos", disable=not progress):
+        source = by_path[outcome.path]
+        items.append(_finish(outcome, source, names[source], out))
+    return items
+
+
+def analyze_folder(folder: str | Path, out_dir: str | Path, jobs: int | None = 1,
                    checkpoint: str | None = None, progress: bool = True,
-                   limits: Limits | None = None) -> list[BatchItem]:
-    """Analyse every media file in `folder` with `jobs` worker processes sharing the CPU cores;
-    files over `limits` (default: Limits.from_env()) or unreadable are reported, not analysed."""
-    files, results = check_files(find_media(folder), limits or Limits.from_env())
+                   limits: Limits | None = None, engine: str = "local", address: str | None = None,
+                   cpus_per_job: float | None = None, gpus_per_job: float | None = None) -> list[BatchItem]:
+    """Analyse every media file in `folder` on `engine` ("local": `jobs` worker processes sharing
+    the CPU cores; "ray": Ray actors, on the cluster at `address` if given). Files done before with
+    the same models are skipped; files over `limits` (default: Limits.from_env()) or unreadable
+    are reported, not analysed. No model loads when there is nothing to analyse."""
+    files = find_media(folder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not files:
-        return sorted(results, key=lambda r: r.source)
-    jobs = max(1, min(jobs, len(files)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    from tqdm import tqdm
-    context = multiprocessing.get_context("spawn")      # fork after torch has threads can deadlock
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(checkpoint, threads)) as pool:
-        names = output_names(files)
-        futures = [pool.submit(_run_one, str(f), str(out), names[f]) for f in files]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="videos", disable=not progress):
-            results.append(fut.result())
+    names = output_names(files)
+    runner = make_engine(engine, jobs, checkpoint, len(files), address, cpus_per_job, gpus_per_job)
+    try:
+        results, todo = already_done(files, names, out, runner)
+        todo, refused = check_files(todo, limits or Limits.from_env())
+        results += refused
+        if todo:
+            results += run_files(runner, todo, names, out, progress)
+    finally:
+        runner.close()
     return sorted(results, key=lambda r: r.source)

@@ -426,6 +426,7 @@ def remux_to_temp(path: str | os.PathLike, suffix: str = ".mkv") -> Path:
     to seek. The caller owns the result; `discard_temp` removes it with its folder.
     """
     p = _check_file(path)
+    probe(p)                                  # refuse playlists and non-media files first
     folder = Path(tempfile.mkdtemp(prefix="media-"))
     out = folder / (p.stem + suffix)
     proc = _run(["-y", *input_args(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])

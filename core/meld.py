@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Union
 
-from .csvsafe import csv_text, escape_cell, unescape_cell, write_csv
+from .csvsafe import csv_text, unescape_cell, write_csv
 from .labels import EMOTIONS, SENTIMENTS, emotion_index, sentiment_index
 from .types import UserError
 

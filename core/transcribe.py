@@ -1,9 +1,11 @@
-"""Speech to utterances with Whisper: load the model, transcribe, refine boundaries, drop hallucinations.
+"""Speech to utterances with Whisper: load the model, find the speech, transcribe it all, cut it into
+utterances, drop hallucinations.
 
 The default model is the packaged Whisper base (converted once by `core.whisper_convert`), so
-transcription works offline. Whisper's segment timestamps are often 0.3-0.5 s off and its segments
-can hold two sentences separated by a pause, so each segment is re-cut with word timestamps and a
-simple energy-based voice-activity pass over the same audio.
+transcription works offline. Silero VAD (core.vad) finds the speech; Whisper decodes it in windows
+cut at its pauses (core.whisper_batch); speech that no word covers afterwards (Whisper ended a
+window early, or skipped a quiet clip) is decoded again in windows of its own, so nothing real is
+dropped. Segments are then cut into utterances with their word timestamps (core.utterances).
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
+from . import utterances as cut
 from .types import UserError, Utterance, error_line
-from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
+from .vad import speech_regions
+from .whisper_batch import Window, plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
 DEFAULT_MODEL = "base"
@@ -29,32 +32,24 @@ SILENCE_PEAK = 1e-3           # |sample| below this everywhere (about -60 dBFS) 
 # sampling. The RNG is seeded per call, so the same audio always gives the same transcript.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SEED = 0
-# Voice activity: RMS in 30 ms windows on a 10 ms hop, threshold relative to the file's level.
-HOP_SECONDS = 0.01
-WINDOW_HOPS = 3
-ABS_FLOOR_DB = -55.0          # never call anything quieter than this speech
-MIN_SNR_DB = 6.0              # at least this far above the noise floor (5th percentile)...
-RELATIVE_LEVEL = 0.25         # ...and this fraction of the way from noise floor to peak (99th pct)
-MIN_REGION = 0.06             # seconds; shorter bursts are clicks
-CLOSE_GAP = 0.15              # seconds; shorter dips inside speech are not pauses
+PAD = cut.PAD                 # seconds kept around an utterance's speech (core.utterances)
 SKIP_SILENCE = 3.0            # Whisper never sees silences longer than this (hallucination bait)
 CLIP_PAD = 1.0                # seconds of audio kept around the speech that Whisper sees
-# Boundaries.
-SPLIT_PAUSE = 0.7             # a pause this long inside a Whisper segment starts a new utterance
-MERGE_PAUSE = 0.3             # segments cut mid-sentence with a shorter pause are joined
-SNAP_REACH = 1.0              # seconds around Whisper's words searched for speech edges
-PAD = 0.15                    # seconds of context kept before and after the detected speech
+# Speech no word covers is decoded again in a window of its own.
+WORD_REACH = 0.2              # seconds either side of a word that count as covered by it
+MIN_UNHEARD = 0.4             # seconds of uncovered speech worth a second look
+RETRY_PAD = 0.5               # seconds of audio kept around it (never reaching into heard words)
+RETRY_ROUNDS = 2
 # Hallucination guard.
 NO_SPEECH_PROB = 0.6
 LOGPROB_FLOOR = -1.0
-MIN_VOICED = 0.1              # seconds of detected speech under a segment to call it voiced
+MIN_VOICED = 0.25             # seconds (or half the utterance) of detected speech: it is voiced
 DOUBT_NO_SPEECH = 0.3         # on unvoiced audio, text is dropped above this no-speech probability
 DOUBT_LOGPROB = -0.7          # ...or below this mean log-probability
 CLASSIC_HALLUCINATIONS = {"thank you", "thank you so much", "thanks", "you", "bye", "okay", "so",
                           "music", "applause", "silence", "please subscribe"}
 CLASSIC_PREFIXES = ("thanks for watching", "thank you for watching", "subtitles by",
                     "transcribed by", "translated by", "amara org")
-SENTENCE_END = ".!?…。？！"
 
 
 class TranscriptionError(UserError):
@@ -63,7 +58,6 @@ class TranscriptionError(UserError):
 
 _MODELS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
-
 
 def _device(device: str | None) -> str:
     if device:
@@ -163,40 +157,12 @@ def _load_model(name: str, device: str):
         raise TranscriptionError(f"Cannot load Whisper checkpoint {path.name}: {error_line(err, 160)}") from None
 
 
-# --------------------------------------------------------------------------- voice activity
+# --------------------------------------------------------------------------- where Whisper listens
 
-def speech_regions(audio: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, float]]:
-    """(start, end) seconds of stretches louder than a threshold set from the file's own level."""
-    hop = int(sr * HOP_SECONDS)
-    n = len(audio) // hop
-    if n < WINDOW_HOPS:
-        return []
-    energy = (audio[: n * hop].astype(np.float64).reshape(n, hop) ** 2).mean(axis=1)
-    window = np.convolve(energy, np.ones(WINDOW_HOPS) / WINDOW_HOPS, mode="same")
-    db = 10.0 * np.log10(window + 1e-12)
-    noise, peak = np.percentile(db, 5), np.percentile(db, 99)
-    threshold = max(ABS_FLOOR_DB, noise + MIN_SNR_DB, noise + RELATIVE_LEVEL * (peak - noise))
-    voiced = np.concatenate([[False], db > threshold, [False]])
-    edges = np.flatnonzero(np.diff(voiced.astype(np.int8)))
-    regions: list[list[float]] = []
-    for a, b in zip(edges[::2] * HOP_SECONDS, edges[1::2] * HOP_SECONDS):
-        if regions and a - regions[-1][1] < CLOSE_GAP:
-            regions[-1][1] = b
-        else:
-            regions.append([a, b])
-    return [(float(a), float(b)) for a, b in regions if b - a >= MIN_REGION]
+Region = tuple[float, float]
 
 
-def _gaps(regions: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
-    edges = [0.0] + [t for r in regions for t in r] + [duration]
-    return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
-
-
-def _overlap(regions: list[tuple[float, float]], start: float, end: float) -> float:
-    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in regions)
-
-
-def _clips(regions: list[tuple[float, float]], duration: float) -> list[float]:
+def _clips(regions: list[Region], duration: float) -> list[float]:
     """Whisper's clip_timestamps: the speech, padded, with long silences left out."""
     spans: list[list[float]] = []
     for a, b in regions:
@@ -215,113 +181,89 @@ def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
     return len(audio) < MIN_AUDIO_SECONDS * sr or float(np.max(np.abs(audio))) < SILENCE_PEAK
 
 
-# --------------------------------------------------------------------------- segments
-
-@dataclass
-class _Piece:
-    """A run of Whisper words that becomes one utterance."""
-
-    words: list[dict]
-    segment: dict
-
-    @property
-    def text(self) -> str:
-        return "".join(w["word"] for w in self.words).strip()
-
-    @property
-    def start(self) -> float:
-        return float(self.words[0]["start"])
-
-    @property
-    def end(self) -> float:
-        return float(self.words[-1]["end"])
-
-
-def _mid(word: dict) -> float:
-    return (float(word["start"]) + float(word["end"])) / 2.0
-
-
-def _pause_between(left: dict, right: dict, gaps: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """The longest silence whose centre lies between the two words' midpoints."""
-    lo, hi = _mid(left), _mid(right)
-    inside = [g for g in gaps if lo <= (g[0] + g[1]) / 2.0 <= hi]
-    return max(inside, key=lambda g: g[1] - g[0]) if inside else None
-
-
-def _pieces(segments: list[dict], gaps: list[tuple[float, float]]) -> list[_Piece]:
-    """Split Whisper segments at long pauses; join segments cut mid-sentence without a pause."""
-    pieces: list[_Piece] = []
-    for seg in segments:
-        words = [w for w in seg.get("words") or [] if w.get("word", "").strip()]
-        if not words:
-            words = [{"word": seg["text"], "start": seg["start"], "end": seg["end"]}]
-        current = [words[0]]
-        for left, right in zip(words, words[1:]):
-            pause = _pause_between(left, right, gaps)
-            long_pause = (pause is not None and pause[1] - pause[0] >= SPLIT_PAUSE) or \
-                float(right["start"]) - float(left["end"]) >= SPLIT_PAUSE
-            if long_pause:
-                pieces.append(_Piece(current, seg))
-                current = []
-            current.append(right)
-        pieces.append(_Piece(current, seg))
-    joined: list[_Piece] = []
-    for piece in pieces:
-        prev = joined[-1] if joined else None
-        if prev and prev.segment is not piece.segment and not prev.text.endswith(tuple(SENTENCE_END)):
-            pause = _pause_between(prev.words[-1], piece.words[0], gaps)
-            if pause is None or pause[1] - pause[0] < MERGE_PAUSE:
-                joined[-1] = _Piece(prev.words + piece.words, prev.segment)
+def unheard(regions: list[Region], segments: list[dict]) -> list[Region]:
+    """Stretches of detected speech at least MIN_UNHEARD long that no transcribed word covers."""
+    heard = sorted((float(w["start"]) - WORD_REACH, float(w["end"]) + WORD_REACH)
+                   for s in segments for w in (s.get("words") or [s]))
+    out = []
+    for a, b in regions:
+        t = a
+        for lo, hi in heard:
+            if hi <= t or lo >= b:
                 continue
-        joined.append(piece)
-    return joined
+            if lo - t >= MIN_UNHEARD:
+                out.append((t, lo))
+            t = max(t, hi)
+        if b - t >= MIN_UNHEARD:
+            out.append((t, b))
+    return out
 
 
-def _bounds(pieces: list[_Piece], regions: list[tuple[float, float]], gaps: list[tuple[float, float]],
-            duration: float) -> list[tuple[float, float]]:
-    """Snap each piece to the speech detected near its words, never crossing into its neighbours."""
-    cuts = [0.0]
-    for left, right in zip(pieces, pieces[1:]):
-        pause = _pause_between(left.words[-1], right.words[0], gaps)
-        cut = (pause[0] + pause[1]) / 2.0 if pause else (left.end + right.start) / 2.0
-        cuts.append(min(max(cut, cuts[-1]), duration))
-    cuts.append(duration)
-    bounds = []
-    for piece, lo, hi in zip(pieces, cuts, cuts[1:]):
-        near = [(max(a, lo), min(b, hi)) for a, b in regions
-                if b > piece.start - SNAP_REACH and a < piece.end + SNAP_REACH]
-        near = [(a, b) for a, b in near if b - a >= MIN_REGION]
-        if near:
-            start, end = max(lo, near[0][0] - PAD), min(hi, near[-1][1] + PAD)
-        else:  # no speech found nearby: keep Whisper's times
-            start, end = max(lo, piece.start), min(hi, piece.end)
-        start, end = max(0.0, start), min(duration, end)
-        bounds.append((start, end))
-    return bounds
+def _retry_windows(missing: list[Region], segments: list[dict], regions: list[Region],
+                   audio: np.ndarray) -> list[Window]:
+    """Windows around unheard speech, padded but never reaching into words already heard."""
+    ends = sorted(float(w["end"]) for s in segments for w in (s.get("words") or [s]))
+    starts = sorted(float(w["start"]) for s in segments for w in (s.get("words") or [s]))
+    last = np.floor(len(audio) / SAMPLE_RATE * 100) / 100
+    spans: list[list[float]] = []
+    for a, b in missing:
+        lo = max([0.0, a - RETRY_PAD] + [e for e in ends if e <= a + WORD_REACH])
+        hi = min([last, b + RETRY_PAD] + [s for s in starts if s >= b - WORD_REACH])
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    return plan_windows([(a, b) for a, b in spans if b > a], regions, audio)
 
+
+def decode(model, audio: np.ndarray, regions: list[Region], language: str | None,
+           progress: bool = False) -> dict:
+    """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; then the
+    speech that no word covers (a window ended early, a quiet clip skipped) in windows of its own."""
+    duration = len(audio) / SAMPLE_RATE
+    clips = _clips(regions, duration)
+    windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
+    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress)
+    segments = result.get("segments") or []
+    for _ in range(RETRY_ROUNDS):
+        missing = unheard(regions, segments)
+        if not missing:
+            break
+        again = transcribe_windows(model, audio, _retry_windows(missing, segments, regions, audio),
+                                   result.get("language") or language, TEMPERATURES)
+        new = again.get("segments") or []
+        if not new:
+            break
+        segments = sorted(segments + new, key=lambda s: float(s["start"]))
+    return {"segments": segments, "language": result.get("language")}
+
+
+# --------------------------------------------------------------------------- hallucination guard
 
 def _normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).replace("'", "").split())
 
 
-def _hallucinated(piece: _Piece, start: float, end: float, audio: np.ndarray,
-                  regions: list[tuple[float, float]]) -> bool:
-    """Silence hallucinations: empty text, Whisper's own no-speech verdict, or words on no speech."""
+def _hallucinated(piece: cut.Piece, start: float, end: float, audio: np.ndarray,
+                  regions: list[Region]) -> bool:
+    """Silence hallucinations: empty text, silent audio, or words where the voice-activity detector
+    heard no speech and Whisper doubts them. Words over detected speech are kept, however unsure
+    Whisper is: under noise its no-speech probability rises on real speech."""
     seg, text = piece.segment, _normalise(piece.text)
     if not text or end - start <= 0:
-        return True
-    if seg.get("no_speech_prob", 0.0) > NO_SPEECH_PROB and seg.get("avg_logprob", 0.0) < LOGPROB_FLOOR:
         return True
     clip = audio[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)]
     if clip.size == 0 or float(np.max(np.abs(clip))) < SILENCE_PEAK:
         return True
-    if _overlap(regions, start, end) < MIN_VOICED:
-        classic = text in CLASSIC_HALLUCINATIONS or text.startswith(CLASSIC_PREFIXES)
-        doubtful = (seg.get("no_speech_prob", 0.0) > DOUBT_NO_SPEECH
-                    or seg.get("avg_logprob", 0.0) < DOUBT_LOGPROB)
-        return classic or doubtful
-    return False
+    if cut.overlap(regions, start, end) >= min(MIN_VOICED, 0.5 * (end - start)):
+        return False
+    classic = text in CLASSIC_HALLUCINATIONS or text.startswith(CLASSIC_PREFIXES)
+    doubtful = (seg.get("no_speech_prob", 0.0) > DOUBT_NO_SPEECH
+                or seg.get("avg_logprob", 0.0) < DOUBT_LOGPROB)
+    return classic or doubtful
 
+
+# --------------------------------------------------------------------------- transcription
 
 def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
                progress: bool = False, sliding: bool = False) -> list[Utterance]:
@@ -344,23 +286,22 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
         model = load_whisper(model or DEFAULT_MODEL)
     cuda = model.device.type == "cuda"
     duration = len(audio) / SAMPLE_RATE
-    clips = _clips(regions, duration)
     try:
         with torch.random.fork_rng(devices=[model.device] if cuda else []):
             torch.manual_seed(SEED)
             if sliding:
                 result = model.transcribe(audio, language=language, fp16=cuda, temperature=TEMPERATURES,
                                           condition_on_previous_text=False, word_timestamps=True,
-                                          clip_timestamps=clips, verbose=False if progress else None)
+                                          clip_timestamps=_clips(regions, duration),
+                                          verbose=False if progress else None)
             else:
-                windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
-                result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress)
+                result = decode(model, audio, regions, language, progress)
     except Exception as err:
         raise TranscriptionError(f"Whisper failed: {error_line(err, 160)}") from err
-    gaps = _gaps(regions, duration)
-    pieces = _pieces(result.get("segments") or [], gaps)
+    silences = cut.gaps(regions, duration)
+    pieces = cut.pieces(result.get("segments") or [], silences)
     utterances = []
-    for piece, (start, end) in zip(pieces, _bounds(pieces, regions, gaps, duration)):
+    for piece, (start, end) in zip(pieces, cut.bounds(pieces, regions, silences, duration)):
         if end - start < 0.01 or _hallucinated(piece, start, end, audio, regions):
             continue
         seg = piece.segment

@@ -31,6 +31,7 @@ FRAMES_PER_SECOND = 100           # Whisper's mel hop is 10 ms
 WINDOW_SECONDS = 30.0             # the encoder always sees 30 s
 EDGE_SECONDS = 2.0                # windows end this far inside 30 s: Whisper drops a sentence ending at 29.5 s
 HARD_CUT_SEARCH = 5.0             # speech with no pause for 30 s is cut at its quietest 10 ms in the last 5 s
+CUT_PAUSE = 0.3                   # windows are cut in pauses at least this long when there are any
 BATCH_CPU = 4                     # windows per encoder/decoder batch (memory grows with it)
 BATCH_CUDA = 16
 COMPRESSION_RATIO_THRESHOLD = 2.4   # openai-whisper's defaults for retrying a window
@@ -65,11 +66,13 @@ def plan_windows(spans: list[tuple[float, float]], regions: list[tuple[float, fl
     windows: list[Window] = []
     for lo, hi in spans:
         inner = [(max(a, lo), min(b, hi)) for a, b in regions if b > lo and a < hi]
-        pauses = [(b + a2) / 2.0 for (_, b), (a2, _) in zip(inner, inner[1:])]
+        pauses = [((b + a2) / 2.0, a2 - b) for (_, b), (a2, _) in zip(inner, inner[1:])]
         start = lo
         while hi - start > limit:
             target = start + (hi - start) / math.ceil((hi - start) / limit)   # windows of equal length
-            fits = [p for p in pauses if start + 1.0 < p <= start + limit]
+            fits = [(p, gap) for p, gap in pauses if start + 1.0 < p <= start + limit]
+            # a real pause between sentences, not a dip between two words, when there is one
+            fits = [p for p, gap in fits if gap >= CUT_PAUSE] or [p for p, _ in fits]
             cut = (min(fits, key=lambda p: abs(p - target)) if fits
                    else _quietest(audio, start + limit - HARD_CUT_SEARCH, start + limit))
             cut = round(cut, 2)

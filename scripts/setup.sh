@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the project on a fresh machine: the .venv at the project root with the pinned stack.
 #   bash scripts/setup.sh          what the app needs
-#   bash scripts/setup.sh --test   plus what the tests need (espeak-ng, Chromium for browser tests)
+#   bash scripts/setup.sh --test   plus what the tests need (espeak-ng, Chromium for browser tests,
+#                                  Ray from requirements-ray.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # (this machine's pip config lists local wheel folders that may be absent: hide those warnings only)
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
+if [ "${1:-}" = "--test" ]; then   # optional engines the tests cover: Ray (python -m core batch --engine ray)
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-ray.txt 2> >(grep -v "^WARNING: Location" >&2)
+fi
 .venv/bin/pip check >/dev/null
 echo "setup done: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field

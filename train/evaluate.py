@@ -16,7 +16,6 @@ sentiment_accuracy (percentages), rows, and more.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 from core import checkpoint as ck
+from core.csvsafe import write_csv
+from core.writes import os_error_line
 from core.encoders import TextEncoder, apply_text_state, load_text_encoder
 from core.labels import EMOTIONS, SENTIMENTS
 
@@ -90,13 +91,12 @@ def write_outputs(out: Path, split: TextSplit, result: dict, head: dict) -> None
         metrics.render_confusion_png(result[task]["confusion"], labels, out / f"confusion_{task}.png",
                                      title=f"{task}: weighted F1 {result[task]['weighted_f1']:.1f}, "
                                            f"{head['rows']} rows")
-    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Dialogue_ID", "Utterance_ID", "Utterance", "Emotion", "Predicted_Emotion",
-                    "Sentiment", "Predicted_Sentiment"])
-        for e, pe, ps in zip(split.examples, result["emotion_pred"], result["sentiment_pred"]):
-            w.writerow([e.dialogue_id, e.utterance_id, e.text, EMOTIONS[e.emotion], EMOTIONS[pe],
-                        SENTIMENTS[e.sentiment], SENTIMENTS[ps]])
+    write_csv(out / "predictions.csv",         # formula-safe, like every CSV the project writes
+              ["Dialogue_ID", "Utterance_ID", "Utterance", "Emotion", "Predicted_Emotion",
+               "Sentiment", "Predicted_Sentiment"],
+              [[e.dialogue_id, e.utterance_id, e.text, EMOTIONS[e.emotion], EMOTIONS[pe],
+                SENTIMENTS[e.sentiment], SENTIMENTS[ps]]
+               for e, pe, ps in zip(split.examples, result["emotion_pred"], result["sentiment_pred"])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             "context_turns": turns, "context_ahead": ahead, "skipped_rows": len(split.skipped),
             "repaired_rows": split.repaired}
     out = Path(args.out) if args.out else Path("runs") / f"eval-{Path(args.csv).stem}"
-    write_outputs(out, split, result, head)
+    try:
+        write_outputs(out, split, result, head)
+    except OSError as err:                    # disk full, permission: one line, no absolute path
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 2
     print(f"checkpoint {args.checkpoint} ({checkpoint.card.name}; context: {turns} previous"
           f"{f' and {ahead} following' if ahead else ''} utterances)")
     print(f"{args.csv}: {len(split.examples)} rows scored, {len(split.skipped)} skipped, "
