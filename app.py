@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--rate-per-hour", type=int, default=None,
                         help="analyses (and model switches) per hour per user (login, else IP address), "
                              "0 = no limit (default: $WORKBENCH_RATE_PER_HOUR or 30)")
+    parser.add_argument("--io-per-hour", type=int, default=None,
+                        help="CSV imports and exports per hour per user, 0 = no limit "
+                             "(default: $WORKBENCH_IO_PER_HOUR or 240)")
     parser.add_argument("--allow-model-switch", choices=MODES, default=None,
                         help="may visitors switch the server's model (for every user)? auto: only when "
                              "the server is local (127.0.0.1, localhost, ::1) or --auth is set; yes; no "
@@ -53,10 +56,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.limits import Limits
-    from webapp.ratelimit import RateLimiter
+    from webapp.ratelimit import DEFAULT_IO_PER_HOUR, IO_ENV, RateLimiter
     try:
         limits = Limits.from_env(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds)
         rate = RateLimiter.from_env(args.rate_per_hour)
+        io_rate = RateLimiter.from_env(args.io_per_hour, DEFAULT_IO_PER_HOUR, IO_ENV, "imports and exports")
         shared = os.environ.get("GRADIO_SHARE", "").strip().lower() == "true"   # as launch() reads it
         model_switch = decide(mode_from_env(args.allow_model_switch), args.host, bool(args.auth), shared)
     except ValueError as err:
@@ -74,7 +78,7 @@ def main() -> None:
     ensure_ffmpeg_on_path()
     from webapp.service import ModelHolder, Workbench
     from webapp.ui import build_app, launch_kwargs
-    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch, admins)
+    workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch, admins, io_rate)
     try:
         kwargs = launch_kwargs(workbench, args.auth)
     except ValueError as err:

@@ -120,7 +120,7 @@ def test_first_click_upload_and_reopen_without_ffprobe(page, server, shots, talk
     assert "failed" not in status and "Error" not in status, status
     page.wait_for_selector("#chart g.barlayer path", state="attached")
     expect(cell(page, 0, TEXT)).to_contain_text("best day")
-    assert page.locator("#player video").count() == 1
+    page.wait_for_function("() => (document.querySelector('#player video')?.readyState ?? 0) >= 2")   # it plays
     snap(page, shots, "desktop-example.png")
 
     # an upload
@@ -150,14 +150,15 @@ def test_a_field_typed_without_enter_is_saved_on_its_own_row(page):
     select_row(page, 0)
     page.locator("#ed-speaker input").fill("Zed")          # no Enter: then a cell of row 2 is clicked
     select_row(page, 2)
-    expect(cell(page, 0, SPEAKER)).to_have_text("Zed")
-    expect(cell(page, 2, SPEAKER)).not_to_have_text("Zed")
-    row4 = cell(page, 4, TEXT).inner_text()
+    expect(cell(page, 0, SPEAKER)).to_contain_text("Zed")
+    expect(cell(page, 2, SPEAKER)).not_to_contain_text("Zed")
+    row4 = cell(page, 4, TEXT).inner_text().strip(" ⋮\n")
     select_row(page, 1)
     page.locator("#ed-text textarea").fill("these words belong to row one")
     select_row(page, 4)
-    expect(cell(page, 1, TEXT)).to_have_text("these words belong to row one")
-    expect(cell(page, 4, TEXT)).to_have_text(row4)
+    expect(cell(page, 1, TEXT)).to_contain_text("these words belong to row one")
+    expect(cell(page, 4, TEXT)).to_contain_text(row4)
+    assert "these words" not in cell(page, 4, TEXT).inner_text()
 
 
 def test_keys_chart_click_and_play_one_utterance(page):
@@ -166,22 +167,28 @@ def test_keys_chart_click_and_play_one_utterance(page):
     page.locator("#help").click()                           # focus leaves the fields
     page.keyboard.press("j")
     expect(page.locator("#editor-title")).to_contain_text("Utterance 1 ")
-    expect(cell(page, 1, ID)).to_have_text("▶ 1")
+    expect(cell(page, 1, ID)).to_contain_text("▶ 1")
     assert page.locator("#transcript .wb-selected").count() == 1      # the selected row is highlighted
-    before = cell(page, 1, EMOTION).inner_text().strip()
+    before = cell(page, 1, EMOTION).inner_text().strip(" ⋮\n")
     key, label = ("1", "anger") if before != "anger" else ("3", "fear")
     page.keyboard.press(key)
-    expect(cell(page, 1, EMOTION)).to_have_text(label)
-    page.locator("#ed-text textarea").click()               # typing in a field: keys are text there
+    expect(cell(page, 1, EMOTION)).to_contain_text(label)
+    text = page.locator("#ed-text textarea")
+    text.click()                                             # typing in a field: keys are text there
+    page.keyboard.press("End")
     page.keyboard.press("2")
+    assert text.input_value().endswith("2")
+    page.keyboard.press("Backspace")                         # (leave the text as it was)
     page.locator("#help").click()
     time.sleep(1)
-    expect(cell(page, 1, EMOTION)).to_have_text(label)
+    expect(cell(page, 1, EMOTION)).to_contain_text(label)
     page.keyboard.press("Control+z")
-    expect(cell(page, 1, EMOTION)).to_have_text(before)
+    expect(cell(page, 1, EMOTION)).to_contain_text(before)
 
     # a click on utterance 3's column of the chart selects it and the player seeks there
-    start3 = float(cell(page, 3, START).inner_text())
+    start3 = float(cell(page, 3, START).inner_text().strip(" ⋮\n"))
+    page.locator("#chart").scroll_into_view_if_needed()
+    time.sleep(0.5)
     box = page.evaluate("""() => {
         let best = null;
         document.querySelectorAll('#chart g.barlayer g.trace.bars').forEach((trace) => {
@@ -198,7 +205,7 @@ def test_keys_chart_click_and_play_one_utterance(page):
 
     # "Play this utterance" plays from its start and stops at its end
     select_row(page, 0)
-    end0 = float(cell(page, 0, END).inner_text())
+    end0 = float(cell(page, 0, END).inner_text().strip(" ⋮\n"))
     page.locator("#play-utt").click()
     page.wait_for_function("() => { const v = document.querySelector('#player video'); return v && !v.paused; }")
     page.wait_for_function("() => document.querySelector('#player video').paused", timeout=30_000)
@@ -208,14 +215,14 @@ def test_keys_chart_click_and_play_one_utterance(page):
 
 def test_review_order_filters_mix_bulk_and_overlap(page):
     from playwright.sync_api import expect
-    confidences = {int(cell(page, i, ID).inner_text().strip("▶ ")): float(cell(page, i, CONFIDENCE).inner_text())
+    confidences = {int(cell(page, i, ID).inner_text().strip("▶ ⋮\n")): float(cell(page, i, CONFIDENCE).inner_text().strip(" ⋮\n"))
                    for i in range(rows_shown(page))}
     choose(page, "table-order", "lowest confidence first")
     lowest = min(confidences, key=confidences.get)
-    expect(cell(page, 0, ID)).to_have_text(re.compile(rf"^(▶ )?{lowest}$"))
+    expect(cell(page, 0, ID)).to_have_text(re.compile(rf"^\s*(▶ )?{lowest}\b"))
     expect(page.locator("#table-info")).to_contain_text("lowest confidence first")
     choose(page, "table-order", "in time order")
-    expect(cell(page, 0, ID)).to_have_text(re.compile(r"^(▶ )?0$"))
+    expect(cell(page, 0, ID)).to_have_text(re.compile(r"^\s*(▶ )?0\b"))
     expect(page.locator("#mix")).to_contain_text("Mix of 5 utterances")
 
     # bulk: a speaker for rows 0-1; then the editor offers it
@@ -224,8 +231,8 @@ def test_review_order_filters_mix_bulk_and_overlap(page):
     page.locator("#bulk-speaker input").fill("Ann")
     page.locator("#bulk-speaker input").press("Enter")
     page.locator("#bulk-btn").click()
-    expect(cell(page, 0, SPEAKER)).to_have_text("Ann")
-    expect(cell(page, 1, SPEAKER)).to_have_text("Ann")
+    expect(cell(page, 0, SPEAKER)).to_contain_text("Ann")
+    expect(cell(page, 1, SPEAKER)).to_contain_text("Ann")
     select_row(page, 2)
     page.locator("#ed-speaker input").click()
     expect(page.locator("ul[role=listbox] li", has_text="Ann").first).to_be_visible()
@@ -233,7 +240,7 @@ def test_review_order_filters_mix_bulk_and_overlap(page):
 
     # an overlap: accepted, warned in the status, on the row and in the chart
     select_row(page, 1)
-    end0 = float(cell(page, 0, END).inner_text())
+    end0 = float(cell(page, 0, END).inner_text().strip(" ⋮\n"))
     page.locator("#ed-start input, #ed-start textarea").first.fill(f"{end0 - 0.5:.2f}")
     page.locator("#ed-start input, #ed-start textarea").first.press("Enter")
     wait_status(page, r"overlap")
@@ -249,18 +256,18 @@ def test_sessions_rename_delete_and_undo(page):
     page.locator("#session-name textarea, #session-name input").first.fill("Best-day interview")
     page.locator("#rename-btn").click()
     wait_status(page, "Renamed")
-    page.locator("#sessions input").fill("Best-day")
-    expect(page.locator("ul[role=listbox] li", has_text="Best-day interview").first).to_be_visible()
-    page.keyboard.press("Escape")
+    expect(page.locator("#sessions input")).to_have_value(re.compile("Best-day interview"))
     page.locator("#delete-session").click()
     expect(page.locator("#confirm-delete")).to_be_visible()
     page.locator("#confirm-delete-btn").click()
     wait_status(page, "Deleted")
     assert rows_shown(page) == 0
-    page.locator("#sessions input").fill("Best-day")
+    page.locator("#sessions input").click()
     time.sleep(0.5)
-    assert page.locator("ul[role=listbox] li", has_text="Best-day interview").count() == 0
+    listed = page.locator("ul[role=listbox] li").all_inner_texts()
+    assert listed and not any("Best-day interview" in x for x in listed), listed
     page.keyboard.press("Escape")
+    page.locator("#help").click()
     page.locator("#restore-session").click()
     wait_status(page, "Restored")
     expect(cell(page, 0, TEXT)).to_be_visible()
@@ -318,10 +325,11 @@ def test_webcam_recording_is_analysed(browser, server, media_dir, three_sentence
         p = context.new_page()
         p.set_default_timeout(60_000)
         p.goto(server[0], wait_until="load")
-        p.locator("#video-in [aria-label='Record video from camera']").click()
+        p.locator("#video-in [aria-label='Capture from camera']").click()
+        p.locator("#video-in button", has_text="Click to Access Webcam").click()
         p.locator("#video-in [aria-label='start recording']").click()
         time.sleep(9)
-        p.locator("#video-in [aria-label='stop recording']").click()
+        p.locator("#video-in button", has_text="Stop").click()       # (its aria-label stays "start recording")
         p.wait_for_selector("#video-in video", state="attached")
         time.sleep(1)
         p.locator("#analyse-video").click()

@@ -169,3 +169,58 @@ def test_a_failed_analysis_leaves_nothing_and_huge_ids_break_nothing(server, tmp
     sid, rows = alice.predict(handle_file(str(talking_video)), api_name="/analyze")   # still works
     assert len(rows) == 3 and wb.session(sid, None).dialogue_id < 10**9
     assert json.dumps(alice.predict(api_name="/sessions"))
+
+
+def test_request_bodies_are_capped_and_failed_logins_slowed(models, tmp_path):
+    """A 400 MB JSON edit is refused by its size before it is read; 300 guesses meet a brake."""
+    import http.client
+    from webapp.guards import API_BODY_MB, FREE_FAILURES, LoginBrake
+    demo, _ = launch(models, tmp_path / "data", auth="ann:right-pass")
+    try:
+        host, port = demo.local_url.split("//")[1].strip("/").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.putrequest("POST", "/gradio_api/queue/join")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(400 * 2**20))
+        conn.endheaders()
+        conn.send(b"{" + b" " * 1000)                           # and no more: refused on the header
+        response = conn.getresponse()
+        assert response.status == 413 and b"over" in response.read()
+        conn.close()
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)   # no length given: counted
+        conn.putrequest("POST", "/gradio_api/queue/join")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Content-Type", "application/json")
+        conn.endheaders()
+        chunk = b"x" * 2**20
+        try:
+            for _ in range(int(API_BODY_MB) + 4):
+                conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            conn.send(b"0\r\n\r\n")
+            status = conn.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            status = 413                                         # cut off while sending: refused too
+        assert status in (400, 413)       # FastAPI reports the cut-off body as unparsable (400): never read whole
+        # logins: 300 wrong guesses, then the right password is still paused
+        tries = [fetch_login(demo.local_url, "ann", f"guess{i}") for i in range(300)]
+        assert not any(tries)
+        assert not fetch_login(demo.local_url, "ann", "right-pass")     # paused after the failures
+    finally:
+        demo.close()
+    clock = [0.0]
+    brake = LoginBrake({"ann": "pw"}, clock=lambda: clock[0])
+    for _ in range(FREE_FAILURES):
+        assert not brake("ann", "nope")
+    assert brake.paused("ann") and not brake("ann", "pw")     # refused without checking
+    clock[0] += 3.0
+    assert brake("ann", "pw") and not brake.paused("ann")     # after the pause: in, and the count clears
+
+
+def fetch_login(url: str, user: str, password: str) -> bool:
+    import urllib.parse
+    data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/login", data=data), timeout=30) as r:
+            return r.status == 200 and b"success" in r.read()
+    except urllib.error.HTTPError:
+        return False

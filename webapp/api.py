@@ -116,17 +116,18 @@ def mount(wb: Workbench) -> None:
     def export(session_id, request: gr.Request = None):
         """The session as a MELD-format CSV file (refused, naming the rows, while a row lacks a label,
         a time or words)."""
-        return str(wb.export_csv(session_id, wb.owner(request)))
+        return str(wb.export_csv(session_id, wb.owner(request), user=client_key(request)))
 
     def export_zip(session_id, request: gr.Request = None, progress=gr.Progress()):
         """A zip of the MELD CSV and one clip per utterance (dia{D}_utt{U}.mp4)."""
-        return str(wb.export_zip(session_id, wb.owner(request), lambda f, s: progress(f, desc=s)).path)
+        return str(wb.export_zip(session_id, wb.owner(request), lambda f, s: progress(f, desc=s),
+                                 user=client_key(request)).path)
 
     def import_meld(csv, media, request: gr.Request = None):
         """Import a MELD CSV (with its video, optionally): one session per dialogue."""
         if not csv:
             raise gr.Error("no CSV given", print_exception=False)
-        created, imported = wb.import_csv(csv, media, owner=wb.owner(request))
+        created, imported = wb.import_csv(csv, media, owner=wb.owner(request), user=client_key(request))
         return [s.id for s in created], [str(p) for p in imported.problems] + imported.notes
 
     def models():

@@ -20,6 +20,7 @@ from core.labels import EMOTIONS
 
 from . import checks, views
 from .common import first_uid, position, same
+from .ratelimit import client_key
 from .render import Ctx, Renderer
 from .session import (EDITABLE, EditError, Session, add_row, delete_row, merge_next, set_dialogue_id,
                       set_field, split_row)
@@ -228,7 +229,7 @@ class Corrections:
     def export_csv(self, sid: str, request: gr.Request = None) -> dict:
         owner = self.wb.owner(request)
         try:
-            path = self.wb.export_csv(sid, owner)
+            path = self.wb.export_csv(sid, owner, user=client_key(request))
         except Exception as err:
             out = self.r.failed("Export", err)
             out[self.p.export_file] = None
@@ -238,7 +239,7 @@ class Corrections:
     def export_zip(self, sid: str, request: gr.Request = None, progress=gr.Progress()) -> dict:
         owner = self.wb.owner(request)
         try:
-            report = self.wb.export_zip(sid, owner, lambda f, s: progress(f, desc=s))
+            report = self.wb.export_zip(sid, owner, lambda f, s: progress(f, desc=s), user=client_key(request))
         except Exception as err:
             out = self.r.failed("Export", err)
             out[self.p.export_file] = None

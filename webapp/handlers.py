@@ -56,7 +56,7 @@ class Handlers:
         ctx = self.r.ctx(request, "", None, tview)
         progress(0.05, desc="reading the CSV")
         try:
-            sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner)
+            sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner, user=client_key(request))
         except Exception as err:
             return self.r.failed("Import", err)
         if not sessions:

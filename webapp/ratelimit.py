@@ -21,6 +21,8 @@ from core.types import UserError
 
 ENV = "WORKBENCH_RATE_PER_HOUR"
 DEFAULT_PER_HOUR = 30          # app.py's default; a Workbench made in Python has no limit unless given one
+IO_ENV = "WORKBENCH_IO_PER_HOUR"
+DEFAULT_IO_PER_HOUR = 240      # imports and exports (each a file written on the server)
 WINDOW_S = 3600.0
 MAX_USERS = 10_000             # users remembered at once; the longest idle are forgotten first
 
@@ -37,26 +39,30 @@ class RateLimiter:
         if isinstance(per_hour, bool) or not isinstance(per_hour, int) or per_hour < 0:
             raise ValueError(f"analyses per hour {per_hour!r} is not a whole number >= 0 (0 = no limit)")
         self.per_hour, self.window_s, self.clock, self.max_users = per_hour, window_s, clock, max_users
+        self.what = "analyses"
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, per_hour: int | None = None, default: int = DEFAULT_PER_HOUR) -> "RateLimiter":
-        """`per_hour` if given (a flag), else $WORKBENCH_RATE_PER_HOUR, else `default`. ValueError if bad."""
+    def from_env(cls, per_hour: int | None = None, default: int = DEFAULT_PER_HOUR, env: str = ENV,
+                 what: str = "analyses") -> "RateLimiter":
+        """`per_hour` if given (a flag), else $`env`, else `default`. ValueError if bad."""
         if per_hour is None:
-            raw = os.environ.get(ENV, "").strip()
+            raw = os.environ.get(env, "").strip()
             try:
                 per_hour = int(raw) if raw else default
             except ValueError:
-                raise ValueError(f"${ENV}={raw[:20]!r} is not a whole number (0 = no limit)") from None
-        return cls(per_hour)
+                raise ValueError(f"${env}={raw[:20]!r} is not a whole number (0 = no limit)") from None
+        limiter = cls(per_hour)
+        limiter.what = what
+        return limiter
 
     @property
     def enabled(self) -> bool:
         return self.per_hour > 0
 
     def describe(self) -> str:
-        return f"at most {self.per_hour} analyses per hour per user" if self.enabled else "no rate limit"
+        return f"at most {self.per_hour} {self.what} per hour per user" if self.enabled else "no rate limit"
 
     def check(self, key: str | None) -> None:
         """Count one request for `key`, or raise RateLimited (nothing counted). None: not limited."""

@@ -34,6 +34,7 @@ from .switch_policy import ALLOWED, SwitchPolicy
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
 MAX_TITLE = 120
+MAX_DIALOGUES = 500           # sessions one CSV import may create
 MODELS_FOLDER = "models"
 SERVED_FOLDER = "served"      # the only folder of the data folder the browser may fetch from
 SECRET_FILE = ".browser_secret"      # checkpoints copied here (a folder each) are offered by the picker
@@ -123,12 +124,13 @@ class ExportRefused(UserError):
 class Workbench:
     def __init__(self, holder: ModelHolder, root: str | Path | None = None, limits: Limits | None = None,
                  rate: RateLimiter | None = None, model_switch: SwitchPolicy | None = None,
-                 admins: frozenset[str] = frozenset()):
+                 admins: frozenset[str] = frozenset(), io_rate: RateLimiter | None = None):
         self.holder = holder
         self.limits = limits or Limits.from_env()
         self.rate = rate or RateLimiter(0)      # no limit unless given one (app.py gives one)
         self.model_switch = model_switch or ALLOWED     # app.py decides from --allow-model-switch
         self.admins = frozenset(admins)         # logins that reach every session (--admin)
+        self.io_rate = io_rate or RateLimiter(0)   # imports and exports per user (app.py gives a limit)
         self.root = Path(root).resolve() if root else paths.data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.models_dir = self.root / MODELS_FOLDER
@@ -253,12 +255,19 @@ class Workbench:
             raise
 
     def import_csv(self, csv_path: str | Path, media_upload: str | Path | None = None,
-                   csv_name: str | None = None, owner: str | None = "") -> tuple[list[Session], importer.Imported]:
+                   csv_name: str | None = None, owner: str | None = "",
+                   user: str | None = None) -> tuple[list[Session], importer.Imported]:
+        """One session per dialogue of the CSV (at most MAX_DIALOGUES). `user` is counted against
+        the import/export rate limit first (RateLimited when over)."""
+        self.io_rate.check(user)
         self.limits.check_size(csv_path, "CSV file")
         if media_upload:
             self.limits.check_media(media_upload)
         imported = importer.read(csv_path, fallback_dialogue=self.store.next_dialogue_id(owner))
         self.limits.check_rows(imported.row_count)
+        if len(imported.dialogues) > MAX_DIALOGUES:
+            raise EditError(f"the CSV holds {len(imported.dialogues)} dialogues; at most {MAX_DIALOGUES} are "
+                            "imported at once (split the file)")
         name = csv_name or Path(str(csv_path)).name
         sessions = importer.sessions_from(imported, name, paths.new_session_id)
         if media_upload and sessions:
@@ -319,21 +328,24 @@ class Workbench:
 
     # ------------------------------------------------------------ export
 
-    def export_csv(self, session_id: str, owner: str | None) -> Path:
-        """The MELD CSV; ExportRefused naming the rows a MELD export must not write."""
-        session = self._exportable(session_id, owner)
+    def export_csv(self, session_id: str, owner: str | None, user: str | None = None) -> Path:
+        """The MELD CSV; ExportRefused naming the rows a MELD export must not write. `user` is
+        counted against the import/export rate limit."""
+        session = self._exportable(session_id, owner, user)
         path = export.export_csv(session, self.folder(session_id) / "exports")
         return self.publish(session_id, path, path.name)
 
-    def export_zip(self, session_id: str, owner: str | None, progress: Progress | None = None) -> export.ZipReport:
+    def export_zip(self, session_id: str, owner: str | None, progress: Progress | None = None,
+                   user: str | None = None) -> export.ZipReport:
         """The zip of the CSV and the clips (ExportRefused like export_csv); its path is the served one."""
-        session = self._exportable(session_id, owner)
+        session = self._exportable(session_id, owner, user)
         report = export.export_zip(session, self.source(session), self.folder(session_id) / "exports", progress)
         report.path = self.publish(session_id, report.path, report.path.name)
         return report
 
-    def _exportable(self, session_id: str, owner: str | None) -> Session:
+    def _exportable(self, session_id: str, owner: str | None, user: str | None) -> Session:
         session = self.session(session_id, owner)
+        self.io_rate.check(user)
         problems = checks.export_problems(session)
         if problems:
             raise ExportRefused(f"Not exported: {len(problems)} problem(s) to fix first (marked ⚠ in the "

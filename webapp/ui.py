@@ -4,14 +4,14 @@ table) → export. Layout and event wiring only; the handlers are in handlers.py
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from core.labels import EMOTIONS, SENTIMENTS
 
-from . import api, charts, model_picker, owners, views
+from . import api, charts, guards, model_picker, owners, views
 from .corrections import Corrections
 from .handlers import Handlers
 from .player import Player
@@ -52,8 +52,8 @@ HELP = ("Click a row, a bar of the chart, or use ◀ ▶: the player seeks there
         "p play the utterance, Ctrl+Z undo.")
 
 # The page's hooks: the browser's owner cookie, keyboard shortcuts, a click on the chart selects that utterance, the selected
-# row and problem rows are highlighted. They send their value through hidden text fields (the
-# value carries "@<time>" so that the same value twice still counts as a new event).
+# row and problem rows are highlighted. They send their value through a hidden text field and click
+# its hidden button (the value carries "@<time>": the same value twice is still a new event).
 HEAD = """
 <script>
 (() => {
@@ -72,6 +72,7 @@ HEAD = """
     if (!el) return;
     el.value = `${value}@${Date.now()}`;
     el.dispatchEvent(new Event("input", {bubbles: true}));
+    setTimeout(() => document.getElementById(`${id}-go`)?.click(), 0);   // sends the field's new value
   };
   const click = (id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); };
   const typing = (t) => t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName));
@@ -257,8 +258,8 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                         "corrected times, for `train/`.")
         with gr.Column(elem_id="wb-hidden"):
             ed_uid = gr.Textbox(elem_id="ed-uid")
-            pick = gr.Textbox(elem_id="wb-pick")
-            keys = gr.Textbox(elem_id="wb-key")
+            pick, pick_go = gr.Textbox(elem_id="wb-pick"), gr.Button(elem_id="wb-pick-go")
+            keys, keys_go = gr.Textbox(elem_id="wb-key"), gr.Button(elem_id="wb-key-go")
 
         page = Page(sid=sid, sel=sel, tview=tview, deleted=deleted, remembered=remembered,
                     banner=banner, status=status, player=player, chart=chart, mix=mix, detail=detail,
@@ -273,7 +274,8 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                         analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn,
                         import_btn=import_btn, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
                         split_btn=split_btn, merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn,
-                        csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, keys=keys, order=order,
+                        csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, pick_go=pick_go, keys=keys, keys_go=keys_go,
+                        order=order,
                         only_emotion=only_emotion, only_state=only_state, bulk_rows=bulk_rows,
                         bulk_emotion=bulk_emotion, bulk_sentiment=bulk_sentiment, bulk_btn=bulk_btn,
                         rename_btn=rename_btn, delete_session_btn=delete_session_btn, confirm_btn=confirm_btn,
@@ -300,8 +302,8 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     ui["demo"].load(h.load, [p.remembered], out, **private, **quiet)
     p.table.select(h.select, ctx, out, **serial)
     p.table.input(c.table_edit, ctx + [p.table], out, **serial)
-    ui["pick"].input(h.pick, ctx + [ui["pick"]], out, **serial)
-    ui["keys"].input(c.key, ctx + [ui["keys"]], out, **serial)
+    ui["pick_go"].click(h.pick, ctx + [ui["pick"]], out, **serial)      # the page's hooks (HEAD) click these
+    ui["keys_go"].click(c.key, ctx + [ui["keys"]], out, **serial)
     fields = [("emotion", p.ed_emotion, ("input",)), ("sentiment", p.ed_sentiment, ("input",)),
               ("speaker", p.ed_speaker, ("input", "blur")), ("text", p.ed_text, ("submit", "blur")),
               ("start", p.ed_start, ("submit", "blur")), ("end", p.ed_end, ("submit", "blur"))]
@@ -335,12 +337,14 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
 
 def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
     """What launch() needs: the theme, css and page hooks (Gradio 6 takes them there), the one folder
-    the browser may fetch from (each session's served files, not the data folder: service.served), the upload
-    limit (Gradio refuses a bigger file before storing it) and, when `auth` is given, a login."""
+    the browser may fetch from (each session's served files, not the data folder: service.served),
+    the upload limit (Gradio refuses a bigger file before storing it), a cap on every other request
+    body (guards.BodyLimit) and, when `auth` is given, a login with a brake on failures."""
     kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.served_root)],
-                  max_file_size=wb.limits.gradio_max_file_size())
+                  max_file_size=wb.limits.gradio_max_file_size(),
+                  app_kwargs={"middleware": [Middleware(guards.BodyLimit)]})
     if auth:
-        kwargs.update(auth=check_login(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")
+        kwargs.update(auth=guards.LoginBrake(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")
     return kwargs
 
 
@@ -365,11 +369,3 @@ def parse_auth(spec: str) -> dict[str, str]:
     if not logins:
         raise ValueError("no login given (expected user:password)")
     return logins
-
-
-def check_login(logins: dict[str, str]):
-    """Gradio's auth callable: constant-time comparison of the password."""
-    def check(user: str, password: str) -> bool:
-        expected = logins.get(str(user))
-        return expected is not None and hmac.compare_digest(expected.encode(), str(password).encode())
-    return check
