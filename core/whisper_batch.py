@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,6 +237,33 @@ def precision(device_type: str) -> tuple[torch.dtype, int]:
     return (torch.float16, BATCH_CUDA) if device_type == "cuda" else (torch.float32, BATCH_CPU)
 
 
+# ---------------------------------------------------------------- encoder states for the voice (core.voice)
+
+_CAPTURE = threading.local()
+
+
+@contextmanager
+def capture_states():
+    """Within the block, transcribe_windows keeps each window's encoder states (fp16, CPU) in the
+    list it yields, as core.voice.WindowStates: the voice branch reads an utterance's states there
+    instead of running the encoder again. Per thread, so concurrent analyses never mix."""
+    found: list = []
+    _CAPTURE.found = found
+    try:
+        yield found
+    finally:
+        _CAPTURE.found = None
+
+
+def _keep_states(batch: list[Window], features: torch.Tensor) -> None:
+    found = getattr(_CAPTURE, "found", None)
+    if found is None:
+        return
+    from .voice import WindowStates
+    for window, states in zip(batch, features):
+        found.append(WindowStates(window.start, window.frames / FRAMES_PER_SECOND, states.detach().half().cpu()))
+
+
 @torch.no_grad()
 def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language: str | None,
                        temperatures: tuple[float, ...], progress: bool = False) -> dict:
@@ -256,6 +285,7 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
         x = torch.stack([pad_or_trim(mel[:, w.first_frame:w.first_frame + w.frames], N_FRAMES)
                          for w in batch]).to(model.device, dtype)
         features = model.encoder(x)
+        _keep_states(batch, features)
         if language is None:                      # detected once, on the first window, as whisper does
             language = "en"
             if model.is_multilingual:
