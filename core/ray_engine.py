@@ -63,6 +63,10 @@ def plan(resources: dict, jobs: int | None, n_files: int, cpus_per_job: float | 
         per_cpu = cpus_per_job or (max(1.0, cpus // jobs) if jobs else min(CPUS_PER_JOB, cpus))
         per = {"num_cpus": per_cpu, "num_gpus": 0}
         fits = int(cpus // per_cpu)
+    for need, have, what in ((per["num_cpus"], cpus, "CPU cores"), (per["num_gpus"], gpus, "GPUs")):
+        if need > have:         # an actor no node can hold would wait for ever
+            raise RayUnavailable(f"Each Ray worker would ask for {need:g} {what}, and the cluster has "
+                                 f"{have:g}: lower --cpus-per-job / --gpus-per-job.")
     return max(1, min(jobs or fits, max(1, n_files))), per
 
 

@@ -180,6 +180,9 @@ def test_actors_ask_for_a_gpu_each_when_the_cluster_has_gpus():
     assert plan({"CPU": 16.0}, None, 100) == (8, {"num_cpus": 2.0, "num_gpus": 0})
     assert plan({"CPU": 2.0}, 2, 3) == (2, {"num_cpus": 1.0, "num_gpus": 0})
     assert plan({"CPU": 2.0}, None, 3) == (1, {"num_cpus": 2.0, "num_gpus": 0})
+    from core.ray_engine import RayUnavailable
+    with pytest.raises(RayUnavailable, match="ask for 4 CPU cores, and the cluster has 2"):
+        plan({"CPU": 2.0}, None, 3, cpus_per_job=4)             # it would wait for ever: said at once
 
 
 # ---------------------------------------------------------------- without Ray
