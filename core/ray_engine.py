@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,8 @@ INSTALL = "pip install -r requirements-ray.txt"
 CPUS_PER_JOB = 2.0        # Whisper decodes on one thread while the face grid uses another
 GPUS_PER_JOB = 1.0
 ENV_PREFIX = "WORKBENCH_"   # settings passed on to the actors, wherever they run
+ANSI = re.compile(r"\x1b\[[0-9;]*m")       # Ray colours its messages
+LINE = 200                  # characters of a Ray error kept in a one-line message
 SHIP_EXCLUDES = [".venv", ".git", "data", "runs", "out", "tests", "__pycache__", "*.pyc", ".gradio",
                  ".pytest_cache", "*.mp4", "*.wav", "*.webm", "*.mkv", "*.mov"]
 
@@ -191,8 +194,14 @@ class RayEngine:
 
 
 def _ray_error_line(err: BaseException) -> str:
-    """One line out of Ray's many: the cause's own message when Ray wraps one."""
+    """One line out of Ray's many: the cause's own message when Ray wraps one (a task's
+    exception, or the last line of an actor's failed __init__), else Ray's first line."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException) and str(cause).strip():
         return f"{type(cause).__name__}: {error_line(cause)}"
-    return error_line(err)
+    lines = [line for raw in str(err).splitlines() if (line := ANSI.sub("", raw).strip())]
+    if not lines:
+        return type(err).__name__
+    if "creation task" in lines[0]:             # the actor's __init__ raised: its error ends the text
+        return f"it could not start: {lines[-1][:LINE]}"
+    return lines[0][:LINE]
