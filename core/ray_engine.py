@@ -85,7 +85,10 @@ def _connect(ray, address: str | None) -> bool:
         try:
             ray.init(address=address, runtime_env=runtime_env, **quiet)
         except ConnectionError as err:
-            raise RayUnavailable(f"Could not reach the Ray cluster at {address}: {error_line(err)}") from None
+            hint = ("; if the cluster asks for a token (Ray's default), set RAY_AUTH_MODE=token and give "
+                    "the token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                    if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise RayUnavailable(f"Could not reach the Ray cluster at {address}: {error_line(err)}{hint}") from None
     else:                       # this machine: workers import the project from where it lies
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(include_dashboard=False, runtime_env={"env_vars": {**settings, "PYTHONPATH": path}}, **quiet)
