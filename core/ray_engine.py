@@ -104,7 +104,7 @@ class RayEngine:
         self.jobs, self.n_files, self.address = jobs, n_files, address
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
-        self.started_ray = False
+        self.started = self.started_ray = False      # actors asked for; Ray started by this engine
         self.options: dict = {}
         self.idle: list = []            # actors whose models are loaded and that hold no file
         self.starting: dict = {}        # signature() call -> actor still loading its models
@@ -113,9 +113,10 @@ class RayEngine:
         self.why_down = ""              # the last reason an actor could not start
 
     def _start(self) -> None:
-        if self.starting or self.idle:
+        if self.started:
             return
-        self.started_ray = _connect(self.ray, self.address)
+        self.started_ray = _connect(self.ray, self.address) or self.started_ray
+        self.started = True
         n, self.options = plan(self.ray.cluster_resources(), self.jobs, self.n_files,
                                self.cpus_per_job, self.gpus_per_job)
         self.restarts_left = n
@@ -190,7 +191,7 @@ class RayEngine:
     def close(self) -> None:
         for actor in [*self.idle, *self.starting.values()]:
             self.ray.kill(actor, no_restart=True)
-        self.idle, self.starting = [], {}
+        self.idle, self.starting, self.started = [], {}, False
         if self.started_ray:
             self.ray.shutdown()
             self.started_ray = False

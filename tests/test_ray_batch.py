@@ -8,6 +8,7 @@ text file named .mp4, and shut it down after. They skip when Ray is not installe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -107,10 +108,10 @@ def test_ray_batch_writes_what_local_writes_names_failures_and_resumes(clips, tm
     for name in ("clip0", "clip1"):
         _same_analysis(json.loads((out_local / f"{name}.json").read_text()),
                        json.loads((out_ray / f"{name}.json").read_text()))
-        ray_rows = (out_ray / f"{name}.csv").read_text().splitlines()
-        local_rows = (out_local / f"{name}.csv").read_text().splitlines()
+        ray_rows = list(csv.reader((out_ray / f"{name}.csv").open()))
+        local_rows = list(csv.reader((out_local / f"{name}.csv").open()))
         assert ray_rows[0] == local_rows[0] and len(ray_rows) == len(local_rows) == 2
-        assert ray_rows[1].split(",")[3:5] == local_rows[1].split(",")[3:5]     # text, emotion
+        assert ray_rows[1][3:5] == local_rows[1][3:5] and ray_rows[1][6] == local_rows[1][6]   # text, labels
     names = output_names(sorted(clips.glob("*.mp4")))
     stamps = [read_stamp(out_ray / names[f]) for f in sorted(clips.glob("clip*.mp4"))]
     assert all(s is not None and len(s["sha256"]) == 64 for s in stamps)
