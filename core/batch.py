@@ -306,7 +306,7 @@ def run_files(engine: Engine, files: Iterable[Path], names: dict[Path, str], out
     """Analyse `files` on the engine's workers (given absolute paths, so a worker elsewhere reads
     the same file) and write each result as it comes back."""
     from tqdm import tqdm
-    by_path = {str(f.resolve()): f for f in files}
+    by_path = {str(f.absolute()): f for f in files}      # not resolve(): two links stay two files
     items = []
     for outcome in tqdm(engine.run(list(by_path)), total=len(by_path), desc="videos", disable=not progress):
         source = by_path[outcome.path]

@@ -5,7 +5,7 @@ text  - a BERT-family encoder (default: the all-MiniLM-L6-v2 copy that ships ins
         utterances as a second segment so attention sees the dialogue so far;
 face  - core.face: Haar face detection + the FER2013 mini-Xception, pooled over frames sampled
         across the whole utterance (7 probabilities + a 128-d feature);
-audio - a 64-band log-mel of 300 steps (the trainable Conv1D encoder lives in core.model);
+audio - core.voice: Whisper's encoder states over the utterance, mean and std pooled (1,024-d);
 video - R3D-18 (torchvision), only with real Kinetics weights (a safetensors file offline, or
         torchvision's download online); it refuses to run at random initialisation.
 """
@@ -24,10 +24,7 @@ import torch
 from .cache import tensors_digest
 
 SAMPLE_RATE = 16000
-N_MELS = 64
-MEL_STEPS = 300
-N_FFT = 1024
-HOP_LENGTH = 512                      # 32 ms: 300 steps cover 9.6 s
+AUDIO_DIM = 2 * 512                   # core.voice: mean + std of Whisper base's 512-d encoder states
 SILENCE_RMS = 1e-3                    # below this the audio modality is absent
 FACE_FRAMES = 6                       # frames sampled across an utterance for the face net
 FACE_DIM = 7 + 128                    # FER probabilities + pooled FER feature
@@ -171,39 +168,9 @@ def load_text_encoder(name: str = DEFAULT_TEXT_MODEL) -> TextEncoder:
 
 # ---------------------------------------------------------------- audio
 
-@lru_cache(maxsize=1)
-def _mel_transform():
-    import torchaudio
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=N_MELS, power=2.0)
-
-
 def audio_is_silent(segment: np.ndarray) -> bool:
     """True when a segment is empty or too quiet to carry a voice."""
     return segment.size == 0 or float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) < SILENCE_RMS
-
-
-def log_mel(segment: np.ndarray) -> torch.Tensor:
-    """A 64 x 300 normalised log-mel of a 16 kHz mono segment.
-
-    Log of the power (floored 8 decades below the peak, then scaled as Whisper does), so level
-    differences survive. Short segments are padded with the floor value; segments longer than
-    9.6 s are averaged down in time so the whole utterance is heard.
-    """
-    audio = torch.from_numpy(np.nan_to_num(np.asarray(segment, dtype=np.float32)))
-    if audio.numel() < N_FFT:
-        audio = torch.nn.functional.pad(audio, (0, N_FFT - audio.numel()))
-    mel = _mel_transform()(audio)                                  # [64, T]
-    logmel = torch.clamp(mel, min=1e-10).log10()
-    logmel = torch.maximum(logmel, logmel.max() - 8.0)
-    logmel = (logmel + 4.0) / 4.0
-    steps = logmel.shape[-1]
-    if steps > MEL_STEPS:
-        logmel = torch.nn.functional.adaptive_avg_pool1d(logmel.unsqueeze(0), MEL_STEPS)[0]
-    elif steps < MEL_STEPS:
-        floor = float(logmel.min())
-        logmel = torch.nn.functional.pad(logmel, (0, MEL_STEPS - steps), value=floor)
-    return logmel
 
 
 # ---------------------------------------------------------------- face

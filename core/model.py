@@ -4,6 +4,10 @@ Each modality also has its own small emotion and sentiment heads, so the app can
 modality says on its own. A modality mask zeroes a modality that is absent for an utterance (no
 face in view, silence) or that the checkpoint never learned; the fusion layer then decides from
 the rest.
+
+A modality may instead be fused late (`ModelConfig.late`): its own head's opinion joins the learned
+fusion's through `late_fuse`, with a learned weight. The shipped model fuses the voice this way,
+since its voice head learned from acted speech and its text from MELD, and no data holds both.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .encoders import FACE_DIM, MEL_STEPS, N_MELS, VIDEO_DIM
+from .encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM
 from .labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 HIDDEN = 128
@@ -29,45 +33,55 @@ class ModelConfig:
     text_dim: int = 384
     face_dim: int = FACE_DIM
     video_dim: int = VIDEO_DIM
-    n_mels: int = N_MELS
-    mel_steps: int = MEL_STEPS
+    audio_dim: int = AUDIO_DIM
     hidden: int = HIDDEN
     fusion: int = FUSION
     dropout: float = DROPOUT
     n_emotions: int = len(EMOTIONS)
     n_sentiments: int = len(SENTIMENTS)
+    late: tuple[str, ...] = ()         # modalities fused late (late_fuse), not through the fusion layer
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["modalities"] = list(self.modalities)
+        d["modalities"], d["late"] = list(self.modalities), list(self.late)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["modalities"] = tuple(known.get("modalities", cls.modalities))
+        known["late"] = tuple(known.get("late", ()))
         unknown = [m for m in known["modalities"] if m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modalities in model config: {unknown}")
+        if any(m not in known["modalities"] for m in known["late"]):
+            raise ValueError(f"late-fused modalities {list(known['late'])} are not all in {list(known['modalities'])}")
         return cls(**known)
 
 
-class AudioConvEncoder(nn.Module):
-    """Conv1D over a log-mel [B, 64, 300] -> [B, hidden]. Trainable (GroupNorm: batch-of-one safe)."""
+class Standardize(nn.Module):
+    """(x - mean) / std per feature, with the statistics of the data the branch learned from
+    (buffers, saved with the weights; identity until train.loop.fit_standardizers sets them)."""
 
-    def __init__(self, n_mels: int = N_MELS, hidden: int = HIDDEN):
+    def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv1d(n_mels, 64, kernel_size=3, padding=1), nn.GroupNorm(8, 64), nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(64, 128, kernel_size=3, padding=1), nn.GroupNorm(8, 128), nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(128, hidden, kernel_size=3, padding=1), nn.GroupNorm(8, hidden), nn.ReLU(),
-        )
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        h = self.net(mel)                      # [B, hidden, T/4]
-        return 0.5 * (h.mean(-1) + h.amax(-1))  # average and peak over time
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.mean.abs().sum() > 0 or (self.std != 1).any())
+
+
+def _voice_projection(in_dim: int, hidden: int, dropout: float) -> nn.Module:
+    """Voice features (core.voice, mean+std of Whisper states) need per-feature scaling: their
+    dimensions differ in scale by orders of magnitude, and a per-row LayerNorm left a head on
+    held-out speakers 3 points behind a standardised one."""
+    return nn.Sequential(Standardize(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(),
+                         nn.Dropout(dropout))
 
 
 def _projection(in_dim: int, hidden: int, dropout: float) -> nn.Module:
@@ -96,8 +110,7 @@ class EmotionModel(nn.Module):
             elif m == "video":
                 encoders[m] = _projection(config.video_dim, config.hidden, config.dropout)
             elif m == "audio":
-                encoders[m] = nn.Sequential(AudioConvEncoder(config.n_mels, config.hidden),
-                                            nn.Dropout(config.dropout))
+                encoders[m] = _voice_projection(config.audio_dim, config.hidden, config.dropout)
         self.encoders = nn.ModuleDict(encoders)
         self.emotion_by = nn.ModuleDict({m: nn.Linear(config.hidden, config.n_emotions)
                                          for m in config.modalities})
@@ -107,6 +120,12 @@ class EmotionModel(nn.Module):
         self.fusion = nn.Sequential(nn.Linear(width, config.fusion), nn.ReLU(), nn.Dropout(config.dropout))
         self.emotion_head = nn.Linear(config.fusion, config.n_emotions)
         self.sentiment_head = nn.Linear(config.fusion, config.n_sentiments)
+        # log of each late modality's weight in late_fuse (0: weight 1)
+        self.late_log_weight = nn.ParameterDict({m: nn.Parameter(torch.zeros(())) for m in config.late})
+
+    def late_weights(self) -> dict[str, float]:
+        """The weight of each late-fused modality (the card shows them)."""
+        return {m: round(float(p.exp()), 4) for m, p in self.late_log_weight.items()}
 
     def forward(self, inputs: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None = None
                 ) -> ModelOutput:
@@ -116,7 +135,7 @@ class EmotionModel(nn.Module):
         """
         batch = next(iter(inputs.values())).shape[0]
         device = next(self.parameters()).device
-        parts, per_modality = [], {}
+        parts, per_modality, late = [], {}, {}
         for m in self.config.modalities:
             if m not in inputs:
                 parts.append(torch.zeros(batch, self.config.hidden, device=device))
@@ -125,9 +144,65 @@ class EmotionModel(nn.Module):
             per_modality[m] = (self.emotion_by[m](h), self.sentiment_by[m](h))
             keep = torch.ones(batch, device=device) if mask is None or m not in mask \
                 else mask[m].to(device=device, dtype=h.dtype)
-            parts.append(h * keep.unsqueeze(-1))
+            late[m] = keep
+            parts.append(h * keep.unsqueeze(-1) * (0.0 if m in self.config.late else 1.0))
         fused = self.fusion(torch.cat(parts, dim=-1))
-        return ModelOutput(self.emotion_head(fused), self.sentiment_head(fused), per_modality)
+        emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
+        opinions = [(per_modality[m], late[m], self.late_log_weight[m].exp()) for m in self.config.late
+                    if m in per_modality]
+        if opinions:
+            emotion = late_fuse(emotion, [(e, k, w) for (e, _), k, w in opinions], EMOTIONS.index("neutral"))
+            sentiment = late_fuse(sentiment, [(s, k, w) for (_, s), k, w in opinions], SENTIMENTS.index("neutral"))
+        return ModelOutput(emotion, sentiment, per_modality)
+
+
+def late_fuse(logits: torch.Tensor, opinions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+              neutral: int) -> torch.Tensor:
+    """Join late modalities' opinions to the fused one, treating "neutral" as no evidence.
+
+    logits [B, C]: the learned fusion's; opinions: (logits [B, C], present [B] 0/1, weight w) per
+    late modality. With p0 the fused distribution and p_m each present opinion:
+        p(neutral) = p0(neutral) * prod_m p_m(neutral) ** w_m
+        p(c)       = (1 - p(neutral)) * (p0(c) + sum_m w_m p_m(c)) / ((1 - p0(neutral)) + sum_m w_m (1 - p_m(neutral)))
+    so an utterance is neutral only if every modality finds it so, and the emotion is the
+    weighted pool of what each modality finds beyond neutral: an angry voice under flat words
+    reads angry, angry words in a flat voice too. With no late opinion present it returns the
+    fused distribution unchanged. Returns log-probabilities (usable as logits).
+    """
+    p0 = logits.float().softmax(-1)
+    log_n = p0[:, neutral].clamp_min(1e-12).log()
+    num = p0.clone()
+    den = 1.0 - p0[:, neutral]
+    for other, present, w in opinions:
+        p = other.float().softmax(-1)
+        wk = w * present.to(p.dtype)
+        log_n = log_n + wk * p[:, neutral].clamp_min(1e-12).log()
+        num = num + wk.unsqueeze(-1) * p
+        den = den + wk * (1.0 - p[:, neutral])
+    p_n = log_n.exp()
+    probs = (1.0 - p_n).unsqueeze(-1) * num / den.clamp_min(1e-12).unsqueeze(-1)
+    probs = torch.cat([probs[:, :neutral], p_n.unsqueeze(-1), probs[:, neutral + 1:]], dim=-1)
+    return probs.clamp_min(1e-12).log()
+
+
+def model_batch(config: ModelConfig, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                use) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model's inputs and modality mask for one batch, for core.pipeline and train alike.
+
+    features: modality -> [B, ...] tensor; present: modality -> [B] bool (it has data in that
+    row); use(m): whether the model may hear modality m (trained in the checkpoint, or being
+    trained). A modality of the config with no features, or present in no row, is left out
+    (the model treats it as absent and does not run its branch).
+    """
+    inputs, mask = {}, {}
+    for m in config.modalities:
+        if m not in features or m not in present:
+            continue
+        on = present[m].bool() & bool(use(m))
+        if m != "text" and not bool(present[m].any()):
+            continue
+        inputs[m], mask[m] = features[m], on
+    return inputs, mask
 
 
 def with_modalities(model: EmotionModel, modalities: tuple[str, ...]) -> EmotionModel:

@@ -21,11 +21,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import cache, encoders, face_grid, media
+from . import cache, encoders, face_grid, media, voice
 from .checkpoint import Checkpoint, load_or_untrained
+from .model import model_batch
 from .labels import sentiment_from_emotions
 from .threads import one_cpu_thread
 from .transcribe import load_whisper, transcribe
+from .whisper_batch import capture_states
 from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 
 Progress = Callable[[float, str], None]
@@ -36,6 +38,8 @@ NO_SPEECH = "No speech found"
 FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
 WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
+VOICE_WHISPER = "base"    # the Whisper whose encoder states the voice branch learned on (core.voice)
+VOICE_FROM_WINDOWS = True  # read voices from transcription's window states (else: a window per utterance)
 
 
 @dataclass
@@ -153,7 +157,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
     grid = face_grid.start(path, info, FRAME_SIDE)      # faces are found while Whisper listens
     try:
         with clock("transcribe"):
-            with WHISPER_LOCK:
+            with WHISPER_LOCK, capture_states() as windows:
                 utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
                                         language=models.language)
     except BaseException:
@@ -186,16 +190,17 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
         contexts = encoders.build_contexts(texts, *card.context)
         text_vectors = models.text_encoder.encode(texts, contexts)
 
-    report(0.8, "reading audio")
+    report(0.8, "listening to the voice")
     cpu = models.device == "cpu"
-    with clock("audio"), one_cpu_thread(cpu):      # small ops: a second thread only waits (core.threads)
+    with clock("audio"), one_cpu_thread(cpu and VOICE_FROM_WINDOWS):   # pooling only: one thread
         segments = [media.audio_segment(audio, u.start, u.end) for u in utterances]
-        mels = _per_utterance(segments, encoders.log_mel, errors, "audio")
         voiced = [not encoders.audio_is_silent(s) for s in segments]
+        voices = _voices(models, utterances, audio, voiced,
+                         windows if models.whisper_name == VOICE_WHISPER else [], errors)
 
     report(0.9, "fusing")
     with clock("model"), one_cpu_thread(cpu):
-        _predict(models, preds, text_vectors, faces, mels, voiced, videos)
+        _predict(models, preds, text_vectors, faces, voices, voiced, videos)
     for stage in STAGES:
         timings.setdefault(stage, 0.0)            # a stage that had nothing to do (no video branch, ...)
     for i, pred in enumerate(preds):
@@ -254,6 +259,27 @@ def _faces(path, info, utterances: list[Utterance], grid, device: str, errors, c
         return _per_utterance(crops, lambda c: encoders.encode_face_crops(*c, device=device), errors, "face")
 
 
+def _voices(models: Models, utterances: list[Utterance], audio: np.ndarray, voiced: list[bool],
+            windows: list, errors) -> list:
+    """Each voiced utterance's voice feature (core.voice): its states cut out of the transcription
+    window that holds it (no second encoder pass), else from a window encoded around it."""
+    if "audio" not in models.checkpoint.model.config.modalities:
+        return [None] * len(utterances)
+    whisper = None
+
+    def one(i: int):
+        nonlocal whisper
+        u = utterances[i]
+        states = voice.from_windows(windows, u.start, u.end) if VOICE_FROM_WINDOWS else None
+        if states is not None:
+            return voice.pool(states)
+        if whisper is None:
+            whisper = load_whisper(VOICE_WHISPER, device=models.device)
+        with WHISPER_LOCK:
+            return voice.voice_feature(whisper, audio, u.start, u.end)
+    return _per_utterance([i if ok else None for i, ok in enumerate(voiced)], one, errors, "audio")
+
+
 def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) -> list:
     """fn(item) for each item; a failure becomes that utterance's error and a None result."""
     results = []
@@ -270,33 +296,28 @@ def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) ->
 
 
 @torch.no_grad()
-def _predict(models: Models, preds, text_vectors, faces, mels, voiced, videos=None) -> None:
+def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=None) -> None:
     """Batch the features through the fusion model and fill each prediction and opinion."""
     model, card = models.checkpoint.model, models.card
     trained = set(card.trained_modalities)
     use = (lambda m: m in trained) if trained else (lambda m: True)   # untrained: fuse what is there
     n, dev = len(preds), models.device
     face_ok = [f is not None and f.present for f in faces]
-    audio_ok = [m is not None and v for m, v in zip(mels, voiced)]
+    audio_ok = [v is not None and ok for v, ok in zip(voices, voiced)]
     videos = videos if videos is not None else [None] * n
     video_ok = [v is not None for v in videos]
-    inputs, mask = {}, {}
-    modalities = model.config.modalities
-    if "text" in modalities:
-        inputs["text"] = text_vectors.to(dev)
-        mask["text"] = torch.tensor([use("text")] * n)
-    if "face" in modalities:
-        inputs["face"] = torch.from_numpy(np.stack([
-            f.vector if ok else np.zeros(encoders.FACE_DIM, np.float32) for f, ok in zip(faces, face_ok)])).to(dev)
-        mask["face"] = torch.tensor([ok and use("face") for ok in face_ok])
-    if "audio" in modalities:
-        blank = torch.zeros(encoders.N_MELS, encoders.MEL_STEPS)
-        inputs["audio"] = torch.stack([m if ok else blank for m, ok in zip(mels, audio_ok)]).to(dev)
-        mask["audio"] = torch.tensor([ok and use("audio") for ok in audio_ok])
-    if "video" in modalities:
-        blank = torch.zeros(model.config.video_dim)
-        inputs["video"] = torch.stack([v if ok else blank for v, ok in zip(videos, video_ok)]).to(dev)
-        mask["video"] = torch.tensor([ok and use("video") for ok in video_ok])
+    config = model.config
+    features = {
+        "text": text_vectors.to(dev),
+        "face": torch.from_numpy(np.stack([f.vector if ok else np.zeros(config.face_dim, np.float32)
+                                           for f, ok in zip(faces, face_ok)])).to(dev),
+        "audio": torch.from_numpy(np.stack([v if ok else np.zeros(config.audio_dim, np.float32)
+                                            for v, ok in zip(voices, audio_ok)])).to(dev),
+        "video": torch.stack([v if ok else torch.zeros(config.video_dim) for v, ok in zip(videos, video_ok)]).to(dev),
+    }
+    present = {"text": torch.ones(n, dtype=torch.bool), "face": torch.tensor(face_ok),
+               "audio": torch.tensor(audio_ok), "video": torch.tensor(video_ok)}
+    inputs, mask = model_batch(config, features, present, use)   # the function training feeds the model with
     out = model(inputs, mask)
     emo = out.emotion_logits.softmax(-1).cpu().tolist()
     sen = out.sentiment_logits.softmax(-1).cpu().tolist()
@@ -306,7 +327,7 @@ def _predict(models: Models, preds, text_vectors, faces, mels, voiced, videos=No
         pred.emotion_probs, pred.sentiment_probs = emo[i], sen[i]
         pred.opinions = [
             _head_opinion("text", heads, i, True, "", trained, use),
-            _face_opinion(faces[i], face_ok[i], use("face") and "face" in modalities),
+            _face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
             _head_opinion("audio", heads, i, audio_ok[i],
                           "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
             _head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]

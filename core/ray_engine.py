@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,8 @@ INSTALL = "pip install -r requirements-ray.txt"
 CPUS_PER_JOB = 2.0        # Whisper decodes on one thread while the face grid uses another
 GPUS_PER_JOB = 1.0
 ENV_PREFIX = "WORKBENCH_"   # settings passed on to the actors, wherever they run
+ANSI = re.compile(r"\x1b\[[0-9;]*m")       # Ray colours its messages
+LINE = 200                  # characters of a Ray error kept in a one-line message
 SHIP_EXCLUDES = [".venv", ".git", "data", "runs", "out", "tests", "__pycache__", "*.pyc", ".gradio",
                  ".pytest_cache", "*.mp4", "*.wav", "*.webm", "*.mkv", "*.mov"]
 
@@ -63,6 +66,10 @@ def plan(resources: dict, jobs: int | None, n_files: int, cpus_per_job: float | 
         per_cpu = cpus_per_job or (max(1.0, cpus // jobs) if jobs else min(CPUS_PER_JOB, cpus))
         per = {"num_cpus": per_cpu, "num_gpus": 0}
         fits = int(cpus // per_cpu)
+    for need, have, what in ((per["num_cpus"], cpus, "CPU cores"), (per["num_gpus"], gpus, "GPUs")):
+        if need > have:         # an actor no node can hold would wait for ever
+            raise RayUnavailable(f"Each Ray worker would ask for {need:g} {what}, and the cluster has "
+                                 f"{have:g}: lower --cpus-per-job / --gpus-per-job.")
     return max(1, min(jobs or fits, max(1, n_files))), per
 
 
@@ -78,7 +85,10 @@ def _connect(ray, address: str | None) -> bool:
         try:
             ray.init(address=address, runtime_env=runtime_env, **quiet)
         except ConnectionError as err:
-            raise RayUnavailable(f"Could not reach the Ray cluster at {address}: {error_line(err)}") from None
+            hint = ("; if the cluster asks for a token (Ray's default), set RAY_AUTH_MODE=token and give "
+                    "the token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                    if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise RayUnavailable(f"Could not reach the Ray cluster at {address}: {error_line(err)}{hint}") from None
     else:                       # this machine: workers import the project from where it lies
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(include_dashboard=False, runtime_env={"env_vars": {**settings, "PYTHONPATH": path}}, **quiet)
@@ -94,7 +104,7 @@ class RayEngine:
         self.jobs, self.n_files, self.address = jobs, n_files, address
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
-        self.started_ray = False
+        self.started = self.started_ray = False      # actors asked for; Ray started by this engine
         self.options: dict = {}
         self.idle: list = []            # actors whose models are loaded and that hold no file
         self.starting: dict = {}        # signature() call -> actor still loading its models
@@ -103,9 +113,10 @@ class RayEngine:
         self.why_down = ""              # the last reason an actor could not start
 
     def _start(self) -> None:
-        if self.starting or self.idle:
+        if self.started:
             return
-        self.started_ray = _connect(self.ray, self.address)
+        self.started_ray = _connect(self.ray, self.address) or self.started_ray
+        self.started = True
         n, self.options = plan(self.ray.cluster_resources(), self.jobs, self.n_files,
                                self.cpus_per_job, self.gpus_per_job)
         self.restarts_left = n
@@ -180,15 +191,21 @@ class RayEngine:
     def close(self) -> None:
         for actor in [*self.idle, *self.starting.values()]:
             self.ray.kill(actor, no_restart=True)
-        self.idle, self.starting = [], {}
+        self.idle, self.starting, self.started = [], {}, False
         if self.started_ray:
             self.ray.shutdown()
             self.started_ray = False
 
 
 def _ray_error_line(err: BaseException) -> str:
-    """One line out of Ray's many: the cause's own message when Ray wraps one."""
+    """One line out of Ray's many: the cause's own message when Ray wraps one (a task's
+    exception, or the last line of an actor's failed __init__), else Ray's first line."""
     cause = getattr(err, "cause", None)
     if isinstance(cause, BaseException) and str(cause).strip():
         return f"{type(cause).__name__}: {error_line(cause)}"
-    return error_line(err)
+    lines = [line for raw in str(err).splitlines() if (line := ANSI.sub("", raw).strip())]
+    if not lines:
+        return type(err).__name__
+    if "creation task" in lines[0]:             # the actor's __init__ raised: its error ends the text
+        return f"it could not start: {lines[-1][:LINE]}"
+    return lines[0][:LINE]

@@ -19,10 +19,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from . import recall
 from . import utterances as cut
 from .types import UserError, Utterance, error_line
 from .vad import speech_regions
-from .whisper_batch import Window, plan_windows, speed_up_decoder, transcribe_windows
+from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
 DEFAULT_MODEL = "base"
@@ -35,11 +36,6 @@ SEED = 0
 PAD = cut.PAD                 # seconds kept around an utterance's speech (core.utterances)
 SKIP_SILENCE = 3.0            # Whisper never sees silences longer than this (hallucination bait)
 CLIP_PAD = 1.0                # seconds of audio kept around the speech that Whisper sees
-# Speech no word covers is decoded again in a window of its own.
-WORD_REACH = 0.2              # seconds either side of a word that count as covered by it
-MIN_UNHEARD = 0.4             # seconds of uncovered speech worth a second look
-RETRY_PAD = 0.5               # seconds of audio kept around it (never reaching into heard words)
-RETRY_ROUNDS = 2
 # Hallucination guard.
 NO_SPEECH_PROB = 0.6
 LOGPROB_FLOOR = -1.0
@@ -181,60 +177,24 @@ def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
     return len(audio) < MIN_AUDIO_SECONDS * sr or float(np.max(np.abs(audio))) < SILENCE_PEAK
 
 
-def unheard(regions: list[Region], segments: list[dict]) -> list[Region]:
-    """Stretches of detected speech at least MIN_UNHEARD long that no transcribed word covers."""
-    heard = sorted((float(w["start"]) - WORD_REACH, float(w["end"]) + WORD_REACH)
-                   for s in segments for w in (s.get("words") or [s]))
-    out = []
-    for a, b in regions:
-        t = a
-        for lo, hi in heard:
-            if hi <= t or lo >= b:
-                continue
-            if lo - t >= MIN_UNHEARD:
-                out.append((t, lo))
-            t = max(t, hi)
-        if b - t >= MIN_UNHEARD:
-            out.append((t, b))
-    return out
-
-
-def _retry_windows(missing: list[Region], segments: list[dict], regions: list[Region],
-                   audio: np.ndarray) -> list[Window]:
-    """Windows around unheard speech, padded but never reaching into words already heard."""
-    ends = sorted(float(w["end"]) for s in segments for w in (s.get("words") or [s]))
-    starts = sorted(float(w["start"]) for s in segments for w in (s.get("words") or [s]))
-    last = np.floor(len(audio) / SAMPLE_RATE * 100) / 100
-    spans: list[list[float]] = []
-    for a, b in missing:
-        lo = max([0.0, a - RETRY_PAD] + [e for e in ends if e <= a + WORD_REACH])
-        hi = min([last, b + RETRY_PAD] + [s for s in starts if s >= b - WORD_REACH])
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    return plan_windows([(a, b) for a, b in spans if b > a], regions, audio)
-
-
 def decode(model, audio: np.ndarray, regions: list[Region], language: str | None,
            progress: bool = False) -> dict:
-    """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; then the
-    speech that no word covers (a window ended early, a quiet clip skipped) in windows of its own."""
+    """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; then what it
+    left out or lost track of, decoded again in windows of its own (core.recall)."""
     duration = len(audio) / SAMPLE_RATE
     clips = _clips(regions, duration)
     windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
-    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress)
-    segments = result.get("segments") or []
-    for _ in range(RETRY_ROUNDS):
-        missing = unheard(regions, segments)
-        if not missing:
-            break
-        again = transcribe_windows(model, audio, _retry_windows(missing, segments, regions, audio),
-                                   result.get("language") or language, TEMPERATURES)
-        new = again.get("segments") or []
-        if not new:
-            break
-        segments = sorted(segments + new, key=lambda s: float(s["start"]))
+    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True)
+    language = result.get("language") or language
+    last = float(np.floor(duration * 100) / 100)      # whole mel frames, as in _clips
+
+    def again(spans: list[Region]) -> list[dict]:
+        spans = [(a, min(b, last)) for a, b in spans if min(b, last) > a]
+        found = transcribe_windows(model, audio, plan_windows(spans, regions, audio), language, TEMPERATURES,
+                                   speech=True)
+        return found.get("segments") or []
+
+    segments = recall.second_look(again, regions, result.get("segments") or [], duration)
     return {"segments": segments, "language": result.get("language")}
 
 

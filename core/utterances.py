@@ -18,6 +18,8 @@ SPLIT_PAUSE = 0.7             # a pause this long inside a Whisper segment start
 MERGE_PAUSE = 0.3             # segments cut mid-sentence with a shorter pause are joined
 SNAP_REACH = 1.0              # seconds around Whisper's words searched for speech edges
 PAD = 0.15                    # seconds of context kept before and after the detected speech
+WORD_SLACK = 0.6              # Whisper's word times are often up to 0.5 s off; words further out
+                              # than this are speech the detector missed: the utterance reaches them
 MIN_REGION = 0.06             # seconds; shorter speech regions are ignored when snapping
 SENTENCE_END = ".!?…。？！"
 CLAUSE_END = ",;:–—"
@@ -176,6 +178,10 @@ def bounds(found: list[Piece], regions: list[Region], silences: list[Region],
         near = [(a, b) for a, b in near if b - a >= MIN_REGION]
         if near:
             start, end = max(lo, near[0][0] - PAD), min(hi, near[-1][1] + PAD)
+            if piece.start < start - WORD_SLACK:
+                start = max(lo, piece.start)
+            if piece.end > end + WORD_SLACK:
+                end = min(hi, piece.end)
         else:  # no speech found nearby: keep Whisper's times
             start, end = max(lo, piece.start), min(hi, piece.end)
         if end - start > MAX_SECONDS:            # snapped too far out: back towards the words

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,22 +180,28 @@ def speed_up_decoder(model, int8: bool | None = None) -> str:
     return decoder.precision
 
 
-def _needs_retry(result) -> bool:
-    """openai-whisper's fallback rule: too repetitive or too improbable, unless it is silence."""
+def _silence(result) -> bool:
+    """openai-whisper's no-speech rule: Whisper thinks the window is silent and its words improbable."""
+    return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
+
+
+def _needs_retry(result, speech: bool = False) -> bool:
+    """openai-whisper's fallback rule: too repetitive or too improbable, unless it is silence (which
+    it is not when a voice-activity detector found speech in the window: `speech`)."""
     bad = (result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
            or result.avg_logprob < LOGPROB_THRESHOLD)
-    silence = result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
-    return bad and not silence
+    return bad and (speech or not _silence(result))
 
 
-def _decode(model, features: torch.Tensor, language: str, temperatures: tuple[float, ...], fp16: bool):
+def _decode(model, features: torch.Tensor, language: str, temperatures: tuple[float, ...], fp16: bool,
+            speech: bool = False):
     """Greedy decoding of a batch of windows, retrying the doubtful ones at each higher temperature."""
     from whisper.decoding import DecodingOptions
 
     results = model.decode(features, DecodingOptions(language=language, temperature=temperatures[0],
                                                      fp16=fp16))
     for t in temperatures[1:]:
-        redo = [i for i, r in enumerate(results) if _needs_retry(r)]
+        redo = [i for i, r in enumerate(results) if _needs_retry(r, speech)]
         if not redo:
             break
         again = model.decode(features[redo], DecodingOptions(language=language, temperature=t, fp16=fp16))
@@ -235,10 +243,40 @@ def precision(device_type: str) -> tuple[torch.dtype, int]:
     return (torch.float16, BATCH_CUDA) if device_type == "cuda" else (torch.float32, BATCH_CPU)
 
 
+# ---------------------------------------------------------------- encoder states for the voice (core.voice)
+
+_CAPTURE = threading.local()
+
+
+@contextmanager
+def capture_states():
+    """Within the block, transcribe_windows keeps each window's encoder states (fp16, CPU) in the
+    list it yields, as core.voice.WindowStates: the voice branch reads an utterance's states there
+    instead of running the encoder again. Per thread, so concurrent analyses never mix."""
+    found: list = []
+    _CAPTURE.found = found
+    try:
+        yield found
+    finally:
+        _CAPTURE.found = None
+
+
+def _keep_states(batch: list[Window], features: torch.Tensor) -> None:
+    found = getattr(_CAPTURE, "found", None)
+    if found is None:
+        return
+    from .voice import WindowStates
+    for window, states in zip(batch, features):
+        found.append(WindowStates(window.start, window.frames / FRAMES_PER_SECOND, states.detach().half().cpu()))
+
+
 @torch.no_grad()
 def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language: str | None,
-                       temperatures: tuple[float, ...], progress: bool = False) -> dict:
-    """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...}."""
+                       temperatures: tuple[float, ...], progress: bool = False, speech: bool = False) -> dict:
+    """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...}.
+
+    `speech=True`: every window holds speech a voice-activity detector found, so none is skipped on
+    Whisper's own no-speech verdict (under noise it skipped 26 s of real speech that way)."""
     from tqdm import tqdm
     from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from whisper.timing import add_word_timestamps
@@ -256,6 +294,7 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
         x = torch.stack([pad_or_trim(mel[:, w.first_frame:w.first_frame + w.frames], N_FRAMES)
                          for w in batch]).to(model.device, dtype)
         features = model.encoder(x)
+        _keep_states(batch, features)
         if language is None:                      # detected once, on the first window, as whisper does
             language = "en"
             if model.is_multilingual:
@@ -265,9 +304,9 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task="transcribe")
         with one_cpu_thread(not cuda):        # tiny ops: a second thread only waits (core.threads)
-            results = _decode(model, features, language, temperatures, cuda)
+            results = _decode(model, features, language, temperatures, cuda, speech)
             for i, (window, result) in enumerate(zip(batch, results)):
-                if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD:
+                if not speech and _silence(result):
                     continue                      # openai-whisper skips such a window as silence
                 found = _segments(window, result, tokenizer)
                 if not found:

@@ -103,13 +103,17 @@ def command_line(env: dict[str, str], args: list[str], switches: set[str]) -> li
 
 
 def main(args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    args = sys.argv[1:] if args is None else args
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     from train import train as trainer
     env = dict(os.environ) if env is None else env
     parser = trainer.build_parser()
     switches = {a.option_strings[0][2:] for a in parser._actions    # store_true options: no value
                 if a.nargs == 0 and a.option_strings and a.option_strings[0] != "-h"}
     try:
-        argv = command_line(env, sys.argv[1:] if args is None else args, switches)
+        argv = command_line(env, args, switches)
         print("python -m train.train " + " ".join(argv), file=sys.stderr, flush=True)
         trainer.main(argv)
     except EntryError as err:

@@ -127,6 +127,19 @@ def source_clips(folder: Path, real: bool | None = None) -> list[tuple[np.ndarra
     return order
 
 
+def acted_clips(count: int = 14, seed: int = 1) -> list[tuple[np.ndarray, str, str]]:
+    """`count` RAVDESS clips drawn at random (seeded), each at a loudness between -32 and -20 dBFS:
+    the same two sentences again and again, which Whisper tends to skip or run together."""
+    with open(RAVDESS / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in rng.choice(len(rows), count, replace=False):
+        audio = at_level(_trim(load_audio(RAVDESS / rows[i]["path"])), float(rng.uniform(-32.0, -20.0)))
+        out.append((audio, rows[i]["statement"] + ".", Path(rows[i]["path"]).name))
+    return out
+
+
 def recording(sources: list[tuple[np.ndarray, str, str]], lead: float = LEAD) -> Recording:
     """The clips one after another with the pauses in PAUSES between them."""
     parts = [np.zeros(int(lead * SAMPLE_RATE), np.float32)]

@@ -15,7 +15,7 @@ def _inputs(batch: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"text": torch.randn(batch, 384, generator=g),
             "face": torch.rand(batch, encoders.FACE_DIM, generator=g),
-            "audio": torch.randn(batch, encoders.N_MELS, encoders.MEL_STEPS, generator=g)}
+            "audio": torch.randn(batch, encoders.AUDIO_DIM, generator=g)}
 
 
 def test_forward_shapes_and_per_modality_heads():
@@ -40,8 +40,8 @@ def test_masked_modality_has_no_influence():
 def test_batch_of_one_trains():
     model = EmotionModel().train()
     out = model(_inputs(1))
-    out.emotion_logits.sum().backward()                  # GroupNorm: no BatchNorm batch-size error
-    assert model.encoders["audio"][0].net[0].weight.grad is not None
+    out.emotion_logits.sum().backward()                  # LayerNorm: no BatchNorm batch-size error
+    assert model.encoders["audio"][2].weight.grad is not None
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
@@ -127,16 +127,48 @@ def test_card_context_defaults_for_old_cards():
     assert card.context == (3, 1) and card.summary()["context_ahead"] == 1
 
 
-def test_log_mel_shape_level_and_silence():
+def test_silence_is_no_voice():
     t = np.arange(16000 * 2) / 16000
     tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    quiet, loud = encoders.log_mel(tone * 0.05), encoders.log_mel(tone)
-    assert loud.shape == (64, 300)
-    assert loud.max() > quiet.max() + 0.2                 # level survives normalisation
-    long = encoders.log_mel(np.tile(tone, 8))             # 16 s -> still 300 steps, all heard
-    assert long.shape == (64, 300)
     assert encoders.audio_is_silent(np.zeros(16000, np.float32))
     assert not encoders.audio_is_silent(tone)
+
+
+def test_late_fusion_neutral_is_no_evidence():
+    """core.model.late_fuse: one modality alone is unchanged; an emotional opinion beats a neutral one
+    either way round (flat words + angry voice -> anger; angry words + flat voice -> anger)."""
+    from core.labels import EMOTIONS
+    from core.model import late_fuse
+    n, a, j = EMOTIONS.index("neutral"), EMOTIONS.index("anger"), EMOTIONS.index("joy")
+
+    def logits(**p):
+        v = torch.full((1, 7), 0.01)
+        for k, x in p.items():
+            v[0, EMOTIONS.index(k)] = x
+        return (v / v.sum()).log()
+
+    flat, angry = logits(neutral=0.8, joy=0.1), logits(anger=0.9, neutral=0.02)
+    one = torch.ones(1)
+    assert torch.allclose(late_fuse(flat, [(angry, torch.zeros(1), torch.tensor(1.0))], n).exp(),
+                          flat.exp(), atol=1e-6)                       # absent: unchanged
+    assert late_fuse(flat, [(angry, one, torch.tensor(1.0))], n).argmax().item() == a
+    assert late_fuse(angry, [(flat, one, torch.tensor(1.0))], n).argmax().item() == a
+    both = late_fuse(flat, [(flat, one, torch.tensor(1.0))], n)
+    assert both.argmax().item() == n and abs(both.exp().sum().item() - 1) < 1e-5
+    happy = logits(joy=0.9, neutral=0.05)
+    assert late_fuse(happy, [(angry, one, torch.tensor(0.5))], n).argmax().item() == j   # weights decide
+
+
+def test_model_batch_leaves_out_what_no_row_has():
+    from core.model import model_batch
+    config = ModelConfig()
+    feats = _inputs(3)
+    present = {"text": torch.ones(3, dtype=torch.bool), "face": torch.tensor([True, False, True]),
+               "audio": torch.zeros(3, dtype=torch.bool)}
+    inputs, mask = model_batch(config, feats, present, lambda m: m != "face")
+    assert set(inputs) == {"text", "face"}                    # no row has audio: its branch is not run
+    assert mask["face"].tolist() == [False, False, False]      # not used: masked everywhere
+    assert mask["text"].tolist() == [True, True, True]
 
 
 def test_sample_times_span_whole_utterance():

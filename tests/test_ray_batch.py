@@ -8,6 +8,7 @@ text file named .mp4, and shut it down after. They skip when Ray is not installe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -107,10 +108,10 @@ def test_ray_batch_writes_what_local_writes_names_failures_and_resumes(clips, tm
     for name in ("clip0", "clip1"):
         _same_analysis(json.loads((out_local / f"{name}.json").read_text()),
                        json.loads((out_ray / f"{name}.json").read_text()))
-        ray_rows = (out_ray / f"{name}.csv").read_text().splitlines()
-        local_rows = (out_local / f"{name}.csv").read_text().splitlines()
+        ray_rows = list(csv.reader((out_ray / f"{name}.csv").open()))
+        local_rows = list(csv.reader((out_local / f"{name}.csv").open()))
         assert ray_rows[0] == local_rows[0] and len(ray_rows) == len(local_rows) == 2
-        assert ray_rows[1].split(",")[3:5] == local_rows[1].split(",")[3:5]     # text, emotion
+        assert ray_rows[1][3:5] == local_rows[1][3:5] and ray_rows[1][6] == local_rows[1][6]   # text, labels
     names = output_names(sorted(clips.glob("*.mp4")))
     stamps = [read_stamp(out_ray / names[f]) for f in sorted(clips.glob("clip*.mp4"))]
     assert all(s is not None and len(s["sha256"]) == 64 for s in stamps)
@@ -168,6 +169,58 @@ def test_only_the_same_file_with_the_same_models_counts_as_done(clips, tmp_path)
     assert done == [] and nothing.asked == 0                        # no stamp: no worker is asked
 
 
+class DiesOnCrashFiles:
+    """Stands in for BatchWorker (no models: what is tested is Ray's side): its process dies
+    on a file named crash*, and answers "fine" for the others."""
+
+    def __init__(self, checkpoint=None, threads=0):
+        self.name = f"here:{os.getpid()}"
+
+    def signature(self):
+        return {"stand-in": True}
+
+    def run(self, path):
+        from core.batch import Outcome
+        if Path(path).name.startswith("crash"):
+            os._exit(1)                         # as an out-of-memory kill would
+        return Outcome(path, None, "fine", worker=self.name)
+
+
+class CannotStart(DiesOnCrashFiles):
+    def __init__(self, checkpoint=None, threads=0):
+        raise RuntimeError("no driver for this GPU")
+
+
+@needs_ray
+def test_a_worker_that_dies_fails_only_its_file_and_one_that_cannot_start_fails_each_by_name(monkeypatch):
+    import ray
+    from core import ray_engine
+    import ray.cloudpickle
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the actors cannot import this file
+    files = ["/videos/a.mp4", "/videos/crash.mp4", "/videos/b.mp4"]
+    monkeypatch.setattr(ray_engine, "BatchWorker", DiesOnCrashFiles)
+    engine = ray_engine.RayEngine(1, None, len(files))
+    try:
+        got = {Path(o.path).name: o.message for o in engine.run(files)}
+    finally:
+        engine.close()
+    assert got["a.mp4"] == got["b.mp4"] == "fine"               # the replacement actor went on
+    assert got["crash.mp4"].startswith("The Ray worker stopped while analysing it: "), got
+    assert "\n" not in got["crash.mp4"]
+
+    monkeypatch.setattr(ray_engine, "BatchWorker", CannotStart)
+    engine = ray_engine.RayEngine(1, None, len(files))
+    try:
+        got = {Path(o.path).name: o.message for o in engine.run(files)}
+    finally:
+        engine.close()
+    assert not ray.is_initialized()
+    assert set(got) == {"a.mp4", "crash.mp4", "b.mp4"}
+    for message in got.values():
+        assert message == "No Ray worker could analyse it: it could not start: RuntimeError: no driver for this GPU"
+        assert "\n" not in message
+
+
 # ---------------------------------------------------------------- the plan: GPUs when present
 
 def test_actors_ask_for_a_gpu_each_when_the_cluster_has_gpus():
@@ -180,6 +233,9 @@ def test_actors_ask_for_a_gpu_each_when_the_cluster_has_gpus():
     assert plan({"CPU": 16.0}, None, 100) == (8, {"num_cpus": 2.0, "num_gpus": 0})
     assert plan({"CPU": 2.0}, 2, 3) == (2, {"num_cpus": 1.0, "num_gpus": 0})
     assert plan({"CPU": 2.0}, None, 3) == (1, {"num_cpus": 2.0, "num_gpus": 0})
+    from core.ray_engine import RayUnavailable
+    with pytest.raises(RayUnavailable, match="ask for 4 CPU cores, and the cluster has 2"):
+        plan({"CPU": 2.0}, None, 3, cpus_per_job=4)             # it would wait for ever: said at once
 
 
 # ---------------------------------------------------------------- without Ray

@@ -19,8 +19,8 @@ import torch
 from core import checkpoint as ck
 from core.meld import MeldRow, write_meld_csv
 from tests import mediagen
-from train import fit_clips
-from train.retrain import evaluate_clips
+from train import loop
+from train.evaluate import evaluate_clips
 
 SENTIMENT_OF = {"joy": "positive", "sadness": "negative", "anger": "negative", "neutral": "neutral"}
 FAST = ["--threads", "1", "--quiet", "--batch-size", "8", "--warmup", "0.1"]
@@ -95,9 +95,11 @@ def test_audio_branch_learns_pitch(tmp_path):
     train_csv, test_csv, cache = labelled_splits(tmp_path, tone_items, 1, 24, 12)
     summary = train(tmp_path, "--train", str(train_csv), "--clips", str(train_csv.parent),
                     "--modalities", "audio", "--epochs", "12", "--lr", "3e-3", "--feature-cache", str(cache))
-    assert summary["trained_modalities"] == ["audio"] and summary["dev_held_out"]
+    # 24 rows and no --dev: nothing is held out, the last epoch of a fixed schedule is kept
+    assert summary["trained_modalities"] == ["audio"] and not summary["dev_held_out"] and summary["kept"] == "last"
     card = ck.read_card(tmp_path / "model")
-    assert card.trained_modalities == ["audio"] and card.data["train"]["rows_with_voiced_audio"] == 22
+    assert card.trained_modalities == ["audio"] and card.data["train"]["rows_with_voiced_audio"] == 24
+    assert card.data["dev"]["rows"] == 0 and "fixed schedule" in card.data["training"]["weights_kept"]
     assert_learned(held_out(tmp_path / "model", test_csv, cache), "audio", 11)    # chance: 6 of 12
 
 
@@ -170,12 +172,12 @@ def test_export_zip_trains_all_three_modalities_and_the_app_loads_it(tmp_path, t
 
     summary = train(tmp_path, "--train", str(zip_path), "--epochs", "2", "--feature-cache", str(tmp_path / "cache"))
     assert summary["trained_modalities"] == ["text", "face", "audio"]
-    assert summary["dev_held_out"] and summary["dev_rows"] == 1 and summary["clips_missing"] == 0
+    assert not summary["dev_held_out"] and summary["dev_rows"] == 0 and summary["clips_missing"] == 0
     card = ck.read_card(tmp_path / "model")
     assert card.trained_modalities == ["text", "face", "audio"]
-    assert card.data["train"]["layout"] == "export zip" and card.data["train"]["clips_found"] == 5
-    assert card.data["train"]["rows_with_face"] == 5 and card.data["train"]["rows_with_voiced_audio"] == 5
-    assert card.data["feature_cache"]["extracted"] == 5 and card.metrics["best_epoch"] in (1, 2)
+    assert card.data["train"]["layout"] == "export zip" and card.data["train"]["clips_found"] == 6
+    assert card.data["train"]["rows_with_face"] == 6 and card.data["train"]["rows_with_voiced_audio"] == 6
+    assert card.data["feature_cache"]["extracted"] == 6 and card.metrics["best_epoch"] == 2
 
     models = load_models(checkpoint=tmp_path / "model")
     result = analyze(talking_video, models, use_cache=False)
@@ -258,14 +260,14 @@ def test_init_fine_tunes_and_keeps_the_text_encoder_deltas(tmp_path):
 
 def test_a_batch_of_one_trains():
     from core.model import EmotionModel
-    data = fit_clips.build_inputs([None], [3], [2], text=torch.randn(1, 384))
+    data = loop.build_inputs([None], [3], [2], text=torch.randn(1, 384))
     model = EmotionModel()
-    loss_fn = fit_clips.Loss([3], [2], 0.5, 0.0, 0.5)
-    optimizer, schedule = fit_clips.make_optimizer(model, {}, 1e-3, 1e-4, 0.01, 2, 0.1)
-    loss = fit_clips.train_epoch(model, data, fit_clips.TextSide(), {"text"}, loss_fn, optimizer, schedule,
+    loss_fn = loop.Loss([3], [2], 0.5, 0.0, 0.5)
+    optimizer, schedule = loop.make_optimizer(model, {}, 1e-3, 1e-4, 0.01, 2, 0.1)
+    loss = loop.train_epoch(model, data, loop.TextSide(), {"text"}, loss_fn, optimizer, schedule,
                                  [[0]], quiet=True)
     assert np.isfinite(loss)
-    batches = fit_clips.shuffled_batches(17, 8, np.random.default_rng(0))
+    batches = loop.shuffled_batches(17, 8, np.random.default_rng(0))
     assert sorted(len(b) for b in batches) == [8, 9] and sorted(i for b in batches for i in b) == list(range(17))
 
 

@@ -110,7 +110,7 @@ def test_adding_a_branch_to_a_trained_model_changes_nothing_until_it_learns():
     model = EmotionModel(ModelConfig(text_dim=16)).eval()
     wider = with_modalities(model, model.config.modalities + ("video",)).eval()
     inputs = {"text": torch.randn(4, 16), "face": torch.randn(4, encoders.FACE_DIM),
-              "audio": torch.randn(4, encoders.N_MELS, encoders.MEL_STEPS)}
+              "audio": torch.randn(4, encoders.AUDIO_DIM)}
     with torch.no_grad():
         before = model(inputs)
         after = wider({**inputs, "video": torch.randn(4, encoders.VIDEO_DIM)})

@@ -211,3 +211,19 @@ def test_the_training_entry_fails_in_one_line(tmp_path):
         (Path(env["SM_OUTPUT_DIR"]) / "failure").read_text()
     with pytest.raises(entry.EntryError, match="is a switch"):
         entry.hyperparameters(["--quiet", "maybe"], switches)
+
+
+def test_the_training_entry_reads_clips_and_export_zips_from_the_channels(tmp_path):
+    env = _sagemaker_env(tmp_path)
+    train, dev = Path(env["SM_CHANNEL_TRAIN"]), Path(env["SM_CHANNEL_VALIDATION"])
+    (train / "clips").mkdir()
+    (train / "clips" / "dia0_utt0.mp4").write_bytes(b"a clip")      # clips beside the CSV: the clip path
+    argv = entry.command_line(env, ["--modalities=text,audio"], set())
+    assert argv[argv.index("--clips") + 1] == str(train) and "--dev-clips" not in argv
+    assert argv[argv.index("--dev") + 1] == str(dev / "dev_sent_emo.csv")
+    assert argv[-2:] == ["--modalities", "text,audio"]
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "talk_dia0.zip").write_bytes(b"PK")                    # the app's export zip
+    argv = entry.command_line({**env, "SM_CHANNEL_TRAIN": str(export)}, [], set())
+    assert argv[:2] == ["--train", str(export / "talk_dia0.zip")] and "--clips" not in argv

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import recall
 from core import transcribe as tr
 from core import utterances as cut
 from core import whisper_batch as wb
@@ -402,8 +403,8 @@ def test_unheard_speech_is_found_between_and_after_the_words():
     segments = [{"start": 1.0, "end": 2.0, "words": [{"word": " One", "start": 1.0, "end": 1.4},
                                                       {"word": " two", "start": 1.5, "end": 2.0}]}]
     # 2.2-3.0 after the last word, all of 5.0-6.0; 8.0-8.3 is too short to be worth a second look
-    assert tr.unheard(regions, segments) == [pytest.approx((2.2, 3.0)), (5.0, 6.0)]
-    assert tr.unheard(regions[:1], [{"start": 1.0, "end": 3.0}]) == []        # segments without words
+    assert recall.unheard(regions, segments) == [pytest.approx((2.2, 3.0)), (5.0, 6.0)]
+    assert recall.unheard(regions[:1], [{"start": 1.0, "end": 3.0}]) == []        # segments without words
 
 
 def test_speech_a_window_left_out_is_decoded_again(monkeypatch):
@@ -413,7 +414,7 @@ def test_speech_a_window_left_out_is_decoded_again(monkeypatch):
     regions = [(1.0, 3.0), (12.0, 14.0)]
     calls = []
 
-    def windows_stopping_early(model, audio, windows, language, temperatures, progress=False):
+    def windows_stopping_early(model, audio, windows, language, temperatures, progress=False, speech=False):
         calls.append([(w.start, w.end) for w in windows])
         if len(calls) == 1:          # the first pass hears only the first sentence
             return {"language": "en", "segments": [_said(" Kids are talking by the door.", 1.1, 2.9)]}
@@ -434,3 +435,24 @@ def _said(text: str, start: float, end: float) -> dict:
     return {"text": text, "start": start, "end": end, "no_speech_prob": 0.1, "avg_logprob": -0.2,
             "words": [{"word": " " + w, "start": start + i * step, "end": start + (i + 1) * step}
                       for i, w in enumerate(words)]}
+
+
+def test_a_word_spanning_a_whole_pause_marks_both_sides_for_a_second_look():
+    regions = [(1.0, 2.5), (4.0, 5.5), (8.0, 9.0)]
+    stretched = dict(_said(" the door.", 2.4, 5.4))
+    stretched["words"] = [{"word": " the", "start": 2.4, "end": 4.9},            # over the 2.5-4.0 pause
+                          {"word": " door.", "start": 4.9, "end": 5.4}]
+    heard = [_said(" Kids are talking by", 1.0, 2.4), stretched, _said(" Hello.", 8.0, 9.0)]
+    assert recall.lost_track(regions, heard) == [0, 1]
+    assert recall.spans_to_redo(regions, heard, 10.0) == [(0.5, 3.25), (3.25, 6.75)]
+
+
+def test_a_second_pass_replaces_words_only_where_it_hears_better():
+    old = [_said(" Kids are talking by", 1.0, 2.4), _said(" the door.", 4.0, 5.4)]
+    new = [_said(" Kids are talking by the door.", 1.0, 2.4), _said(" Dogs are sitting by the door.", 4.0, 5.4)]
+    fixed = recall.replace(old, new, [(0.5, 3.25), (3.25, 6.75)])
+    assert " ".join(w["word"].strip() for s in fixed for w in s["words"]) == \
+        "Kids are talking by the door. Dogs are sitting by the door."
+    worse = [_said(" Kids", 1.0, 2.4), dict(_said(" the floor.", 4.0, 5.4), avg_logprob=-0.9)]
+    kept = recall.replace(old, worse, [(0.5, 3.25), (3.25, 6.75)])
+    assert " ".join(w["word"].strip() for s in kept for w in s["words"]) == "Kids are talking by the door."

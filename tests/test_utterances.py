@@ -113,3 +113,13 @@ def test_random_segments_never_lose_a_word_nor_exceed_the_limit(seed):
     pieces = cut.pieces([_segment(words)], [])
     assert _same_words(pieces, words)
     assert all(p.end - p.start <= cut.MAX_WORDS_SPAN for p in pieces)
+
+
+def test_words_the_detector_missed_stay_inside_their_utterance():
+    """A shouted clip the detector hears only at its start: the utterance still holds its words."""
+    words = _words([(" Kids", 1.0, 1.5), (" are", 1.5, 1.7), (" talking", 1.7, 2.1), (" by", 2.1, 2.3),
+                    (" the", 2.3, 2.5), (" door!", 2.5, 2.9)])
+    regions = [(1.05, 1.6)]
+    silences = cut.gaps(regions, 5.0)
+    (start, end), = cut.bounds(cut.pieces([_segment(words)], silences), regions, silences, 5.0)
+    assert start == pytest.approx(0.9) and end == pytest.approx(2.9)

@@ -1,6 +1,8 @@
-"""Training and evaluation on MELD-format CSVs: data (text examples with dialogue context),
-train (the training loop), evaluate (the evaluation contract), metrics (pure functions);
-clips, features, fit_clips and retrain for training all three modalities on clips."""
+"""Training and evaluation on MELD-format CSVs: train (the command line, top to bottom), loop
+(the one training loop), card (the one card builder), evaluate (the evaluation contract, text or
+clips), data (text examples with dialogue context), text_layers (frozen bottom, tuned top),
+metrics (pure functions); clips, features, video_features and retrain for training on clips;
+ravdess and voice for the shipped voice model (RAVDESS, CC BY-NC-SA 4.0)."""
 
 import os
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 # options of the clip path only; the text-only path never sees them
 CLIP_OPTIONS = ("clips", "dev_clips", "feature_cache", "modalities", "video_weights", "patience", "holdout", "jobs")
 # text-path options whose defaults the clip path replaces when they are not given
-UNSET_IN_CLIP_MODE = {"epochs": None, "lr": None, "tune_layers": None, "context_turns": None, "context_ahead": None}
-SCRATCH = {"epochs": 30, "lr": 1e-3, "patience": 5, "tune_layers": 0, "context_turns": 3, "context_ahead": 0}
+UNSET_IN_CLIP_MODE = {k: None for k in ("epochs", "lr", "tune_layers", "context_turns", "context_ahead", "ema",
+                                         "weight_decay", "batch_size")}
+SCRATCH = {"epochs": 30, "lr": 1e-3, "patience": 5, "tune_layers": 0, "context_turns": 3, "context_ahead": 0,
+           "ema": 0.0, "weight_decay": 0.01, "batch_size": 32}
 # None: the --init checkpoint's own context
 FROM_INIT = {"epochs": 10, "lr": 3e-4, "patience": 3, "tune_layers": 0, "context_turns": None, "context_ahead": None}
+# small data (train.retrain.SMALL_DATA) and no --dev: nothing to choose an epoch on, so a fixed
+# schedule: small batches, strong weight decay, weights averaged over the last steps
+SMALL = {"epochs": 60, "batch_size": 8, "weight_decay": 0.1, "ema": 0.95}
+SMALL_FROM_INIT = {"epochs": 30, "batch_size": 8, "weight_decay": 0.1, "ema": 0.95}
 
 
 def add_clip_options(p) -> None:
@@ -17,7 +23,8 @@ def add_clip_options(p) -> None:
         "training on clips (text, face and audio; train/retrain.py)",
         "Unset options get the clip path's own defaults: 30 epochs, patience 5, lr 1e-3, frozen text "
         "(--tune-layers 0), 3 previous utterances as context; with --init: 10 epochs, patience 3, lr 3e-4, "
-        "the checkpoint's context. --ema is not used on clips.")
+        "the checkpoint's context. Under 300 train rows and no --dev: no dev set, a fixed schedule "
+        "(60 epochs, 30 with --init; batch 8, weight decay 0.1, --ema 0.95), the last epoch kept.")
     clip.add_argument("--clips", default=None,
                       help="folder of dia<D>_utt<U>.mp4 clips, or the MELD release folder; switches to the clip path")
     clip.add_argument("--dev-clips", default=None, help="clips of --dev (default: from --clips or beside --dev)")
@@ -36,8 +43,17 @@ def add_clip_options(p) -> None:
 
 
 def fill_defaults(args) -> None:
-    """Defaults of the clip path for options left unset (lower LR, fewer epochs with --init)."""
+    """Defaults of the clip path for options left unset (lower LR, fewer epochs with --init);
+    args.unset remembers which, for small_defaults."""
     table = {**SCRATCH, **FROM_INIT} if args.init else SCRATCH
+    args.unset = [key for key in table if getattr(args, key, None) is None]
     for key, value in table.items():
         if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def small_defaults(args) -> None:
+    """The fixed small-data schedule (SMALL) for the options the command line left unset."""
+    for key, value in (SMALL_FROM_INIT if args.init else SMALL).items():
+        if key in getattr(args, "unset", ()):
             setattr(args, key, value)

@@ -1,11 +1,23 @@
 """Score a checkpoint on any MELD-format CSV, the way the app would predict.
 
     python -m train.evaluate --csv CSV [--checkpoint DIR] [--out DIR]
+    python -m train.evaluate --clips DIR [--csv CSV] [--checkpoint DIR] [--out DIR]
 
 The CSV is read with core.meld (mojibake repaired, bad rows reported and left out). Each
-utterance gets the context the app builds (the previous utterances of its dialogue, as many as
-the checkpoint's card says), goes through the checkpoint's text encoder (with the tuned tensors
-applied) and the fusion model with face and audio absent, as in core.pipeline.
+utterance gets the context the app builds (the previous and following utterances of its
+dialogue, as many as the checkpoint's card says) and goes through the checkpoint's text encoder
+(with the tuned tensors applied) and the fusion model, fed by core.model.model_batch as
+core.pipeline feeds it:
+
+- text only (--csv without clips): face, voice and video are absent, so what is scored is the
+  model's reading of the words;
+- with clips (--clips DIR: the app's export zip or folder, the MELD release, or a folder of
+  dia{D}_utt{U}.mp4 clips; or --csv naming an export zip or folder): every modality the
+  checkpoint uses in the app (its card's trained_modalities): the words, the face found in the
+  clip's frames, the voice (Whisper's encoder states over the clip's speech, core.voice), the
+  R3D-18 video vector when the checkpoint has that branch. A row without a usable clip is scored
+  on its text. What is scored is the fused label the app would show, plus (in metrics.json,
+  "heads") each modality's own head.
 
 Prints emotion and sentiment weighted F1, accuracy and per-class F1; writes metrics.json,
 predictions.csv and confusion_emotion.png / confusion_sentiment.png under --out; the last line
@@ -28,7 +40,7 @@ from core.writes import os_error_line
 from core.encoders import TextEncoder, apply_text_state, load_text_encoder
 from core.labels import EMOTIONS, SENTIMENTS
 
-from . import metrics
+from . import loop, metrics
 from .data import TextSplit, load_text_split
 
 
@@ -61,16 +73,66 @@ def predict_texts(checkpoint: ck.Checkpoint, encoder: TextEncoder, texts: list[s
     return out.emotion_logits.softmax(-1).cpu(), out.sentiment_logits.softmax(-1).cpu()
 
 
+def score_checkpoint(checkpoint: ck.Checkpoint, data: loop.Inputs) -> dict:
+    """Score Inputs through a loaded checkpoint as the app predicts: its trained modalities (all,
+    for an untrained one), through core.model.model_batch. Reports, predictions and each head."""
+    use = set(checkpoint.card.trained_modalities) or set(checkpoint.model.config.modalities)
+    pred = loop.predict(checkpoint.model, data, loop.TextSide(), use)
+    return {**loop.score(data, pred, use), "emotion_pred": pred["emotion"], "sentiment_pred": pred["sentiment"],
+            "predicted_emotion": [EMOTIONS[i] for i in pred["emotion"]],
+            "head_emotion": {m: [EMOTIONS[i] if i >= 0 else "" for i in pred["heads"][m]]
+                             for m in sorted(use) if m in pred["heads"]}}
+
+
 def evaluate_split(split: TextSplit, checkpoint: ck.Checkpoint, encoder: TextEncoder | None = None) -> dict:
-    """Reports for emotion and sentiment, plus the predicted indices, for a split's examples."""
+    """Reports for emotion and sentiment, plus the predicted indices, for a split's examples (text only)."""
     examples = split.examples
     contexts = [e.context for e in examples] if any(checkpoint.card.context) else None
     encoder = encoder or text_encoder_for(checkpoint)
-    emo_p, sen_p = predict_texts(checkpoint, encoder, [e.text for e in examples], contexts)
-    emo, sen = emo_p.argmax(-1).tolist(), sen_p.argmax(-1).tolist()
-    return {"emotion": metrics.report([e.emotion for e in examples], emo, EMOTIONS),
-            "sentiment": metrics.report([e.sentiment for e in examples], sen, SENTIMENTS),
-            "emotion_pred": emo, "sentiment_pred": sen}
+    n = len(examples)
+    order = sorted(range(n), key=lambda i: len(examples[i].text) + (len(contexts[i]) if contexts else 0))
+    vectors = encoder.encode([examples[i].text for i in order], None if contexts is None else [contexts[i] for i in order])
+    text = torch.empty_like(vectors)
+    text[torch.tensor(order, dtype=torch.long)] = vectors
+    data = loop.build_inputs(None, [e.emotion for e in examples], [e.sentiment for e in examples], text=text.cpu())
+    return score_checkpoint(checkpoint, data)
+
+
+def evaluate_clip_split(checkpoint: ck.Checkpoint, split, feats: dict, videos: dict | None = None) -> dict:
+    """Score a train.clips.ClipSplit (read with the checkpoint's context) with its cached clip
+    features (train.features; R3D-18 vectors in `videos` when the checkpoint has video)."""
+    from .retrain import inputs_for
+    return score_checkpoint(checkpoint, inputs_for(split, feats, videos, text_encoder_for(checkpoint)))
+
+
+def evaluate_clips(checkpoint_dir: str | Path, data: str | Path, clips: str | Path | None = None,
+                   feature_cache: str | Path | None = None) -> dict:
+    """Score a checkpoint on a labelled CSV with clips (any layout train.clips reads)."""
+    import os
+    import shutil
+    import tempfile
+
+    from core.encoders import VIDEO_WEIGHTS_ENV, VideoEncoder
+
+    from . import clips as clipdata
+    from .features import FeatureCache, clip_features
+    from .video_features import video_features
+    checkpoint = ck.load_checkpoint(checkpoint_dir)
+    turns, ahead = checkpoint.card.context
+    workdir = Path(tempfile.mkdtemp(prefix="evaluate-"))
+    try:
+        split = clipdata.load_clip_split(clipdata.resolve(data, clips, workdir), turns, None, ahead)
+        found = {r.name: r.clip for r in split.rows if r.clip is not None}
+        feats, stats = clip_features(found, FeatureCache(feature_cache), quiet=True)
+        videos = None
+        if "video" in checkpoint.card.trained_modalities:   # as the app: $WORKBENCH_VIDEO_WEIGHTS, else the card's
+            video = checkpoint.card.video_encoder
+            encoder = VideoEncoder(os.environ.get(VIDEO_WEIGHTS_ENV) or video.get("weights"), video.get("sha256"))
+            videos, _ = video_features(found, encoder, feature_cache, quiet=True)
+        result = evaluate_clip_split(checkpoint, split, feats, videos)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {**result, "split": split, "clips_failed": stats.failures, "missing": split.missing}
 
 
 def summary(result: dict, rows: int) -> dict:
@@ -101,7 +163,11 @@ def write_outputs(out: Path, split: TextSplit, result: dict, head: dict) -> None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--csv", required=True, help="MELD-format CSV with Emotion and Sentiment labels")
+    p.add_argument("--csv", default=None, help="MELD-format CSV with Emotion and Sentiment labels "
+                                               "(or the app's export zip or folder: scored with its clips)")
+    p.add_argument("--clips", default=None, help="score with clips, with every modality the checkpoint uses: "
+                                                 "the export zip or folder, the MELD release, or a clip folder")
+    p.add_argument("--feature-cache", default=None, help="clip feature cache (default as train.train)")
     p.add_argument("--checkpoint", default=str(ck.DEFAULT_CHECKPOINT),
                    help="checkpoint folder (default: the shipped one)")
     p.add_argument("--out", default=None, help="folder for metrics.json, predictions.csv and the PNGs "
@@ -109,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.csv and not args.clips:
+        p.error("give --csv CSV, or --clips DIR (the export zip or folder)")
+    if args.clips or Path(args.csv).is_dir() or Path(args.csv).suffix.lower() == ".zip":
+        return _main_clips(args)
 
     try:
         checkpoint = ck.load_checkpoint(args.checkpoint)
@@ -153,6 +223,39 @@ def main(argv: list[str] | None = None) -> int:
     print(metrics.format_report("sentiment", result["sentiment"]))
     print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'}, "
           f"{out / 'confusion_emotion.png'}, {out / 'confusion_sentiment.png'}")
+    print(json.dumps(head), flush=True)
+    return 0
+
+
+def _main_clips(args) -> int:
+    """--clips: score with every modality the checkpoint uses in the app."""
+    from .clips import ClipDataError
+    data = args.csv or args.clips
+    try:
+        result = evaluate_clips(args.checkpoint, data, args.clips if args.csv else None, args.feature_cache)
+    except (ck.CheckpointError, ClipDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    split = result["split"]
+    checkpoint = ck.read_card(args.checkpoint)
+    head = {**summary(result, len(split.examples)), "csv": str(split.csv.name), "clips": str(data),
+            "checkpoint": str(args.checkpoint), "model": checkpoint.name,
+            "modalities_scored": sorted(result["heads"]) or ["text"],
+            "heads": result["heads"], "clips_missing": len(result["missing"]),
+            "clips_failed": len(result["clips_failed"])}
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{Path(str(data)).stem}"
+    try:
+        write_outputs(out, split, result, head)
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 2
+    print(f"checkpoint {args.checkpoint} ({checkpoint.name}); scored as the app predicts, with "
+          f"{', '.join(checkpoint.trained_modalities) or 'all modalities'}: {len(split.examples)} rows, "
+          f"{len(result['missing'])} without a clip, {len(result['clips_failed'])} unreadable clips")
+    print(metrics.format_report("emotion", result["emotion"]))
+    print(metrics.format_report("sentiment", result["sentiment"]))
+    for m, h in result["heads"].items():
+        print(f"{m} head alone: emotion accuracy {h['emotion_accuracy']} % on {h['rows']} rows")
     print(json.dumps(head), flush=True)
     return 0
 

@@ -1,8 +1,10 @@
 """Face and audio features of utterance clips, computed by the app's own code and cached on disk.
 
-A clip is one utterance, so it is read as core.pipeline reads an utterance spanning
-[0, duration]: audio decoded once to 16 kHz mono (core.media.load_audio), its log-mel
-(core.encoders.log_mel) and whether it is silent (audio_is_silent); the frames the app's face grid
+A clip is one utterance, so it is read as core.pipeline reads an utterance: audio decoded once
+to 16 kHz mono (core.media.load_audio), its speech span (core.voice.speech_span: voice activity,
+padded as the app pads an utterance) heard by Whisper's encoder in a 30-s window as transcription
+would hear the clip, and pooled (core.voice.clip_voice_feature), and whether it is silent
+(audio_is_silent); the frames the app's face grid
 would pool for it (core.face_grid.pooled_times: up to FACE_FRAMES, one per GRID_STEP seconds),
 read at the pipeline's FRAME_SIDE (core.media.read_frames) and passed through
 encoders.encode_faces. So training sees the features the app computes.
@@ -27,22 +29,28 @@ from pathlib import Path
 
 import numpy as np
 
-from core import encoders, face_grid, media
+from core import encoders, face_grid, media, voice
 from core.cache import file_digest
 from core.face import DEFAULT_WEIGHTS
 from core.pipeline import FRAME_SIDE
 from core.whisper_convert import CACHE_ENV, DEFAULT_CACHE
 
-FEATURE_SCHEMA = 2           # 2: face frames as the app's face grid pools them
+FEATURE_SCHEMA = 3           # 2: face frames as the app's face grid pools them; 3: Whisper voice features
 
 
 @lru_cache(maxsize=1)
 def feature_version() -> str:
     """Every setting the features depend on, so a change never serves stale features."""
     face = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:12] if DEFAULT_WEIGHTS.is_file() else "none"
-    return (f"clipfeat{FEATURE_SCHEMA}-sr{encoders.SAMPLE_RATE}-mel{encoders.N_MELS}x{encoders.MEL_STEPS}"
-            f"-fft{encoders.N_FFT}-hop{encoders.HOP_LENGTH}-rms{encoders.SILENCE_RMS:g}"
+    return (f"clipfeat{FEATURE_SCHEMA}-sr{encoders.SAMPLE_RATE}-{voice.FEATURE}-{voice.encoder_digest(_whisper())}"
+            f"-rms{encoders.SILENCE_RMS:g}"
             f"-face{encoders.FACE_FRAMES}g{face_grid.GRID_STEP:g}@{FRAME_SIDE}-fer{face}")
+
+
+def _whisper():
+    """The app's Whisper (the packaged base), whose encoder hears the voice."""
+    from core.transcribe import load_whisper
+    return load_whisper("base", device="cpu")
 
 
 def default_root() -> Path:
@@ -57,7 +65,7 @@ class ClipFeatures:
 
     face: np.ndarray             # [FACE_DIM] float32 (zeros when no face)
     face_present: bool
-    mel: np.ndarray              # [N_MELS, MEL_STEPS] float32 (zeros when no audio track)
+    voice: np.ndarray            # [AUDIO_DIM] float32: core.voice feature (zeros when no audio track)
     has_audio: bool
     voiced: bool                 # not silent: the audio modality is present
     duration: float
@@ -73,19 +81,19 @@ def extract_clip(path: str | Path) -> ClipFeatures:
     """Features of one utterance clip, the way core.pipeline computes them (MediaError if unreadable)."""
     info = media.probe(path)
     face = np.zeros(encoders.FACE_DIM, np.float32)
-    mel = np.zeros((encoders.N_MELS, encoders.MEL_STEPS), np.float32)
+    feature = np.zeros(encoders.AUDIO_DIM, np.float32)
     present, with_face, seen, voiced = False, 0, 0, False
     if info.has_audio:
         audio = media.load_audio(path)
-        segment = media.audio_segment(audio, 0.0, info.duration or len(audio) / media.SAMPLE_RATE)
-        mel = encoders.log_mel(segment).numpy().astype(np.float32)
-        voiced = not encoders.audio_is_silent(segment)
+        voiced = not encoders.audio_is_silent(audio)
+        if voiced:
+            feature = voice.clip_voice_feature(_whisper(), audio)
     if info.has_video:
         times = face_grid.pooled_times(0.0, info.duration, info.duration)
         result = encoders.encode_faces(media.read_frames(path, times, max_side=FRAME_SIDE))
         present, with_face, seen = result.present, result.frames_with_face, result.frames_seen
         face = result.vector.astype(np.float32)
-    return ClipFeatures(face, present, mel, info.has_audio, voiced, float(info.duration), with_face, seen)
+    return ClipFeatures(face, present, feature, info.has_audio, voiced, float(info.duration), with_face, seen)
 
 
 class FeatureCache:
@@ -125,16 +133,16 @@ class FeatureCache:
                 os.unlink(tmp)
 
     def load(self, digest: str) -> ClipFeatures | None:
-        z = self.read(digest, ("face", "face_present", "mel", "has_audio", "voiced", "duration",
+        z = self.read(digest, ("face", "face_present", "voice", "has_audio", "voiced", "duration",
                                "frames_with_face", "frames_seen"))
         if z is None:
             return None
-        return ClipFeatures(z["face"].astype(np.float32), bool(z["face_present"]), z["mel"].astype(np.float32),
+        return ClipFeatures(z["face"].astype(np.float32), bool(z["face_present"]), z["voice"].astype(np.float32),
                             bool(z["has_audio"]), bool(z["voiced"]), float(z["duration"]),
                             int(z["frames_with_face"]), int(z["frames_seen"]))
 
     def store(self, digest: str, f: ClipFeatures) -> None:
-        self.write(digest, face=f.face, face_present=f.face_present, mel=f.mel, has_audio=f.has_audio,
+        self.write(digest, face=f.face, face_present=f.face_present, voice=f.voice, has_audio=f.has_audio,
                    voiced=f.voiced, duration=f.duration, frames_with_face=f.frames_with_face,
                    frames_seen=f.frames_seen)
 

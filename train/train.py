@@ -7,52 +7,53 @@ What it does, top to bottom:
 1. Read both CSVs (core.meld) into examples: each utterance with the previous `--context-turns`
    utterances of its dialogue as a second segment (core.encoders.build_context, the app's own
    function; no speaker names, since Whisper gives none).
+   With clips (--clips DIR, or --train naming the workbench's export zip or folder): the same
+   rows with their face, voice and video features (train.retrain).
 2. Tokenise once with the app's TextEncoder. The encoder's bottom layers stay frozen, so their
-   output is computed once per example and kept in memory; each step only runs the top
-   `--tune-layers` layers, the same mean pooling as the app, and the fusion model (text branch;
-   face and audio are absent and masked, their branches stay in the model for later training).
-3. One loop: AdamW with a higher learning rate for the fusion model than for the encoder layers,
-   warm-up then linear decay, class-weighted cross-entropy on emotion and sentiment (fused heads
-   and the text branch's own heads), dev scored after every epoch; the best epoch by dev emotion
-   weighted F1 is kept.
+   output is computed once per example and kept in memory (train.text_layers); each step only
+   runs the top `--tune-layers` layers, the same mean pooling as the app, and the fusion model.
+3. The one loop (train.loop.fit): AdamW with a higher learning rate for the fusion model than
+   for the encoder layers, warm-up then linear decay, class-weighted cross-entropy on emotion and
+   sentiment (fused heads and each trained modality's own heads), optional weight average
+   (--ema); dev scored after every epoch, the best epoch by dev emotion weighted F1 kept (with
+   --patience on clips). Clip runs on small data with no --dev hold nothing out and keep the last
+   epoch of a fixed schedule instead (train.clip_args.SMALL).
 4. Save a checkpoint (core.checkpoint) holding the fusion model and only the tuned encoder
-   layers, then score dev again through the saved files exactly as the app loads them; the card
-   records those metrics.
+   layers, then score dev again through the saved files exactly as the app loads them
+   (train.evaluate); the card (train.card) records those metrics.
 
 Seeded and single-process: the same command on the same machine gives the same checkpoint.
 TensorBoard logs go to --tb (default runs/<out folder name>).
 
-With --clips DIR (or --train naming the workbench's export zip or folder) it trains on clips
-instead: text, face and audio; see train/retrain.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
-import math
 import os
-import platform
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from core import checkpoint as ck
 from core.encoders import DEFAULT_TEXT_MODEL, TextEncoder, apply_text_state
-from core.labels import EMOTIONS, SENTIMENTS
-from core.model import EmotionModel, ModelConfig
+from core.model import EmotionModel, ModelConfig, with_modalities
 
-from . import metrics
-from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options
-from .data import TextExample, TextSplit, load_text_split
-from .ema import WeightAverage
+from . import card as cards
+from . import clips as clipdata
+from . import loop
+from . import retrain
+from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options, fill_defaults, small_defaults
+from .data import load_text_split
+from .evaluate import evaluate_clip_split, evaluate_split
+from .text_layers import frozen_states, tune_setup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,308 +116,218 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------- frozen bottom, tuned top
-
-def run_layers(bert, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
-    """Run some of the encoder's layers with the same attention mask BertModel builds itself."""
-    from transformers.masking_utils import create_bidirectional_mask
-    mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
-    for layer in layers:
-        hidden = layer(hidden, mask)
-    return hidden
 
 
-def tune_setup(encoder: TextEncoder, tune: int, attention: int):
-    """Freeze the encoder except its top `tune` layers and the self-attention of `attention` below.
-
-    Returns (first layer run in every step, those layers, the trainable tensors by state-dict name,
-    the fully tuned layer indices, the attention-only layer indices).
-    """
-    layers = encoder.bert.encoder.layer
-    n = len(layers)
-    k = max(0, min(tune, n))
-    a = max(0, min(attention, n - k))
-    first = n - k - a
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    tuned = layers[first:]
-    for j, layer in enumerate(tuned):
-        for p in (layer if first + j >= n - k else layer.attention).parameters():
-            p.requires_grad_(True)
-    trainable = {f"bert.encoder.layer.{first + j}.{name}": p for j, layer in enumerate(tuned)
-                 for name, p in layer.named_parameters() if p.requires_grad}
-    return first, tuned, trainable, list(range(n - k, n)), list(range(first, n - k))
-
-
-@torch.no_grad()
-def frozen_states(encoder: TextEncoder, examples: list[TextExample], n_frozen: int,
-                  batch_size: int = 64, quiet: bool = False) -> list[dict]:
-    """Per example: the output of the first `n_frozen` layers (embeddings when 0), unpadded."""
-    from tqdm import tqdm
-    encoder.eval()
-    bert = encoder.bert
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text) + len(examples[i].context))
-    out: list[dict] = [{}] * len(examples)
-    for start in tqdm(range(0, len(order), batch_size), desc="encoding (frozen layers)", unit="batch",
-                      disable=quiet, file=sys.stderr):
-        idx = order[start:start + batch_size]
-        batch = encoder.tokenize([examples[i].text for i in idx], [examples[i].context for i in idx])
-        hidden = bert.embeddings(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        hidden = run_layers(bert, hidden, batch["attention_mask"], bert.encoder.layer[:n_frozen])
-        for row, i in enumerate(idx):
-            n = int(batch["attention_mask"][row].sum())
-            out[i] = {"hidden": hidden[row, :n].clone(), "token_type_ids": batch["token_type_ids"][row, :n].clone()}
-    return out
-
-
-def collate(items: list[dict]) -> dict:
-    """Pad cached states into a batch: hidden [B, T, d], attention_mask and token_type_ids [B, T]."""
-    width = max(it["hidden"].shape[0] for it in items)
-    dim = items[0]["hidden"].shape[1]
-    hidden = torch.zeros(len(items), width, dim)
-    mask = torch.zeros(len(items), width, dtype=torch.long)
-    types = torch.zeros(len(items), width, dtype=torch.long)
-    for b, it in enumerate(items):
-        n = it["hidden"].shape[0]
-        hidden[b, :n], mask[b, :n], types[b, :n] = it["hidden"], 1, it["token_type_ids"]
-    return {"hidden": hidden, "attention_mask": mask, "token_type_ids": types}
-
-
-def text_vectors(encoder: TextEncoder, tuned, batch: dict) -> torch.Tensor:
-    """Top layers on cached states, then the app's pooling (TextEncoder.pool)."""
-    hidden = run_layers(encoder.bert, batch["hidden"], batch["attention_mask"], tuned)
-    return TextEncoder.pool(hidden, batch)
-
-
-def length_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
-    """Shuffled batches of similar lengths (less padding), in a shuffled order."""
-    order = rng.permutation(len(lengths)).tolist()
-    pool = batch_size * 50
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def class_weights(labels: list[int], n: int, power: float) -> torch.Tensor:
-    """(1/frequency)^power, scaled so that the average weight over the examples is 1."""
-    counts = np.bincount(labels, minlength=n).astype(np.float64)
-    w = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** power, 0.0)
-    w = w / (w[labels].mean() if len(labels) else 1.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-@torch.no_grad()
-def predict_cached(encoder, tuned, model, cache: list[dict], batch_size: int = 128) -> tuple[list, list]:
-    """Emotion and sentiment predictions (argmax) for cached examples, in order."""
-    encoder.eval(), model.eval()
-    emo, sen = [0] * len(cache), [0] * len(cache)
-    order = sorted(range(len(cache)), key=lambda i: cache[i]["hidden"].shape[0])
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        out = model({"text": text_vectors(encoder, tuned, collate([cache[i] for i in idx]))})
-        for i, e, s in zip(idx, out.emotion_logits.argmax(-1).tolist(), out.sentiment_logits.argmax(-1).tolist()):
-            emo[i], sen[i] = e, s
-    return emo, sen
-
-
-def score(split: TextSplit, emo: list[int], sen: list[int]) -> dict:
-    return {"emotion": metrics.report([e.emotion for e in split.examples], emo, EMOTIONS),
-            "sentiment": metrics.report([e.sentiment for e in split.examples], sen, SENTIMENTS)}
-
-
-def headline(scores: dict) -> dict:
-    return {"emotion_weighted_f1": scores["emotion"]["weighted_f1"],
-            "emotion_accuracy": scores["emotion"]["accuracy"],
-            "sentiment_weighted_f1": scores["sentiment"]["weighted_f1"],
-            "sentiment_accuracy": scores["sentiment"]["accuracy"]}
-
-
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- main, top to bottom
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if hasattr(args, "clips"):               # the clip path: text, face and audio (train/retrain.py)
-        from .retrain import main as retrain_main
-        return retrain_main(args)
-    t_start = time.time()
+    clips = hasattr(args, "clips")
+    if clips:
+        fill_defaults(args)
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    out_dir = Path(args.out)
-    tb_dir = Path(args.tb) if args.tb else Path("runs") / (out_dir.resolve().name or "model")
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    workdir = Path(tempfile.mkdtemp(prefix="train-"))
+    try:
+        return run(args, clips, workdir, log)
+    except (clipdata.ClipDataError, ck.CheckpointError) as err:
+        raise retrain.fail(str(err)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    # -- data
-    train = load_text_split(args.train, args.context_turns, args.limit, args.context_ahead)
-    dev = load_text_split(args.dev, args.context_turns, args.dev_limit, args.context_ahead)
-    if not train.examples or not dev.examples:
-        raise SystemExit(f"no labelled rows in {args.train if not train.examples else args.dev}")
-    log(f"train: {len(train.examples)} examples ({len(train.skipped)} rows skipped), "
-        f"dev: {len(dev.examples)} examples; context: {args.context_turns} previous utterances")
 
-    # -- model: the app's text encoder + the fusion model (default config: text, face, audio)
-    encoder = TextEncoder(args.text_model)
-    model = EmotionModel(ModelConfig(text_dim=encoder.dim))
-    if args.init:
-        init = ck.load_checkpoint(args.init)
-        model = init.model
+def run(args, clips: bool, workdir: Path, log) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+    t_start = time.time()
+    out_dir = Path(args.out)
+    init = ck.load_checkpoint(args.init) if args.init else None
+
+    # -- 1. data: the rows, their dialogue context and (with clips) their face, voice and video features
+    if clips:
+        asked = retrain.asked_modalities(args, init)
+        bad = [m for m in asked if m not in loop.TRAINABLE]
+        if bad or not asked:
+            raise retrain.fail(f"--modalities: {', '.join(bad) or 'none given'}: choose from "
+                               f"{', '.join(loop.TRAINABLE)} (video needs R3D-18 Kinetics weights: "
+                               "--video-weights FILE.safetensors)")
+        video_encoder = retrain.video_encoder_for(args, init) if "video" in asked else None
+        own = init.card.context if init else (0, 0)
+        context = (own[0] if args.context_turns is None else args.context_turns,
+                   own[1] if args.context_ahead is None else args.context_ahead)
+        if init and context != own:
+            log(f"note: context {context} (previous, following) differs from the --init checkpoint's {own}")
+        data = retrain.load(args, workdir, context, video_encoder, log)
+        train, dev = data.train, data.dev
+    else:
+        asked, video_encoder, data = ["text"], None, None
+        context = (args.context_turns, args.context_ahead)
+        train = load_text_split(args.train, args.context_turns, args.limit, args.context_ahead)
+        dev = load_text_split(args.dev, args.context_turns, args.dev_limit, args.context_ahead)
+        if not train.examples or not dev.examples:
+            raise SystemExit(f"no labelled rows in {args.train if not train.examples else args.dev}")
+        log(f"train: {len(train.examples)} examples ({len(train.skipped)} rows skipped), "
+            f"dev: {len(dev.examples)} examples; context: {args.context_turns} previous utterances")
+    keep = "dev" if dev is not None else "last"
+
+    # -- 2. the app's text encoder (with --init's tuned tensors), its top layers tuned or all frozen
+    text_card = dict(init.card.text_encoder) if init else {}
+    encoder = TextEncoder(text_card.get("name", args.text_model))
+    if init:
         apply_text_state(encoder, init.text_state)
     first, tuned, trainable, tuned_layers, attention_layers = tune_setup(encoder, args.tune_layers,
                                                                          args.tune_attention)
-    n_layers = len(encoder.bert.encoder.layer)
     log(f"fine-tuning {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M encoder parameters "
-        f"(layers {first}-{n_layers - 1}; attention only in {attention_layers})")
+        f"(layers {tuned_layers}; attention only in {attention_layers})" if trainable else "text encoder frozen")
 
-    # -- the frozen bottom, once
+    # -- 3. inputs: the frozen bottom once (or frozen vectors), face/voice/video from the feature cache
     t0 = time.time()
-    train_cache = frozen_states(encoder, train.examples, first, quiet=args.quiet)
-    dev_cache = frozen_states(encoder, dev.examples, first, quiet=args.quiet)
+    bottom = first if trainable else None
+    if clips:
+        train_in = retrain.inputs_for(train, data.feats["train"], data.videos["train"], encoder, bottom, args.quiet)
+        dev_in = retrain.inputs_for(dev, data.feats["dev"], data.videos["dev"], encoder, bottom, args.quiet) \
+            if dev is not None else None
+    else:
+        def text_inputs(split):
+            ex = split.examples
+            return loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
+                                     states=frozen_states(encoder, ex, first, quiet=args.quiet)) if trainable \
+                else loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
+                                       text=encoder.encode([e.text for e in ex], [e.context for e in ex]))
+        train_in, dev_in = text_inputs(train), text_inputs(dev)
     t_cache = time.time() - t0
-    lengths = [c["hidden"].shape[0] for c in train_cache]
-    log(f"frozen layers encoded in {t_cache:.0f} s; mean length {np.mean(lengths):.1f} tokens")
+    text_side = loop.TextSide(encoder, tuned if trainable else None)
+    log(f"text encoded in {t_cache:.1f} s")
 
-    # -- loss, optimiser, schedule
-    y_emo = [e.emotion for e in train.examples]
-    y_sen = [e.sentiment for e in train.examples]
-    ce_emo = nn.CrossEntropyLoss(weight=class_weights(y_emo, len(EMOTIONS), args.class_weight_power),
-                                 label_smoothing=args.label_smoothing)
-    ce_sen = nn.CrossEntropyLoss(weight=class_weights(y_sen, len(SENTIMENTS), args.class_weight_power),
-                                 label_smoothing=args.label_smoothing)
-    decay = lambda n, p: p.ndim >= 2   # noqa: E731  (no weight decay on biases and norms)
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if decay(n, p)], "lr": args.lr},
-        {"params": [p for n, p in model.named_parameters() if not decay(n, p)], "lr": args.lr, "weight_decay": 0.0},
-        {"params": [p for n, p in trainable.items() if decay(n, p)], "lr": args.encoder_lr},
-        {"params": [p for n, p in trainable.items() if not decay(n, p)], "lr": args.encoder_lr,
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_cache) / args.batch_size)
-    total = steps_per_epoch * args.epochs
-    warm = max(1, int(args.warmup * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    # -- 4. the model, and which modalities learn: asked for, in the model, with data in train
+    modalities = ModelConfig.modalities + (("video",) if video_encoder is not None else ())
+    if init is None:
+        model = EmotionModel(ModelConfig(text_dim=encoder.dim, modalities=modalities))
+    elif video_encoder is not None and "video" not in init.model.config.modalities:
+        model = with_modalities(init.model, init.model.config.modalities + ("video",))
+        log("--init checkpoint has no video branch: added one (it starts out changing nothing)")
+    else:
+        model = init.model
+    counts = {m: int(train_in.present(m).sum()) for m in loop.TRAINABLE}
+    use = {m for m in asked if m in model.config.modalities and counts[m] > 0}
+    if not use:
+        raise retrain.fail(f"nothing to train: none of {asked} has data in train (rows with a face "
+                           f"{counts['face']}, with voiced audio {counts['audio']})")
+    rows = [i for i in range(len(train_in)) if any(bool(train_in.present(m)[i]) for m in use)]
+    if len(rows) < len(train_in):
+        log(f"{len(train_in) - len(rows)} train rows have none of {sorted(use)} present: left out of training")
+    if "video" in asked and "video" not in use:
+        log("warning: no train clip has a picture R3D-18 could read: the video branch is not trained")
+    fit_in = train_in.subset(rows) if len(rows) < len(train_in) else train_in
+    trained = [m for m in loop.TRAINABLE if m in use]
+    if keep == "last":
+        small_defaults(args)                      # a fixed schedule with stronger regularisation
+    log(f"training {trained} on {len(fit_in)} rows (face in {counts['face']}, voiced audio in {counts['audio']}, "
+        f"video in {counts['video']}); {'best dev epoch of <= ' if keep == 'dev' else 'fixed schedule: '}"
+        f"{args.epochs} epochs, lr {args.lr:g}, weight decay {args.weight_decay:g}, ema {args.ema:g}")
 
+    # -- 5. the loop (a new voice branch first takes its feature scaling from the train rows)
+    if loop.fit_standardizers(model, fit_in):
+        log("voice features standardised with the train rows' statistics")
+    y_e = [int(y) for y in fit_in.emotion]
+    y_s = [int(y) for y in fit_in.sentiment]
+    loss_fn = loop.Loss(y_e, y_s, args.class_weight_power, args.label_smoothing, args.aux_weight)
+    total = loop.steps_for(len(fit_in), args.batch_size, args.epochs)
+    optimizer, schedule = loop.make_optimizer(model, trainable, args.lr, args.encoder_lr, args.weight_decay,
+                                              total, args.warmup)
+    tb_dir = Path(args.tb) if args.tb else Path("runs") / (out_dir.resolve().name or "model")
     writer = SummaryWriter(str(tb_dir))
-    writer.add_text("args", json.dumps(vars(args), indent=2))
-    rng = np.random.default_rng(args.seed)
-    best = {"epoch": 0, "key": (-1.0, -1.0)}
-    average = WeightAverage({**{f"model.{n}": p for n, p in model.named_parameters()}, **trainable},
-                            args.ema) if args.ema else None
-    history = []
-    step = 0
+    writer.add_text("args", json.dumps(vars(args), indent=2, default=str))
+    opts = loop.FitOptions(args.epochs, args.batch_size, keep, getattr(args, "patience", None), args.ema,
+                           args.seed, args.quiet)
     t_train = time.time()
-    for epoch in range(1, args.epochs + 1):
-        model.train(), tuned.train()
-        batches = length_batches(lengths, args.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.quiet, file=sys.stderr)
-        seen, total_loss = 0, 0.0
-        for idx in bar:
-            batch = collate([train_cache[i] for i in idx])
-            te = torch.tensor([y_emo[i] for i in idx])
-            ts = torch.tensor([y_sen[i] for i in idx])
-            out = model({"text": text_vectors(encoder, tuned, batch)})
-            aux_e, aux_s = out.modality_logits["text"]
-            loss_main = ce_emo(out.emotion_logits, te) + ce_sen(out.sentiment_logits, ts)
-            loss_aux = ce_emo(aux_e, te) + ce_sen(aux_s, ts)
-            loss = loss_main + args.aux_weight * loss_aux
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            optimizer.step()
-            schedule.step()
-            if average:
-                average.update()
-            step += 1
-            seen, total_loss = seen + 1, total_loss + loss.item()
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/loss_fused", loss_main.item(), step)
-            writer.add_scalar("train/lr_encoder", schedule.get_last_lr()[-1], step)
-
-        with average.applied() if average else contextlib.nullcontext():
-            emo, sen = predict_cached(encoder, tuned, model, dev_cache)
-            dev_scores = score(dev, emo, sen)
-            key = (dev_scores["emotion"]["weighted_f1"], dev_scores["sentiment"]["weighted_f1"])
-            if key > best["key"]:            # copy the (averaged) weights only when they are the best yet
-                best = {"epoch": epoch, "key": key, "scores": dev_scores,
-                        "model": copy.deepcopy(model.state_dict()),
-                        "tuned": {n: p.detach().clone() for n, p in trainable.items()}}
-        head = headline(dev_scores)
-        history.append({"epoch": epoch, **head, "seconds": round(time.time() - t_train, 1)})
-        for key, value in head.items():
-            writer.add_scalar(f"dev/{key}", value, epoch)
-        log(f"epoch {epoch}: dev emotion wF1 {head['emotion_weighted_f1']:.2f} acc {head['emotion_accuracy']:.2f} | "
-            f"sentiment wF1 {head['sentiment_weighted_f1']:.2f} acc {head['sentiment_accuracy']:.2f} "
-            f"({time.time() - t_train:.0f} s)")
-    writer.flush()
+    result = loop.fit(model, trainable, fit_in, dev_in, text_side, use, loss_fn, optimizer, schedule, opts,
+                      log, writer)
     train_seconds = time.time() - t_train
 
-    # -- the best epoch's weights, saved with only the tuned encoder tensors
-    model.load_state_dict(best["model"])
-    with torch.no_grad():
-        for n, p in trainable.items():
-            p.copy_(best["tuned"][n])
-    model.eval()
-    text_state = {n: p.detach() for n, p in trainable.items()}
-    card = ck.ModelCard(
-        name=args.name or (f"meld-text-{args.text_model}-ctx{args.context_turns}"
-                           + (f"+{args.context_ahead}" if args.context_ahead else "")),
-        text_encoder={"name": args.text_model, "dim": encoder.dim, "context_turns": args.context_turns,
-                      "context_ahead": args.context_ahead,
-                      "tuned": bool(text_state), "tuned_layers": tuned_layers,
-                      "tuned_attention_layers": attention_layers,
-                      "max_tokens": encoder.max_tokens,
-                      "pooling": "mean over the utterance's own tokens (segment 0)",
-                      "context": (f"the {args.context_ahead} following utterance(s), ' || ', then " if args.context_ahead
-                                  else "") + "previous utterances of the same dialogue, most recent first, "
-                                 "joined by ' | ', as the second segment; no speaker names"},
-        trained_modalities=["text"],
-        data={"train": train.describe(), "dev": dev.describe(),
-              "note": "MELD (Poria et al., ACL 2019) text and labels only; no MELD video was available, "
-                      "so face and audio are untrained here"},
-        metrics={"dev_during_training": history, "best_epoch": best["epoch"]},
-        notes=("Text-only model: fine-tuned on MELD utterances with their dialogue context. "
-               "Face and audio branches are present but untrained; the app shows the pretrained "
-               "face-expression net's own opinion beside this model's."),
-    )
-    settings = {k_: v for k_, v in vars(args).items() if k_ not in ("out", "tb", "quiet", "no_final_eval")}
-    card.data["training"] = {"args": settings, "train_seconds": round(train_seconds),
-                             "cache_seconds": round(t_cache), "steps": step, "torch": torch.__version__,
-                             "threads": args.threads, "machine": platform.machine()}
+    # -- 6. save the kept weights (with --init: its tuned text tensors plus this run's), then the card
+    text_state = {**(init.text_state if init else {}), **{n: p.detach() for n, p in trainable.items()}}
+    card = cards.build_card(
+        args, name=cards.default_name(args, trained, clips),
+        text=cards.text_section(text_card, args.text_model, encoder, context, text_state, tuned_layers,
+                                attention_layers),
+        trained=sorted(set(trained) | (set(init.card.trained_modalities) & set(model.config.modalities)
+                                       if init else set()), key=loop.TRAINABLE.index),
+        model=model, data=_data_section(train, dev, data, counts, len(fit_in), clips),
+        history=result.history, best_epoch=result.best_epoch, keep=keep, init=init,
+        notes=_notes(trained, clips, init, keep),
+        extra_training={"train_seconds": round(train_seconds), "cache_seconds": round(t_cache),
+                        "steps": result.steps,
+                        "epoch_seconds_mean": round(float(np.mean(result.epoch_seconds)), 3)})
+    if "video" in model.config.modalities:
+        card.video_encoder = video_encoder.describe() if video_encoder is not None else dict(init.card.video_encoder)
     ck.save_checkpoint(out_dir, model, card, text_state)
 
-    # -- the truth: dev scored from the saved files, through the app's code path
-    if not args.no_final_eval:
-        from .evaluate import evaluate_split
-        result = evaluate_split(dev, ck.load_checkpoint(out_dir))
-        card.metrics["dev"] = {**headline(result), "rows": len(dev.examples),
-                               "emotion": result["emotion"], "sentiment": result["sentiment"]}
+    # -- 7. the truth: dev scored from the saved files, through the app's code path (train.evaluate)
+    if dev is None:
+        final = None
+    elif args.no_final_eval:
+        final = {**result.scores, "note": "scored during training (before the save/load round trip)"}
+    elif clips:
+        final = evaluate_clip_split(ck.load_checkpoint(out_dir), dev, data.feats["dev"], data.videos["dev"])
     else:
-        card.metrics["dev"] = {**headline(best["scores"]), "rows": len(dev.examples),
-                               "emotion": best["scores"]["emotion"], "sentiment": best["scores"]["sentiment"],
-                               "note": "scored during training (before the save/load round trip)"}
+        final = evaluate_split(dev, ck.load_checkpoint(out_dir))
+    if final is not None:
+        card.metrics["dev"] = {**loop.headline(final), "rows": len(dev.examples),
+                               **{k: final[k] for k in ("emotion", "sentiment", "heads") if k in final}}
     card.data["training"]["total_seconds"] = round(time.time() - t_start)
     ck.save_checkpoint(out_dir, model, card, text_state)
-    final = headline({"emotion": card.metrics["dev"]["emotion"], "sentiment": card.metrics["dev"]["sentiment"]})
-    for key, value in final.items():
-        writer.add_scalar(f"dev_saved/{key}", value, best["epoch"])
     writer.close()
-    log(f"best epoch {best['epoch']}; saved {out_dir}; dev (saved files): "
-        f"emotion wF1 {final['emotion_weighted_f1']:.2f} acc {final['emotion_accuracy']:.2f}, "
-        f"sentiment wF1 {final['sentiment_weighted_f1']:.2f} acc {final['sentiment_accuracy']:.2f}; "
-        f"training {train_seconds:.0f} s, total {time.time() - t_start:.0f} s")
-    summary = {**final, "best_epoch": best["epoch"], "train_seconds": round(train_seconds),
-               "total_seconds": round(time.time() - t_start), "out": str(out_dir)}
+    head = loop.headline(final) if final is not None else {}
+    log(f"kept epoch {result.best_epoch} ({'best on dev' if keep == 'dev' else 'fixed schedule'}); saved {out_dir}"
+        + ("; dev (saved files): " + ", ".join(f"{k} {v:.2f}" for k, v in head.items()) if head else "")
+        + f"; training {train_seconds:.0f} s, total {time.time() - t_start:.0f} s")
+    summary = {**head, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "kept": keep,
+               "trained_modalities": trained, "train_rows": len(fit_in),
+               "dev_rows": len(dev.examples) if dev is not None else 0,
+               "train_seconds": round(train_seconds), "total_seconds": round(time.time() - t_start),
+               "seconds_per_epoch": round(float(np.mean(result.epoch_seconds)), 3), "out": str(out_dir)}
+    if clips:
+        st = data.stats
+        extracted, secs = sum(s.extracted for s in st), sum(s.seconds for s in st)
+        summary.update({"dev_held_out": data.held,
+                        "clips_missing": len(train.missing) + (len(dev.missing) if dev is not None else 0),
+                        "clips_corrupt": sum(s.failed for s in st), "extracted": extracted,
+                        "from_cache": sum(s.from_cache for s in st),
+                        "clips_per_second": round(extracted / secs, 2) if extracted and secs else 0.0})
     print(json.dumps(summary))
     return summary
+
+
+def _data_section(train, dev, data, counts: dict, fit_rows: int, clips: bool) -> dict:
+    if not clips:
+        return {"train": train.describe(), "dev": dev.describe(),
+                "note": "MELD (Poria et al., ACL 2019) text and labels only; no MELD video was available, "
+                        "so face and audio are untrained here"}
+    failures = {tag: [f"{n}: {why}" for n, why in st.failures.items()][:clipdata.MAX_LISTED]
+                for (tag, _), st in zip(data.splits(), data.stats)}
+    out = {"train": {**train.describe(), "clips_corrupt": data.stats[0].failed, "corrupt": failures["train"],
+                     "rows_trained": fit_rows, "rows_with_face": counts["face"],
+                     "rows_with_voiced_audio": counts["audio"], "rows_with_video": counts["video"]},
+           "feature_cache": data.cache_info,
+           "note": "rows whose clip is missing or unreadable trained their text only"}
+    out["dev"] = ({**dev.describe(), "clips_corrupt": data.stats[1].failed, "corrupt": failures["dev"],
+                   "held_out_from_train": data.held} if dev is not None else
+                  {"rows": 0, "note": f"fewer than {retrain.SMALL_DATA} train rows and no --dev: no dev set; "
+                                      "the last epoch of a fixed schedule is kept"})
+    return out
+
+
+def _notes(trained: list[str], clips: bool, init, keep: str) -> str:
+    if not clips:
+        return ("Text-only model: fine-tuned on MELD utterances with their dialogue context. "
+                "Face and audio branches are present but untrained; the app shows the pretrained "
+                "face-expression net's own opinion beside this model's.")
+    return (f"Trained on utterance clips: {', '.join(trained)}. Pretrained encoders frozen; face features "
+            "from the FER2013 net, voice features from Whisper base's encoder states (core.voice)"
+            + (", video from frozen R3D-18 (Kinetics-400)." if "video" in trained else ".")
+            + (f" Fine-tuned from {init.card.name}." if init else "")
+            + (" Small data: no dev set, fixed schedule, last epoch kept." if keep == "last" else ""))
 
 
 if __name__ == "__main__":
