@@ -112,8 +112,11 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
 
 
 def analyze(path: str | Path, models: Models | None = None,
-            progress: Progress | None = None, use_cache: bool = True) -> Analysis:
-    """Analyse one video or audio file end to end (a file analysed before comes from the cache)."""
+            progress: Progress | None = None, use_cache: bool = True,
+            utterances: list[Utterance] | None = None) -> Analysis:
+    """Analyse one video or audio file end to end (a file analysed before comes from the cache).
+    `utterances` given (e.g. an imported MELD CSV's rows): no transcription, those spans and words
+    are read by every modality instead (not cached)."""
     models = models or load_models()
     report = progress or (lambda fraction, stage: None)
     timings: dict[str, float] = {}
@@ -122,7 +125,7 @@ def analyze(path: str | Path, models: Models | None = None,
 
     report(0.0, "reading the file")
     key = None
-    if use_cache:
+    if use_cache and utterances is None:
         with clock("cache"):
             key = _cache_key(path, models)
             hit = cache.load(key) if key else None
@@ -130,7 +133,7 @@ def analyze(path: str | Path, models: Models | None = None,
             hit.source, hit.timings = str(path), dict(timings)
             report(1.0, "done (from cache)")
             return hit
-    analysis = _analyze_uncached(path, models, report, clock, timings)
+    analysis = _analyze_uncached(path, models, report, clock, timings, utterances)
     if key and not any(p.error for p in analysis.utterances):
         cache.store(key, analysis)
     return analysis
@@ -143,7 +146,8 @@ def _cache_key(path: str | Path, models: Models) -> str | None:
         return None          # unreadable: probe() below says why, in one line
 
 
-def _analyze_uncached(path, models: Models, report: Progress, clock, timings) -> Analysis:
+def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
+                      given: list[Utterance] | None = None) -> Analysis:
     card = models.card
     with clock("decode"):
         info = media.probe(path)
@@ -153,13 +157,16 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings) ->
         analysis.message = f"{NO_SPEECH}: the file has no audio track."
         return analysis
 
-    report(0.1, "transcribing")
+    report(0.1, "transcribing" if given is None else "reading the given utterances")
     grid = face_grid.start(path, info, FRAME_SIDE)      # faces are found while Whisper listens
     try:
         with clock("transcribe"):
-            with WHISPER_LOCK, capture_states() as windows:
-                utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
-                                        language=models.language)
+            if given is not None:
+                utterances, windows = list(given), []
+            else:
+                with WHISPER_LOCK, capture_states() as windows:
+                    utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
+                                            language=models.language)
     except BaseException:
         if grid is not None:
             grid.cancel()

@@ -41,7 +41,7 @@ def test_upload_analyse_correct_download(app_url, talking_video, tmp_path):
         page.set_default_timeout(30_000)
         try:
             page.goto(app_url, wait_until="load")
-            expect(page.locator("#banner")).to_contain_text("model")
+            expect(page.locator("#banner")).to_contain_text("decided from")
             page.locator("#video-in input[type=file]").set_input_files(str(talking_video))
             page.wait_for_selector("#video-in video", state="attached")
             page.locator("#analyse-video").click()
@@ -49,32 +49,32 @@ def test_upload_analyse_correct_download(app_url, talking_video, tmp_path):
             # the chart and the table
             page.wait_for_selector("#chart g.barlayer path", state="attached", timeout=300_000)
             expect(page.locator("#transcript [role=grid]")).to_have_attribute("aria-rowcount", "4")
-            expect(cell(page, 0, 4)).to_contain_text("door")
+            expect(cell(page, 0, 7)).to_contain_text("door")
 
             # select an utterance: the editor follows and the player seeks to it
-            start = float(cell(page, 1, 1).inner_text().split()[0])
-            cell(page, 1, 4).click()
+            start = float(cell(page, 1, 4).inner_text().split()[0])
+            cell(page, 1, 7).click()
             expect(page.locator("#editor-title")).to_contain_text("Utterance 1")
             page.wait_for_function(
                 f"Math.abs((document.querySelector('#player video')?.currentTime ?? -9) - {start}) < 0.3")
 
             # correct its emotion with the dropdown
-            current = cell(page, 1, 5).inner_text().split()[0]
+            current = cell(page, 1, 1).inner_text().split()[0]
             target = "anger" if current != "anger" else "sadness"
             page.locator("#ed-emotion input").click()
             page.locator("ul[role=listbox] li", has_text=target).first.click()
-            expect(cell(page, 1, 5)).to_contain_text(target)
+            expect(cell(page, 1, 1)).to_contain_text(target)
             expect(cell(page, 1, 8)).to_contain_text("✎ emotion")
             expect(page.locator("#status")).to_contain_text("Saved")
 
             # an invalid label typed into the table is reverted with a message
-            sentiment = cell(page, 0, 6).inner_text().split()[0]
-            cell(page, 0, 6).dblclick()
-            editor = cell(page, 0, 6).locator("textarea, input").first
+            sentiment = cell(page, 0, 2).inner_text().split()[0]
+            cell(page, 0, 2).dblclick()
+            editor = cell(page, 0, 2).locator("textarea, input").first
             editor.fill("ecstatic")
             editor.press("Enter")
             expect(page.locator("#status")).to_contain_text("Reverted")
-            expect(cell(page, 0, 6)).to_contain_text(sentiment)
+            expect(cell(page, 0, 2)).to_contain_text(sentiment)
             page.screenshot(path=str(shots / "workbench.png"), full_page=True)
 
             # export and download the MELD CSV
@@ -89,7 +89,7 @@ def test_upload_analyse_correct_download(app_url, talking_video, tmp_path):
             # a page reload brings the work back from the autosave
             page.reload(wait_until="load")
             expect(page.locator("#status")).to_contain_text("Restored")
-            expect(cell(page, 1, 5)).to_contain_text(target)
+            expect(cell(page, 1, 1)).to_contain_text(target)
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)
             raise

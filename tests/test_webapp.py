@@ -399,3 +399,43 @@ def test_an_audio_only_file_plays_over_its_waveform(tmp_path, three_sentences_wa
     assert frame.std() > 20 and bright.max() > 0.1, frame.std()
     speech, pause = bright[: len(bright) // 8].max(), bright.min()
     assert speech > pause                                     # taller where the speech is than in a pause
+
+
+def test_import_with_its_video_runs_the_model_and_keeps_the_labels(models, talking_video, tmp_path):
+    from webapp.service import ModelHolder, Workbench
+    wb = Workbench(ModelHolder(models=models), tmp_path / "data")
+    csv_path = tmp_path / "two.csv"
+    csv_path.write_text("Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,StartTime,EndTime\n"
+                        'Kids are talking by the door,Ann,anger,negative,9,0,"0:00:00,300","0:00:02,600"\n'
+                        'The weather is lovely this morning,Bob,joy,positive,9,1,"0:00:04,000","0:00:06,500"\n'
+                        'No times here,Bob,fear,negative,9,2,,\n', encoding="utf-8")
+    (session,), _ = wb.import_csv(csv_path, talking_video, owner="me", run_model=True)
+    rows = session.rows
+    assert [r.emotion for r in rows] == ["anger", "joy", "fear"]            # the annotation is the CSV's
+    assert not any(r.corrected for r in rows)
+    assert all(len(r.emotion_probs) == 7 and r.confidence for r in rows[:2]) and not rows[2].emotion_probs
+    faces = [o for o in rows[0].opinions if o["modality"] == "face"]
+    assert faces and faces[0]["present"]                                   # the face was read
+    assert "read 2 row(s)" in session.message and "1 row(s) without times" in session.message
+    assert "Imported label" in views.detail_markdown(session, 0) and "Fused" in views.detail_markdown(session, 0)
+    (plain,), _ = wb.import_csv(csv_path, None, owner="me", run_model=True)   # no video: nothing to read
+    assert not any(r.emotion_probs for r in plain.rows)
+
+
+def test_subtitles_sit_above_the_controls_and_empty_sessions_are_marked():
+    text = vtt_text(make_session())
+    assert "00:00:00.000 --> 00:00:02.000 line:78%" in text        # not at the bottom, under the controls
+    listed = views.session_choices([{"updated": 0, "title": "silence.mp4", "n_rows": 0, "n_corrected": 0, "id": "a"},
+                                    {"updated": 0, "title": "talk.mp4", "n_rows": 3, "n_corrected": 1, "id": "b"}])
+    assert "empty: no speech" in listed[0][0] and "3 utt. · 1 corrected" in listed[1][0]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_an_import_without_media_says_what_is_missing(handlers, tmp_path):
+    h, c, sid = handlers
+    csv_path = tmp_path / "one.csv"
+    csv_path.write_text("Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,StartTime,EndTime\n"
+                        'Hello,Ann,joy,positive,4,0,"0:00:01,000","0:00:02,000"\n', encoding="utf-8")
+    out = h.import_csv(str(csv_path), None, True, VIEW, request=REQ, progress=lambda *a, **k: None)
+    assert "Imported 1 row(s)" in out["status"] and "No video or audio was given" in out["status"]
+    assert out["table"].iloc[0]["emotion"] == "joy"

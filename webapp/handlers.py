@@ -50,13 +50,15 @@ class Handlers:
             return self.r.failed("The example", _Missing("the example video is missing: run scripts/make_example.py"))
         return self.analyse(str(EXAMPLE), tview, request, progress)
 
-    def import_csv(self, csv_file: str | None, media_file: str | None, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def import_csv(self, csv_file: str | None, media_file: str | None, run_model: bool, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not csv_file:
             return self.r.failed("Import", _Missing("choose a MELD CSV file to import"))
         ctx = self.r.ctx(request, "", None, tview)
         progress(0.05, desc="reading the CSV")
         try:
-            sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner, user=client_key(request))
+            sessions, imported = self.wb.import_csv(csv_file, media_file, owner=ctx.owner, user=client_key(request),
+                                                    run_model=bool(run_model),
+                                                    progress=lambda f, stage: progress(f, desc=stage))
         except Exception as err:
             return self.r.failed("Import", err)
         if not sessions:

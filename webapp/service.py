@@ -16,13 +16,13 @@ import os
 import secrets
 import shutil
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, ModelCard, read_card
 from core.limits import Limits
-from core.types import UserError, error_line
+from core.types import UserError, Utterance, error_line
 from core.pipeline import Models, analyze, load_models
 
 from . import checkpoints, checks, export, importer, media_prep, owners, paths
@@ -255,11 +255,16 @@ class Workbench:
             raise
 
     def import_csv(self, csv_path: str | Path, media_upload: str | Path | None = None,
-                   csv_name: str | None = None, owner: str | None = "",
-                   user: str | None = None) -> tuple[list[Session], importer.Imported]:
+                   csv_name: str | None = None, owner: str | None = "", user: str | None = None,
+                   run_model: bool = False, progress: Progress | None = None) -> tuple[list[Session], importer.Imported]:
         """One session per dialogue of the CSV (at most MAX_DIALOGUES). `user` is counted against
-        the import/export rate limit first (RateLimited when over)."""
+        the import/export rate limit first (RateLimited when over). With its media and `run_model`,
+        the model reads the first dialogue's rows (their times and words, no transcription): their
+        confidences and each modality's opinion are filled in, the imported labels stay the
+        annotation (counted against the analysis rate limit too)."""
         self.io_rate.check(user)
+        if run_model and media_upload:
+            self.rate.check(user)
         self.limits.check_size(csv_path, "CSV file")
         if media_upload:
             self.limits.check_media(media_upload)
@@ -289,7 +294,34 @@ class Workbench:
             if len(sessions) > 1:
                 first.problems.append(f"the media file was attached to dialogue {first.dialogue_id} "
                                       "(the first in the CSV)")
+            if run_model:
+                try:
+                    self._predict_imported(first, staged.source, progress)
+                except BaseException:
+                    _remove_tree(folder)
+                    raise
         return [self.store.create(s, owner or "") for s in sessions], imported
+
+    def _predict_imported(self, session: Session, source: Path, progress: Progress | None) -> None:
+        """The model's view of each imported row that has times and words (in place); the labels
+        stay as imported. Rows it cannot read are said in the session's message."""
+        report = progress or (lambda f, s: None)
+        report(0.1, "loading the models")
+        models = self.holder.get()
+        timed = [(i, r) for i, r in enumerate(session.rows)
+                 if r.start is not None and r.end is not None and r.end > r.start and r.text.strip()]
+        spans = [Utterance(start=r.start, end=min(r.end, session.duration or r.end), text=r.text, speaker=r.speaker)
+                 for _, r in timed]
+        result = analyze(source, models, lambda f, stage: report(0.15 + 0.8 * f, stage), utterances=spans)
+        for (i, row), pred in zip(timed, result.utterances):
+            row.emotion_probs, row.sentiment_probs = list(pred.emotion_probs), list(pred.sentiment_probs)
+            row.opinions = [asdict(o) for o in pred.opinions]
+            row.error = pred.error
+        session.model = dict(result.model)
+        skipped = len(session.rows) - len(timed)
+        session.message = (f"The model read {len(timed)} row(s) with their video"
+                           + (f"; {skipped} row(s) without times or words were not read." if skipped else ".")
+                           + " The imported labels are kept as the annotation.")
 
     # ------------------------------------------------------------ opening and listing
 

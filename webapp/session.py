@@ -22,6 +22,7 @@ MIN_LENGTH = 0.05        # seconds: the shortest utterance an edit may leave
 MAX_SPEAKER = 80
 MAX_TEXT = 2000
 NEW_TEXT = "(new utterance: type its words)"   # an added row's text until someone types it
+CUE_SETTINGS = "line:78% align:center"         # subtitles sit above the player's controls, not under them
 
 
 class EditError(UserError, ValueError):
@@ -346,7 +347,7 @@ def vtt_text(session: Session) -> str:
         who = f"{r.speaker}: " if r.speaker else ""
         label = " · ".join(x for x in (r.emotion, r.sentiment) if x)
         text = re.sub(r"-->", "→", f"{who}{r.text}" + (f"  [{label}]" if label else ""))
-        cues += [str(i), f"{stamp(r.start)} --> {stamp(r.end)}", text, ""]
+        cues += [str(i), f"{stamp(r.start)} --> {stamp(r.end)} {CUE_SETTINGS}", text, ""]
     return "\n".join(cues)
 
 

@@ -160,6 +160,9 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                                 csv_in = gr.File(label="MELD CSV", file_types=[".csv"], height=120, elem_id="csv-in")
                                 csv_media = gr.File(label="Its video or audio (optional)", height=120,
                                                     file_types=["video", "audio"], elem_id="csv-media")
+                            run_model = gr.Checkbox(True, label="Run the model on the imported rows (needs the "
+                                                    "video or audio: fills confidences and each modality's view; "
+                                                    "the imported labels stay the annotation)", elem_id="run-model")
                             import_btn = gr.Button("Import and annotate", variant="primary", elem_id="import-btn")
                 with gr.Column(scale=2, min_width=280):
                     example_btn = gr.Button("▶ Analyse the example video", variant="secondary", elem_id="example-btn")
@@ -272,7 +275,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
         api.mount(wb)      # first, so that the API endpoints get the plain names
         controls = dict(demo=demo, video_in=video_in, audio_in=audio_in, csv_in=csv_in, csv_media=csv_media,
                         analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn,
-                        import_btn=import_btn, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
+                        import_btn=import_btn, run_model=run_model, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
                         split_btn=split_btn, merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn,
                         csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, pick_go=pick_go, keys=keys, keys_go=keys_go,
                         order=order,
@@ -297,7 +300,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     ui["analyse_video"].click(h.analyse, [ui["video_in"], p.tview], out, **heavy)
     ui["analyse_audio"].click(h.analyse, [ui["audio_in"], p.tview], out, **heavy)
     ui["example_btn"].click(h.example, [p.tview], out, **heavy)
-    ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], p.tview], out, **heavy)
+    ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], ui["run_model"], p.tview], out, **heavy)
     p.sessions.input(h.open, [p.sessions, p.tview], out, **serial)
     ui["demo"].load(h.load, [p.remembered], out, **private, **quiet)
     p.table.select(h.select, ctx, out, **serial)

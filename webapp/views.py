@@ -225,7 +225,9 @@ def session_choices(summaries: list[dict]) -> list[tuple[str, str]]:
     out = []
     for s in summaries:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["updated"]))
-        out.append((f"{when} · {s['title']} · {s['n_rows']} utt. · {s['n_corrected']} corrected", s["id"]))
+        counts = (f"{s['n_rows']} utt. · {s['n_corrected']} corrected" if s["n_rows"]
+                  else "∅ empty: no speech found")
+        out.append((f"{when} · {s['title']} · {counts}", s["id"]))
     return out
 
 
