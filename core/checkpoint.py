@@ -27,6 +27,11 @@ from .types import UserError
 CARD_FILE = "card.json"
 MODEL_FILE = "model.safetensors"
 TEXT_FILE = "text_encoder.safetensors"
+# the voice branch, when its card names a licence of its own (data["voice"]["licence"]: weights
+# trained on RAVDESS are CC BY-NC-SA 4.0): its own file, with the notice beside it
+VOICE_FILE = "voice.safetensors"
+VOICE_LICENSE_FILE = "LICENSE-voice.txt"
+VOICE_PREFIXES = ("encoders.audio.", "emotion_by.audio.", "sentiment_by.audio.", "late_log_weight.audio")
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "model"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
@@ -97,6 +102,14 @@ def save_checkpoint(folder: str | Path, model: EmotionModel, card: ModelCard,
     card.model = model.config.to_dict()
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    voice = card.data.get("voice") if isinstance(card.data.get("voice"), dict) else None
+    if voice and voice.get("licence") and "audio" in model.config.modalities:
+        own = {k: v for k, v in state.items() if k.startswith(VOICE_PREFIXES)}
+        state = {k: v for k, v in state.items() if k not in own}
+        _atomic(folder / VOICE_FILE, lambda p: save_file(own, str(p)))
+        _atomic(folder / VOICE_LICENSE_FILE, lambda p: p.write_text(voice.get("notice") or voice["licence"]))
+    elif (folder / VOICE_FILE).exists():
+        (folder / VOICE_FILE).unlink()
     _atomic(folder / MODEL_FILE, lambda p: save_file(state, str(p)))
     if text_state:
         small = {k: v.detach().cpu().to(text_dtype).contiguous() for k, v in text_state.items()}
@@ -151,6 +164,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         config = ModelConfig.from_dict(card.model)
         model = EmotionModel(config)
         state = load_file(str(weights))
+        if (folder / VOICE_FILE).is_file():           # the voice branch, kept apart for its licence
+            state.update(load_file(str(folder / VOICE_FILE)))
         model.load_state_dict(state, strict=True)
         text_state = {}
         if (folder / TEXT_FILE).is_file():

@@ -125,7 +125,7 @@ class EmotionModel(nn.Module):
 
     def late_weights(self) -> dict[str, float]:
         """The weight of each late-fused modality (the card shows them)."""
-        return {m: round(float(p.exp()), 4) for m, p in self.late_log_weight.items()}
+        return {m: round(float(p.detach().exp()), 4) for m, p in self.late_log_weight.items()}
 
     def forward(self, inputs: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None = None
                 ) -> ModelOutput:

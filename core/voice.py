@@ -2,7 +2,9 @@
 
 Whisper's encoder turns 16-kHz audio into one state every 20 ms (50 a second, 512-d for base). An
 utterance's voice feature is the mean and the standard deviation of the states that cover its
-span: 2 x 512 = 1,024 numbers. Those states were trained to carry the words, but they carry the
+span, taken after block LAYER of the encoder's 6: 2 x 512 = 1,024 numbers. (Held-out RAVDESS
+actors, logistic regression, by block 0..5 and after the final norm: 69.1, 71.6, 73.1, 74.2,
+74.9, 70.0, 71.0 %: the middle of the encoder hears prosody best, its end is tuned to words.) Those states were trained to carry the words, but they carry the
 speaker's prosody too: a logistic regression on them tells acted anger from sadness in voices it
 has never heard (README, "The shipped voice model").
 
@@ -30,7 +32,8 @@ SAMPLE_RATE = 16000
 STATES_PER_SECOND = 50          # Whisper's encoder: one state per 20 ms (two 10-ms mel frames)
 MIN_SECONDS = 0.1               # shorter audio holds no voice worth pooling
 MAX_SECONDS = 30.0              # the encoder's longest context
-FEATURE = "whisper-encoder-mean-std"
+LAYER = 4                       # states after this encoder block (0-based) are pooled
+FEATURE = f"whisper-block{LAYER}-mean-std"
 
 
 def encoder_digest(model) -> str:
@@ -57,6 +60,20 @@ def pool(states: torch.Tensor) -> np.ndarray:
     return torch.cat([states.mean(0), states.std(0)]).cpu().numpy().astype(np.float32)
 
 
+def run_encoder(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """openai-whisper's AudioEncoder.forward on mels x [B, n_mels, 3000], also returning the states
+    after block LAYER: (final states [B, 1500, d], voice states [B, 1500, d])."""
+    x = torch.nn.functional.gelu(encoder.conv1(x))
+    x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = (x + encoder.positional_embedding).to(x.dtype)
+    kept = x
+    for i, block in enumerate(encoder.blocks):
+        x = block(x)
+        if i == LAYER:
+            kept = x
+    return encoder.ln_post(x), kept
+
+
 @torch.no_grad()
 def encode_window(model, audio: np.ndarray, start: float, end: float) -> "WindowStates":
     """The encoder states of a window around [start, end] of `audio`, as transcription computes
@@ -73,7 +90,7 @@ def encode_window(model, audio: np.ndarray, start: float, end: float) -> "Window
     weight = model.encoder.conv1.weight
     mel = log_mel_spectrogram(torch.from_numpy(piece), model.dims.n_mels, padding=N_SAMPLES)
     x = pad_or_trim(mel, N_FRAMES).unsqueeze(0).to(weight.device, weight.dtype)
-    return WindowStates(w0, len(piece) / SAMPLE_RATE, model.encoder(x)[0].float().cpu())
+    return WindowStates(w0, len(piece) / SAMPLE_RATE, run_encoder(model.encoder, x)[1][0].float().cpu())
 
 
 def voice_feature(model, audio: np.ndarray, start: float, end: float) -> np.ndarray:

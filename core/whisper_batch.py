@@ -261,13 +261,16 @@ def capture_states():
         _CAPTURE.found = None
 
 
-def _keep_states(batch: list[Window], features: torch.Tensor) -> None:
+def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
+    """model.encoder(x); inside capture_states it also keeps each window's voice states (core.voice)."""
     found = getattr(_CAPTURE, "found", None)
     if found is None:
-        return
-    from .voice import WindowStates
-    for window, states in zip(batch, features):
-        found.append(WindowStates(window.start, window.frames / FRAMES_PER_SECOND, states.detach().half().cpu()))
+        return model.encoder(x)
+    from .voice import WindowStates, run_encoder
+    features, states = run_encoder(model.encoder, x)
+    for window, kept in zip(batch, states):
+        found.append(WindowStates(window.start, window.frames / FRAMES_PER_SECOND, kept.detach().half().cpu()))
+    return features
 
 
 @torch.no_grad()
@@ -293,8 +296,7 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
         batch = windows[first:first + size]
         x = torch.stack([pad_or_trim(mel[:, w.first_frame:w.first_frame + w.frames], N_FRAMES)
                          for w in batch]).to(model.device, dtype)
-        features = model.encoder(x)
-        _keep_states(batch, features)
+        features = _encode(model, x, batch)
         if language is None:                      # detected once, on the first window, as whisper does
             language = "en"
             if model.is_multilingual:

@@ -131,7 +131,7 @@ def test_shipped_checkpoint_files_are_small():
 
 def test_shipped_card_says_what_it_learned():
     card = ck.read_card(ck.DEFAULT_CHECKPOINT)
-    assert card.trained_modalities == ["text"]
+    assert card.trained_modalities == ["text", "audio"]          # words from MELD, voice from RAVDESS
     assert card.data["train"]["csv"] == "train_sent_emo.csv" and card.data["train"]["examples"] == 9989
     assert card.data["dev"]["csv"] == "dev_sent_emo.csv" and card.data["dev"]["examples"] == 1109
     assert card.text_encoder["tuned"] and card.text_encoder["context_turns"] >= 0

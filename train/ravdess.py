@@ -73,7 +73,7 @@ def clip_features(clips: list[VoiceClip], model, cache_dir: str | Path | None = 
     from train.features import default_root
     root = Path(cache_dir) if cache_dir else default_root() / "voice"
     root.mkdir(parents=True, exist_ok=True)
-    tag = f"window1-{voice.encoder_digest(model)}"
+    tag = f"{voice.FEATURE}-{voice.encoder_digest(model)}"
     out = []
     for clip in tqdm(clips, desc="voice features", unit="clip", disable=quiet, file=sys.stderr):
         key = hashlib.sha256(f"{tag}\n{clip.path.resolve()}\n{clip.path.stat().st_size}".encode()).hexdigest()
@@ -88,16 +88,24 @@ def clip_features(clips: list[VoiceClip], model, cache_dir: str | Path | None = 
 
 
 def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: float = 0.6,
-                    seed: int = 0, quiet: bool = False) -> np.ndarray:
-    """[N, 2d] voice features as the app gets them: each clip's speech span laid, with `gap` s of
-    silence between, into windows of up to `seconds` s of one actor's clips (in a seeded order),
-    each window encoded once as transcription does (30-s context), each clip's states cut out of
-    it (core.voice.WindowStates.span) and pooled. Measures the window-vs-alone difference."""
+                    seed: int = 0, quiet: bool = False, cache_dir: str | Path | None = None) -> np.ndarray:
+    """[N, 2d] voice features as the app hears utterances: each clip's speech span laid, with `gap`
+    s of silence between, into windows of up to `seconds` s of one actor's clips (in a seeded
+    order), each window encoded once as transcription does (30-s context, core.voice.run_encoder),
+    each clip's states cut out of it (core.voice.WindowStates.span) and pooled. Cached as one .npy
+    per (clip list, settings, Whisper digest)."""
     import torch
     from tqdm import tqdm
     from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
     from core import media, voice
+    from train.features import default_root
+    root = Path(cache_dir) if cache_dir else default_root() / "voice"
+    key = hashlib.sha256("\n".join([voice.FEATURE, voice.encoder_digest(model), f"{seconds}-{gap}-{seed}"]
+                                   + [str(c.path.resolve()) for c in clips]).encode()).hexdigest()
+    cached = root / f"windows-{key}.npy"
+    if cached.is_file():
+        return np.load(cached, allow_pickle=False)
     rng = np.random.default_rng(seed)
     out = np.zeros((len(clips), voice_dim_of(model)), np.float32)
     by_actor: dict[int, list[int]] = {}
@@ -129,10 +137,12 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
         audio = np.concatenate(parts + [silence])
         mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES)
         with torch.no_grad():
-            states = model.encoder(pad_or_trim(mel, N_FRAMES).unsqueeze(0))[0]
+            states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0))[1][0]
         ws = voice.WindowStates(0.0, len(audio) / voice.SAMPLE_RATE, states)
         for i, a, b in spans:
             out[i] = voice.pool(ws.span(a, b))
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(cached, out)
     return out
 
 

@@ -1,0 +1,116 @@
+"""The voice counts: the shipped voice head on real held-out speech, and the fusion checks, through the app.
+
+Real clips from ../shared/data/ravdess (actors 23 and 24, which the shipped voice head never
+heard: train.voice --exclude 23,24), analysed by core.pipeline.analyze as the app analyses an
+uploaded audio file; espeak-ng speech for the words-in-a-flat-voice check; skimage's smiling
+astronaut over an angry voice for the still-photograph check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import checkpoint as ck
+from core.labels import EMOTIONS
+from tests import mediagen
+from train import ravdess
+
+HELD_OUT = (23, 24)
+CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+needs_ravdess = pytest.mark.skipif(ravdess.find_root() is None,
+                                   reason=f"RAVDESS clips not found at {ravdess.DEFAULT_ROOT}")
+
+
+def held_out_clips(per_class: int) -> list[ravdess.VoiceClip]:
+    """`per_class` strong-intensity clips (neutral: normal) per emotion per held-out actor, calm left out."""
+    from train.ravdess_check import pick
+    return pick(ravdess.load_clips(actors=set(HELD_OUT)), HELD_OUT, per_class, 0)
+
+
+def test_shipped_card_says_what_the_voice_learned_from_and_its_licence():
+    card = ck.read_card(ck.DEFAULT_CHECKPOINT)
+    voice = card.data["voice"]
+    assert "audio" in card.trained_modalities and card.model["late"] == ["audio"]
+    assert voice["licence"] == "CC BY-NC-SA 4.0" and "neutral" in voice["calm"]
+    assert not {23, 24} & set(int(a) for a in voice["data"].split("[")[1].split("]")[0].split(","))
+    notice = (ck.DEFAULT_CHECKPOINT / ck.VOICE_LICENSE_FILE).read_text()
+    assert "CC BY-NC-SA 4.0" in notice and "Livingstone" in notice
+    assert (ck.DEFAULT_CHECKPOINT / ck.VOICE_FILE).stat().st_size < 10 * 2**20
+    assert voice["cross_validation"]["accuracy_7_classes_calm_left_out"] > 70
+    assert card.data["fusion"]["late"]["audio"] > 0 and "late_fuse" in card.data["fusion"]["method"]
+
+
+@needs_ravdess
+def test_flat_words_in_an_emotional_voice_follow_the_voice(models):
+    """Held-out actors' acted clips (the words are always "Kids/Dogs are ... by the door")."""
+    from core.pipeline import analyze
+    clips = held_out_clips(1)
+    hits_fused = hits_voice = 0
+    for clip in clips:
+        result = analyze(clip.path, models, use_cache=False)
+        assert len(result.utterances) == 1, (clip.path.name, [p.utterance.text for p in result.utterances])
+        p = result.utterances[0]
+        voice = p.opinion("audio")
+        assert voice.present and voice.used_in_fusion and len(voice.emotion_probs) == 7
+        hits_voice += voice.emotion == EMOTIONS[clip.emotion]
+        hits_fused += p.emotion == EMOTIONS[clip.emotion]
+    # 14 clips, chance 2. Measured: 6 fused, 7 voice. The issue's target (75 %) is NOT met on
+    # single-clip files: see README, "The voice". This guards what holds: well above chance.
+    assert hits_fused >= 5 and hits_voice >= 5, (hits_fused, hits_voice, len(clips))
+
+
+@pytest.mark.parametrize("words, label", [("Get out of my house, I hate you!", "anger"),
+                                          ("I am so happy for you!", "joy")])
+def test_emotional_words_in_a_flat_voice_follow_the_words(words, label, models, tmp_path):
+    from core.pipeline import analyze
+    if not mediagen.have_espeak():
+        pytest.fail("espeak-ng is required: apt-get install espeak-ng")
+    wav = mediagen.speak(words, tmp_path / "flat.wav")
+    result = analyze(wav, models, use_cache=False)
+    assert [p.emotion for p in result.utterances] == [label], [(p.utterance.text, p.emotion) for p in result.utterances]
+    assert result.utterances[0].opinion("audio").used_in_fusion
+
+
+@needs_ravdess
+def test_a_smiling_still_photo_does_not_outvote_an_angry_voice(models, tmp_path):
+    from core.pipeline import analyze
+    angry = [c for c in held_out_clips(4) if EMOTIONS[c.emotion] == "anger"]
+    video = mediagen.talking_video(angry[0].path, tmp_path / "smile_angry.mp4", size="320x240")
+    result = analyze(video, models, use_cache=False)
+    p = result.utterances[0]
+    assert p.opinion("face").present and p.opinion("face").emotion == "joy"     # the photo smiles
+    assert not p.opinion("face").used_in_fusion                                 # shown, not fused
+    assert p.opinion("audio").emotion == "anger" and p.emotion == "anger"
+
+
+def test_the_voice_comes_from_transcriptions_own_encoder_pass(talking_video, models, monkeypatch):
+    """No second encoder pass: every utterance's voice is cut out of the window states Whisper
+    computed while transcribing (core.whisper_batch.capture_states)."""
+    from core import voice
+    from core.pipeline import analyze
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the encoder ran again for the voice")
+    monkeypatch.setattr(voice, "encode_window", second_pass)
+    result = analyze(talking_video, models, use_cache=False)
+    assert len(result.utterances) == 3
+    assert all(p.opinion("audio").present and p.opinion("audio").used_in_fusion and not p.error
+               for p in result.utterances)
+
+
+def test_window_states_cover_the_utterance_span():
+    import torch
+
+    from core.voice import WindowStates, from_windows, pool
+    states = torch.arange(1500, dtype=torch.float32).unsqueeze(-1).expand(1500, 4)
+    windows = [WindowStates(0.0, 20.0, states), WindowStates(20.0, 10.0, states + 10000)]
+    span = from_windows(windows, 2.0, 3.0)                  # 50 states a second
+    assert span[0, 0].item() == 100 and span[-1, 0].item() == 149
+    assert from_windows(windows, 21.0, 22.0)[0, 0].item() == 10050     # the window that holds it
+    assert from_windows(windows, 40.0, 41.0) is None
+    feature = pool(span)
+    assert feature.shape == (8,) and np.isclose(feature[0], 124.5)
