@@ -38,7 +38,9 @@ def add_clip_options(p) -> None:
                            "(and offline) video is not trained")
     clip.add_argument("--patience", type=int, default=None,
                       help="stop after this many epochs without a better dev emotion wF1")
-    clip.add_argument("--holdout", type=float, default=0.1, help="share of train held out as dev when --dev is absent")
+    clip.add_argument("--holdout", type=float, default=None,
+                      help="share of train held out as dev when --dev is absent (default 0.1 from 300 train rows "
+                           "up; below that nothing unless this is given)")
     clip.add_argument("--jobs", type=int, default=2, help="threads extracting clip features")
 
 

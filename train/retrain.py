@@ -3,7 +3,7 @@
 1. Find the CSVs and their clips (train.clips: the workbench's export zip or folder, the MELD
    release layout, or a folder of clips); rows without a usable clip are listed by name and train
    their text only. With no --dev: a seeded share of train (--holdout) is held out as dev, unless
-   train is small (fewer than SMALL_DATA rows): then nothing is held out, no epoch is chosen on a
+   train is small (fewer than SMALL_DATA rows) and --holdout is not given: then nothing is held out, no epoch is chosen on a
    handful of rows, and train.train runs a fixed schedule (train.clip_args.SMALL) instead.
 2. Face and voice features from the app's own code, cached by clip content (train.features);
    with R3D-18 Kinetics weights (--video-weights, $WORKBENCH_VIDEO_WEIGHTS, or torchvision's
@@ -31,7 +31,8 @@ from .text_layers import frozen_states
 from .video_features import video_features
 
 SHOWN = 20                   # names printed per problem list (all are counted; the card keeps 50)
-SMALL_DATA = 300             # fewer train rows than this and no --dev: fixed schedule, no held-out dev
+SMALL_DATA = 300             # fewer train rows than this and no --dev/--holdout: fixed schedule, no held-out dev
+HOLDOUT = 0.1                # share of train held out as dev when --dev is absent (SMALL_DATA rows and more)
 
 
 def fail(message: str) -> SystemExit:
@@ -100,15 +101,16 @@ def load(args, workdir: Path, context: tuple[int, int], video_encoder, log) -> C
     held = False
     if args.dev:
         dev = clipdata.load_clip_split(_dev_source(args, workdir / "dev"), context[0], args.dev_limit, context[1])
-    elif len(train.rows) < SMALL_DATA:
+    elif len(train.rows) < SMALL_DATA and args.holdout is None:
         dev = None
         log(f"no --dev and {len(train.rows)} train rows (< {SMALL_DATA}): no dev set is held out; "
             "a fixed schedule trains on every row")
     else:
-        train, dev = clipdata.holdout(train, args.holdout, args.seed)
+        share = HOLDOUT if args.holdout is None else args.holdout
+        train, dev = clipdata.holdout(train, share, args.seed)
         held = True
         log(f"no --dev: held out {len(dev.rows)} of {len(train.rows) + len(dev.rows)} train rows as dev "
-            f"(seeded share {args.holdout:g}, seed {args.seed})")
+            f"(seeded share {share:g}, seed {args.seed})")
     if not train.rows or (dev is not None and not dev.rows):
         raise fail(f"no labelled rows in {train.csv.name if not train.rows else dev.csv.name}")
     data = ClipData(train, dev, held)
