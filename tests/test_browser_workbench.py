@@ -82,24 +82,18 @@ def wait_status(page, pattern: str, timeout: float = LONG) -> str:
 
 
 def select_row(page, row: int) -> None:
-    cell(page, row, TEXT).click()
-    page.wait_for_function(
-        f"(document.querySelector('#editor-title')?.innerText || '').includes('Utterance {row} ')")
-
-
-def choose(page, dropdown: str, text: str) -> None:
-    """Pick the option holding `text` in a dropdown (typing filters Gradio's options)."""
-    box = page.locator(f"#{dropdown} input")
-    box.click()
-    page.locator("ul[role=listbox]").first.wait_for(state="visible")
-    box.fill(text)
-    option = page.locator("ul[role=listbox] li", has_text=text).first
-    try:
-        option.wait_for(state="visible", timeout=20_000)
-    except Exception:
-        raise AssertionError(f"no option {text!r} in #{dropdown}: "
-                             f"{page.locator('ul[role=listbox] li').all_inner_texts()}") from None
-    option.click()
+    """Click a cell of `row` and wait for the editor to show it. A click the table swallows while it
+    is still being redrawn (after a reload, on a loaded machine) is repeated, at most twice."""
+    wanted = f"(document.querySelector('#editor-title')?.innerText || '').includes('Utterance {row} ')"
+    for attempt in range(3):
+        cell(page, row, TEXT).click()
+        try:
+            page.wait_for_function(wanted, timeout=20_000 if attempt < 2 else 60_000)
+            return
+        except Exception:
+            if attempt == 2:
+                raise AssertionError(f"row {row} not selected: editor says {page.locator('#editor-title').inner_text()!r}, "
+                                     f"status {page.locator('#status').inner_text()!r}") from None
 
 
 def open_input(page) -> None:
