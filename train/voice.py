@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="MELD dev CSV for the emotional-words check")
     p.add_argument("--exclude", default="", help="actors to leave out entirely, e.g. 23,24 (a fair --init "
                                                  "for train.ravdess_check)")
+    p.add_argument("--contexts", default="windows,clips",
+                   help="how the clips are heard in training: windows (28-s windows of one actor's clips, as "
+                        "utterances of a video), clips (each alone, as a one-utterance file), or both")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -184,10 +187,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     clips = ravdess.load_clips(args.data)
     whisper = load_whisper("base", device="cpu")
-    x = ravdess.window_features(clips, whisper)
     excluded = {int(a) for a in args.exclude.split(",") if a.strip()}
-    keep = [i for i, c in enumerate(clips) if c.actor not in excluded]
-    clips, x = [clips[i] for i in keep], x[keep]
+    clips = [c for c in clips if c.actor not in excluded]
+    views = {"windows": ravdess.window_features(ravdess.load_clips(args.data), whisper)[
+        [i for i, c in enumerate(ravdess.load_clips(args.data)) if c.actor not in excluded]]}
+    if "clips" in args.contexts.split(","):       # each clip heard alone, as train.features and a one-utterance file
+        views["clips"] = ravdess.clip_features(clips, whisper)
+    view_of = np.concatenate([[name] * len(clips) for name in views])
+    x = np.concatenate(list(views.values()))
+    clips = clips * len(views)
     y = np.array([c.emotion for c in clips])
     s = np.array([c.sentiment for c in clips])
     actor = np.array([c.actor for c in clips])
@@ -200,10 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
         emo, _ = cross_validate(config, x, y, s, actor, recipe)
         pred = emo.argmax(-1).numpy()
         acc7 = 100.0 * float((pred[~calm] == y[~calm]).mean())
-        results.append((acc7, recipe, emo))
-        log(f"recipe {recipe}: held-out actors, 7 classes (calm left out) {acc7:.1f} %, "
+        by_view = {v: round(100.0 * float((pred[~calm & (view_of == v)] == y[~calm & (view_of == v)]).mean()), 1)
+                   for v in views}
+        results.append((acc7, recipe, emo, by_view))
+        log(f"recipe {recipe}: held-out actors, 7 classes (calm left out) {acc7:.1f} % {by_view}, "
             f"calm as neutral {100.0 * float((pred == y).mean()):.1f} %")
-    acc7, recipe, emo = max(results, key=lambda r: r[0])
+    acc7, recipe, emo, by_view = max(results, key=lambda r: r[0])
     pred = emo.argmax(-1).numpy()
     t = temperature(emo, y)
     calibrated = emo / t
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     card.trained_modalities = sorted(set(card.trained_modalities) | {"audio"}, key=["text", "face", "audio",
                                                                                    "video"].index)
     card.data["voice"] = {
-        "data": f"RAVDESS speech, actors {sorted(set(actor.tolist()))} ({len(clips)} clips; 16 kHz FLAC), "
+        "data": f"RAVDESS speech, actors {sorted(set(actor.tolist()))} ({len(clips) // len(views)} clips; 16 kHz FLAC), "
                 "../shared/data/ravdess",
         "licence": ravdess.LICENSE, "file": ck.VOICE_FILE, "notice": NOTICE, "citation": ravdess.CITATION,
         "calm": f"folded into {ravdess.CALM_AS}",
@@ -236,8 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
         "cross_validation": {"folds": FOLDS, "held_out_per_fold": "2 whole actors",
                              "accuracy_7_classes_calm_left_out": round(acc7, 1),
                              "accuracy_with_calm_as_neutral": round(100.0 * float((pred == y).mean()), 1),
+                             "accuracy_by_context": by_view,
+                             "per_class_by_context": {v: per_class(pred[~calm & (view_of == v)], y[~calm & (view_of == v)])
+                                                      for v in views},
                              "per_class": per_class(pred[~calm], y[~calm]),
-                             "recipes": [{"recipe": r, "accuracy": round(a, 1)} for a, r, _ in results]},
+                             "recipes": [{"recipe": r, "accuracy": round(a, 1), "by_context": b}
+                                         for a, r, _, b in results]},
+        "contexts": list(views),
     }
     card.data["fusion_how"] = (
         "Late fusion (core.model.late_fuse): the text model (MELD) and the voice head (RAVDESS) learned apart, "
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "voice.safetensors) fused late; the face net's opinion is shown beside, not fused.")
     ck.save_checkpoint(args.out, model, card, base.text_state)
     card = ck.load_checkpoint(args.out).card
-    summary = {"voice_accuracy_held_out_actors": round(acc7, 1), "per_class": card.data["voice"]["cross_validation"]["per_class"],
+    summary = {"voice_accuracy_held_out_actors": round(acc7, 1), "by_context": by_view, "per_class": card.data["voice"]["cross_validation"]["per_class"],
                "temperature": round(t, 3), "fusion_weight": weight, "fusion_checks": checks[weight], "out": args.out}
     print(json.dumps(summary))
     return summary
