@@ -96,6 +96,21 @@ def select_row(page, row: int) -> None:
                                      f"status {page.locator('#status').inner_text()!r}") from None
 
 
+def choose(page, dropdown: str, text: str) -> None:
+    """Pick the option holding `text` in a dropdown (typing filters Gradio's options)."""
+    box = page.locator(f"#{dropdown} input")
+    box.click()
+    page.locator("ul[role=listbox]").first.wait_for(state="visible")
+    box.fill(text)
+    option = page.locator("ul[role=listbox] li", has_text=text).first
+    try:
+        option.wait_for(state="visible", timeout=20_000)
+    except Exception:
+        raise AssertionError(f"no option {text!r} in #{dropdown}: "
+                             f"{page.locator('ul[role=listbox] li').all_inner_texts()}") from None
+    option.click()
+
+
 def open_input(page) -> None:
     """Open the "1 · Input" panel (it closes once a session is open)."""
     if not page.locator("#example-btn").is_visible():

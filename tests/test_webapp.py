@@ -439,3 +439,14 @@ def test_an_import_without_media_says_what_is_missing(handlers, tmp_path):
     out = h.import_csv(str(csv_path), None, True, VIEW, request=REQ, progress=lambda *a, **k: None)
     assert "Imported 1 row(s)" in out["status"] and "No video or audio was given" in out["status"]
     assert out["table"].iloc[0]["emotion"] == "joy"
+
+
+def test_the_detail_says_in_plain_words_what_decided():
+    s = make_session()
+    s.rows[0].opinions = [
+        {"modality": "text", "present": True, "used_in_fusion": True, "emotion_probs": [0, 0, 0, 0, 1, 0, 0]},
+        {"modality": "audio", "present": True, "used_in_fusion": True, "emotion_probs": [1, 0, 0, 0, 0, 0, 0]},
+        {"modality": "face", "present": True, "used_in_fusion": False, "emotion_probs": [0, 0, 0, 1, 0, 0, 0]}]
+    text = views.detail_markdown(s, 0)
+    assert "**Decided from** the words and the voice." in text
+    assert "The voice says **anger**, the words say **neutral**." in text

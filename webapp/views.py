@@ -179,9 +179,26 @@ def detail_markdown(session: Session | None, position: int | None) -> str:
     lines.append(f"| **{who}** | **{r.emotion or '—'}**{' ✎' if 'emotion' in fixed else ''} · "
                  f"**{r.sentiment or '—'}**{' ✎' if 'sentiment' in fixed else ''} | "
                  f"{'corrected' if fixed else 'as predicted' if r.emotion_probs else ''} |")
+    decided = decided_line(r.opinions)
+    if decided:
+        lines += ["", decided]
     if r.error:
         lines += ["", f"⚠ {r.error}"]
     return "\n".join(lines)
+
+
+def decided_line(opinions: list[dict]) -> str:
+    """In plain words: which modalities decided this utterance, and where the voice and the words differ."""
+    used = [o for o in opinions if o.get("used_in_fusion") and o.get("present")]
+    if not used:
+        return ""
+    names = [PLAIN_NAMES.get(o["modality"], o["modality"]) for o in used]
+    line = f"**Decided from** {_plain_list(names)}."
+    top = {o["modality"]: EMOTIONS[max(range(len(o["emotion_probs"])), key=o["emotion_probs"].__getitem__)]
+           for o in used if o.get("emotion_probs")}
+    if "text" in top and "audio" in top and top["text"] != top["audio"]:
+        line += f" The voice says **{top['audio']}**, the words say **{top['text']}**."
+    return line
 
 
 def _trained_note(model: dict) -> str:
