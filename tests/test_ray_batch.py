@@ -199,21 +199,13 @@ def test_a_worker_that_dies_fails_only_its_file_and_one_that_cannot_start_fails_
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the actors cannot import this file
     files = ["/videos/a.mp4", "/videos/crash.mp4", "/videos/b.mp4"]
     monkeypatch.setattr(ray_engine, "BatchWorker", DiesOnCrashFiles)
-    engine = ray_engine.RayEngine(1, None, len(files))
-    try:
-        got = {Path(o.path).name: o.message for o in engine.run(files)}
-    finally:
-        engine.close()
+    got = _messages(ray_engine.RayEngine(1, None, len(files)), files)
     assert got["a.mp4"] == got["b.mp4"] == "fine"               # the replacement actor went on
     assert got["crash.mp4"].startswith("The Ray worker stopped while analysing it: "), got
     assert "\n" not in got["crash.mp4"]
 
     monkeypatch.setattr(ray_engine, "BatchWorker", CannotStart)
-    engine = ray_engine.RayEngine(1, None, len(files))
-    try:
-        got = {Path(o.path).name: o.message for o in engine.run(files)}
-    finally:
-        engine.close()
+    got = _messages(ray_engine.RayEngine(1, None, len(files)), files)
     assert not ray.is_initialized()
     assert set(got) == {"a.mp4", "crash.mp4", "b.mp4"}
     for message in got.values():
@@ -255,3 +247,11 @@ def test_without_ray_the_ray_engine_says_how_to_install_it_in_one_line(clips, tm
 def test_ray_flags_without_the_ray_engine_are_refused(clips, tmp_path):
     proc = run_cli("batch", str(clips), "--out", str(tmp_path / "out"), "--address", "auto")
     assert proc.returncode == 2 and "--address, --cpus-per-job and --gpus-per-job are for --engine ray" in proc.stderr
+
+
+def _messages(engine, files: list[str]) -> dict[str, str]:
+    """Each file's outcome (by name) from one run of `engine`, which is closed after."""
+    try:
+        return {Path(o.path).name: o.message for o in engine.run(files)}
+    finally:
+        engine.close()
