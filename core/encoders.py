@@ -291,12 +291,20 @@ class VideoEncoder(torch.nn.Module):
 
 
 def apply_text_state(encoder: TextEncoder, state: dict[str, torch.Tensor]) -> TextEncoder:
-    """Load tensors a checkpoint tuned (names as in encoder.state_dict()) into `encoder`."""
+    """Load tensors a checkpoint tuned (names as in encoder.state_dict()) into a fresh `encoder`,
+    then merge its LoRA updates (core.lora: W += B @ A), so it runs at the plain encoder's cost."""
+    from .lora import is_lora, merge_into
     if state:
+        plain = {k: v for k, v in state.items() if not is_lora(k)}
         own = encoder.state_dict()
-        unknown = [k for k in state if k not in own]
+        unknown = [k for k in plain if k not in own]
         if unknown:
             raise EncoderUnavailable(f"the checkpoint's text-encoder tensors do not fit {encoder.name!r} "
                                      f"(e.g. {unknown[0]})")
-        encoder.load_state_dict(state, strict=False)
+        encoder.load_state_dict(plain, strict=False)
+        try:
+            merge_into(encoder, {k: v for k, v in state.items() if is_lora(k)})
+        except ValueError as err:
+            raise EncoderUnavailable(f"the checkpoint's text-encoder tensors do not fit {encoder.name!r} "
+                                     f"({err})") from None
     return encoder.eval()

@@ -34,7 +34,7 @@ from core.encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM, TextEncoder
 from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel, model_batch
 
-from . import metrics
+from . import metrics, resume
 from .ema import WeightAverage
 from .text_layers import collate, length_batches, text_vectors
 
@@ -325,6 +325,10 @@ class FitOptions:
     ema: float = 0.0                  # weight-average decay (0: off)
     seed: int = 0
     quiet: bool = False
+    state_file: str | None = None     # train.resume: the loop's state is saved here after every epoch
+    resume: bool = False              # start from the state in state_file
+    stop_after: int | None = None     # stop after this epoch, as a stopped run would (state kept)
+    args: dict | None = None          # the run's arguments, saved with the state (train.resume.check_args)
 
 
 @dataclass
@@ -344,6 +348,10 @@ def fit(model: EmotionModel, trainable: dict[str, torch.Tensor], train: Inputs, 
     average = WeightAverage({**{f"model.{n}": p for n, p in model.named_parameters()}, **trainable},
                             opts.ema) if opts.ema else None
     result, best, t_train = FitResult(0), {"key": (-1.0, -1.0)}, time.time()
+    first = 1
+    if opts.resume:
+        first = resume.restore(opts.state_file, model, trainable, optimizer, schedule, average, rng, result, best)
+        log(f"resumed after epoch {first - 1} from {opts.state_file}")
 
     def on_step(loss: float, fused: float) -> None:
         result.steps += 1
@@ -351,7 +359,7 @@ def fit(model: EmotionModel, trainable: dict[str, torch.Tensor], train: Inputs, 
             writer.add_scalar("train/loss", loss, result.steps)
             writer.add_scalar("train/loss_fused", fused, result.steps)
 
-    for epoch in range(1, opts.epochs + 1):
+    for epoch in range(first, opts.epochs + 1):
         t0 = time.perf_counter()
         loss = train_epoch(model, train, text, use, loss_fn, optimizer, schedule,
                            epoch_batches(train, opts.batch_size, rng), desc=f"epoch {epoch}/{opts.epochs}",
@@ -378,6 +386,12 @@ def fit(model: EmotionModel, trainable: dict[str, torch.Tensor], train: Inputs, 
         else:
             log(f"epoch {epoch}: loss {loss:.3f} ({result.epoch_seconds[-1]:.1f} s)")
         result.history.append(entry)
+        if opts.state_file:
+            resume.save(opts.state_file, epoch, opts.args or {}, model, trainable, optimizer, schedule, average,
+                        rng, result, best)
+        if opts.stop_after and epoch >= opts.stop_after and epoch < opts.epochs:
+            log(f"stopping after epoch {epoch} as asked; continue with --resume")
+            break
         if opts.keep == "dev" and opts.patience and epoch - result.best_epoch >= opts.patience:
             log(f"stopping: no better dev emotion wF1 for {opts.patience} epochs")
             break

@@ -43,12 +43,14 @@ import numpy as np
 import torch
 
 from core import checkpoint as ck
+from core import lora
 from core.encoders import DEFAULT_TEXT_MODEL, TextEncoder, apply_text_state
 from core.model import EmotionModel, ModelConfig, with_modalities
 
 from . import card as cards
 from . import clips as clipdata
 from . import loop
+from . import resume as resuming
 from . import retrain
 from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options, fill_defaults, small_defaults
 from .data import load_text_split
@@ -73,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-layers", type=int, default=2, help="top encoder layers to fine-tune")
     p.add_argument("--tune-attention", type=int, default=0,
                    help="layers below those whose self-attention block is fine-tuned too")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="LoRA rank on every encoder layer below the tuned ones (q, k, v, out, feed-forward; "
+                        "0: off); merged into the weights at load")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 x rank)")
+    p.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA branch's input")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the fusion model")
@@ -90,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tb", default=None, help="TensorBoard folder (default runs/<out folder name>)")
     p.add_argument("--name", default=None, help="checkpoint name in its card")
     p.add_argument("--no-final-eval", action="store_true", help="skip the dev check of the saved files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run from the state it saved after its last epoch "
+                        "(<tb folder>/resume.pt; same arguments)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this epoch as a stopped run would (its state kept for --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_clip_options(p)
     return p
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="train-"))
     try:
         return run(args, clips, workdir, log)
-    except (clipdata.ClipDataError, ck.CheckpointError) as err:
+    except (clipdata.ClipDataError, ck.CheckpointError, resuming.ResumeError) as err:
         raise retrain.fail(str(err)) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -177,8 +189,16 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         apply_text_state(encoder, init.text_state)
     first, tuned, trainable, tuned_layers, attention_layers = tune_setup(encoder, args.tune_layers,
                                                                          args.tune_attention)
+    lora_layers, lora_scale = [], 1.0
+    if getattr(args, "lora_rank", 0):
+        alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
+        lora_layers, lora_scale = list(range(first)), alpha / args.lora_rank
+        trainable = {**lora.add_lora(encoder.bert.encoder.layer, lora_layers, args.lora_rank, alpha,
+                                     args.lora_dropout), **trainable}
+        first, tuned = 0, encoder.bert.encoder.layer
     log(f"fine-tuning {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M encoder parameters "
-        f"(layers {tuned_layers}; attention only in {attention_layers})" if trainable else "text encoder frozen")
+        f"(layers {tuned_layers}; attention only in {attention_layers}; LoRA in {lora_layers})"
+        if trainable else "text encoder frozen")
 
     # -- 3. inputs: the frozen bottom once (or frozen vectors), face/voice/video from the feature cache
     t0 = time.time()
@@ -238,15 +258,19 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     tb_dir = Path(args.tb) if args.tb else Path("runs") / (out_dir.resolve().name or "model")
     writer = SummaryWriter(str(tb_dir))
     writer.add_text("args", json.dumps(vars(args), indent=2, default=str))
+    state_file = tb_dir / resuming.STATE_FILE
+    run_args = {k: v for k, v in vars(args).items() if k not in resuming.FREE_ARGS}
+    if args.resume:
+        resuming.check_args(resuming.saved_args(state_file), json.loads(json.dumps(run_args, default=str)))
     opts = loop.FitOptions(args.epochs, args.batch_size, keep, getattr(args, "patience", None), args.ema,
-                           args.seed, args.quiet)
+                           args.seed, args.quiet, str(state_file), args.resume, args.stop_after, run_args)
     t_train = time.time()
     result = loop.fit(model, trainable, fit_in, dev_in, text_side, use, loss_fn, optimizer, schedule, opts,
                       log, writer)
     train_seconds = time.time() - t_train
 
     # -- 6. save the kept weights (with --init: its tuned text tensors plus this run's), then the card
-    text_state = {**(init.text_state if init else {}), **{n: p.detach() for n, p in trainable.items()}}
+    text_state = lora.combine(init.text_state if init else {}, lora.export(trainable, lora_scale))
     card = cards.build_card(
         args, name=cards.default_name(args, trained, clips),
         text=cards.text_section(text_card, args.text_model, encoder, context, text_state, tuned_layers,
@@ -259,6 +283,12 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         extra_training={"train_seconds": round(train_seconds), "cache_seconds": round(t_cache),
                         "steps": result.steps,
                         "epoch_seconds_mean": round(float(np.mean(result.epoch_seconds)), 3)})
+    if lora_layers:
+        card.text_encoder["lora"] = {
+            "rank": lora.rank_of(text_state), "alpha": args.lora_alpha or 2.0 * args.lora_rank,
+            "layers": lora_layers, "targets": list(lora.TARGETS),
+            "how": "low-rank updates (core.lora) stored with their scale folded in; merged into the "
+                   "packaged encoder's weights at load (W += B @ A), so inference costs the plain encoder's"}
     if "video" in model.config.modalities:
         card.video_encoder = video_encoder.describe() if video_encoder is not None else dict(init.card.video_encoder)
     ck.save_checkpoint(out_dir, model, card, text_state)

@@ -1,0 +1,88 @@
+"""LoRA on the packaged MiniLM (core.lora) and resumable training (train.resume), on the real encoder."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core import checkpoint as ck
+from core import encoders, lora
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = FIXTURES / "train_tiny.csv"
+TEXTS = ["I am so happy for you!", "Get out of my house, I hate you!"]
+CONTEXTS = ["Hi. | How are you?", ""]
+
+
+def _trained_lora(encoder, rank=4):
+    """LoRA on every layer, with B filled in as if trained (a fresh B is zero and changes nothing)."""
+    params = lora.add_lora(encoder.bert.encoder.layer, list(range(6)), rank, alpha=2.0 * rank)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in params.items():
+            if name.endswith(lora.B_SUFFIX):
+                p.normal_(0.0, 0.02)
+    return params
+
+
+def test_merged_lora_gives_the_same_vectors_as_the_adapted_encoder():
+    adapted = encoders.TextEncoder()
+    params = _trained_lora(adapted)
+    want = adapted.eval().encode(TEXTS, CONTEXTS)
+    plain = encoders.TextEncoder().eval().encode(TEXTS, CONTEXTS)
+    assert (want - plain).abs().max() > 1e-2                 # the update matters
+    merged = encoders.apply_text_state(encoders.TextEncoder(), lora.export(params, scale=2.0))
+    assert not any(isinstance(m, lora.LoRALinear) for m in merged.modules())   # plain layers: plain cost
+    assert torch.allclose(merged.encode(TEXTS, CONTEXTS), want, atol=1e-4)
+
+
+def test_stacked_updates_equal_both_applied_one_after_the_other():
+    first = lora.export(_trained_lora(encoders.TextEncoder(), rank=2), 2.0)
+    second = {k: v * 0.5 for k, v in first.items()}          # any second update on the same layers
+    both = lora.combine(first, second)
+    assert lora.rank_of(both) == 4
+    one_by_one = encoders.apply_text_state(encoders.apply_text_state(encoders.TextEncoder(), first), second)
+    stacked = encoders.apply_text_state(encoders.TextEncoder(), both)
+    assert torch.allclose(one_by_one.encode(TEXTS), stacked.encode(TEXTS), atol=1e-4)
+
+
+def test_lora_tensors_that_do_not_fit_are_refused_in_one_line():
+    bad = {"bert.encoder.layer.0.attention.self.query.lora_A": torch.zeros(4, 100),
+           "bert.encoder.layer.0.attention.self.query.lora_B": torch.zeros(384, 4)}
+    with pytest.raises(encoders.EncoderUnavailable, match="do not fit"):
+        encoders.apply_text_state(encoders.TextEncoder(), bad)
+    lonely = {"bert.encoder.layer.0.attention.self.query.lora_B": torch.zeros(384, 4)}
+    with pytest.raises(encoders.EncoderUnavailable, match="no A"):
+        encoders.apply_text_state(encoders.TextEncoder(), lonely)
+
+
+def _train(tmp_path, out, *extra):
+    from train import train
+    threads = torch.get_num_threads()
+    try:
+        return train.main(["--train", str(TINY), "--dev", str(TINY), "--out", str(out), "--epochs", "2",
+                           "--threads", "1", "--batch-size", "14", "--tune-layers", "0", "--lora-rank", "4",
+                           "--lr", "3e-3", "--encoder-lr", "1e-3", "--ema", "0.9", "--context-turns", "2",
+                           "--context-ahead", "1", "--seed", "3", "--quiet", "--no-final-eval", *extra])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_lora_run_stopped_after_one_epoch_resumes_to_the_same_weights(tmp_path):
+    whole = _train(tmp_path, tmp_path / "whole", "--tb", str(tmp_path / "tb-whole"))
+    stopped = _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--stop-after", "1")
+    assert stopped["epochs_run"] == 1 and (tmp_path / "tb-parts" / "resume.pt").is_file()
+    resumed = _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume")
+    assert resumed["epochs_run"] == 2 and resumed["best_epoch"] == whole["best_epoch"]
+    for name in (ck.MODEL_FILE, ck.TEXT_FILE):
+        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "parts" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    card = ck.read_card(tmp_path / "parts")
+    assert card.text_encoder["lora"]["rank"] == 4 and card.text_encoder["lora"]["layers"] == list(range(6))
+    text = load_file(str(tmp_path / "parts" / ck.TEXT_FILE))
+    assert text and all(lora.is_lora(k) for k in text)            # only the adapter is stored
+    assert sum(t.numel() for t in text.values()) < 200_000
+    # resuming with other training arguments is refused in one line
+    with pytest.raises(SystemExit, match="--encoder-lr"):
+        _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume", "--encoder-lr", "2e-3")
