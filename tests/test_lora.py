@@ -69,14 +69,21 @@ def _train(tmp_path, out, *extra):
         torch.set_num_threads(threads)
 
 
-def test_lora_run_stopped_after_one_epoch_resumes_to_the_same_weights(tmp_path):
-    whole = _train(tmp_path, tmp_path / "whole", "--tb", str(tmp_path / "tb-whole"))
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """A 2-epoch LoRA run on the tiny fixture, never stopped: (its summary, its folder)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    return _train(tmp, tmp / "model", "--tb", str(tmp / "tb")), tmp / "model"
+
+
+def test_lora_run_stopped_after_one_epoch_resumes_to_the_same_weights(tmp_path, whole):
+    whole, whole_dir = whole
     stopped = _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--stop-after", "1")
     assert stopped["epochs_run"] == 1 and (tmp_path / "tb-parts" / "resume.pt").is_file()
     resumed = _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume")
     assert resumed["epochs_run"] == 2 and resumed["best_epoch"] == whole["best_epoch"]
     for name in (ck.MODEL_FILE, ck.TEXT_FILE):
-        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "parts" / name))
+        a, b = load_file(str(whole_dir / name)), load_file(str(tmp_path / "parts" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     card = ck.read_card(tmp_path / "parts")
     assert card.text_encoder["lora"]["rank"] == 4 and card.text_encoder["lora"]["layers"] == list(range(6))
@@ -86,3 +93,19 @@ def test_lora_run_stopped_after_one_epoch_resumes_to_the_same_weights(tmp_path):
     # resuming with other training arguments is refused in one line
     with pytest.raises(SystemExit, match="--encoder-lr"):
         _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume", "--encoder-lr", "2e-3")
+
+
+def test_new_words_go_into_the_shipped_checkpoint_and_its_voice_stays(tmp_path, whole):
+    from train import swap_text
+    from train.evaluate import predict_texts, text_encoder_for
+    _, text_dir = whole
+    swap_text.main(["--text", str(text_dir), "--into", str(ck.DEFAULT_CHECKPOINT), "--out", str(tmp_path / "m")])
+    shipped, text, swapped = (ck.load_checkpoint(d) for d in (ck.DEFAULT_CHECKPOINT, text_dir, tmp_path / "m"))
+    assert (tmp_path / "m" / ck.VOICE_FILE).read_bytes() == (ck.DEFAULT_CHECKPOINT / ck.VOICE_FILE).read_bytes()
+    assert swapped.card.data["voice"] == shipped.card.data["voice"] and swapped.card.data["fusion"]["late"]
+    assert swapped.card.text_encoder == text.card.text_encoder and swapped.card.trained_modalities == ["text", "audio"]
+    # the words alone (no voice) read exactly as the text model read them
+    words = ["I am so happy for you!", "Get out of my house, I hate you!", "Okay."]
+    got = predict_texts(swapped, text_encoder_for(swapped), words, None)
+    want = predict_texts(text, text_encoder_for(text), words, None)
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
