@@ -12,6 +12,9 @@ What it does, top to bottom:
 2. Tokenise once with the app's TextEncoder. The encoder's bottom layers stay frozen, so their
    output is computed once per example and kept in memory (train.text_layers); each step only
    runs the top `--tune-layers` layers, the same mean pooling as the app, and the fusion model.
+   With --lora-rank r, every layer below those learns a low-rank update (core.lora) instead, so
+   all six layers run each step; the checkpoint stores only the updates (about 1.3 MB at r 16),
+   merged into the packaged encoder's weights when the app loads it.
 3. The one loop (train.loop.fit): AdamW with a higher learning rate for the fusion model than
    for the encoder layers, warm-up then linear decay, class-weighted cross-entropy on emotion and
    sentiment (fused heads and each trained modality's own heads), optional weight average
@@ -23,7 +26,9 @@ What it does, top to bottom:
    (train.evaluate); the card (train.card) records those metrics.
 
 Seeded and single-process: the same command on the same machine gives the same checkpoint.
-TensorBoard logs go to --tb (default runs/<out folder name>).
+TensorBoard logs go to --tb (default runs/<out folder name>), and so does the loop's state after
+every epoch (resume.pt, train.resume): a stopped run continues with the same command and
+--resume, and ends with the weights it would have had without stopping.
 
 """
 
