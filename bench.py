@@ -1,12 +1,17 @@
 """Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR]`.
 
+`python -m bench --vs-faster-whisper`: only our full analysis side by side with faster-whisper's
+transcript alone (tools/vs_faster_whisper.py).
+
 Generates a talking video (espeak-ng speech over a still face, 25 fps, 640x360), analyses it with
 the default models and prints the device, seconds per stage, total, real-time factor, peak memory
 and the word error rate of the transcript against the words that were spoken. Then whether every
 utterance is heard: a recording of 8 known clips (RAVDESS real speech when ../shared/data/ravdess is
 there, and espeak-ng) with pauses, clean, under pink noise and over music, and 14 acted RAVDESS clips
 of the same two sentences clean and under noise: clips heard, word error rate, longest utterance
-(`--no-hearing` skips it). Then the throughput of `python -m core batch` on
+(`--no-hearing` skips it). Then one sentence said 14 times against varied speech: seconds per audio
+second of each, their ratio, the words recovered and the temperature fallbacks (`--no-repetition`
+skips it). Then the throughput of `python -m core batch` on
 `--batch` such videos, and how long `app.py` takes to answer its first HTTP request and its first
 analysis.
 """
@@ -38,6 +43,7 @@ SENTENCES = [
 QUICK_SECONDS = 20.0
 APP_TIMEOUT = 300.0          # seconds to wait for app.py before giving up
 FIRST_CLIP_SECONDS = 6.0     # the app's first analysis is of a clip this long
+REPEATS = 3                  # alternating runs of each case in the repetition check (median)
 
 
 def make_video(seconds: float, folder: Path) -> tuple[Path, str]:
@@ -80,6 +86,56 @@ def hearing_check(folder: Path, device: str) -> None:
             got = hearing.score(rec, utterances)
             print(f"{label + names[kind]:<28}{f'{got.heard}/{got.clips}':>12}{100 * got.wer:>8.1f}"
                   f"{got.longest:>11.1f}{seconds:>9.2f}" + (f"   missed: {', '.join(got.missed)}" if got.missed else ""))
+    sys.stdout.flush()
+
+
+def _fallbacks(model) -> list[float]:
+    """Wrap model.decode to record each call's temperature (a temperature above 0 is a fallback)."""
+    temperatures: list[float] = []
+    decode = model.decode
+
+    def counted(features, options):
+        temperatures.append(options.temperature)
+        return decode(features, options)
+    model.decode = counted
+    return temperatures
+
+
+def repetition_check(video: Path, device: str, repeats: int = REPEATS) -> None:
+    """One sentence said 14 times (RAVDESS actors 09-24) against the benchmark video's varied speech:
+    transcribe seconds per audio second of each (alternating, median of `repeats`), their ratio, the
+    words recovered and the decoder passes at a temperature above 0 (fallbacks)."""
+    import statistics
+    from core.media import load_audio
+    from core.transcribe import load_whisper, transcribe
+    from tests import hearing
+    if not hearing.have_ravdess():
+        print(f"\nrepetition: skipped (RAVDESS is not at {hearing.RAVDESS})")
+        return
+    model = load_whisper(device=device)
+    rec = hearing.recording(hearing.one_sentence(14, seed=0), pause=1.0)
+    cases = {"varied": load_audio(video), "repeated": rec.audio}
+    per_second: dict[str, list[float]] = {k: [] for k in cases}
+    temperatures = _fallbacks(model)
+    try:
+        for _ in range(repeats):
+            for name, audio in cases.items():
+                temperatures.clear()
+                t0 = time.perf_counter()
+                utterances = transcribe(audio, model)
+                per_second[name].append((time.perf_counter() - t0) / (len(audio) / hearing.SAMPLE_RATE))
+                if name == "repeated":
+                    got, hot = hearing.score(rec, utterances), sum(t > 0 for t in temperatures)
+    finally:
+        del model.decode                          # back to the class's own method
+    varied, repeated = (statistics.median(per_second[k]) for k in cases)
+    print(f"\nrepetition: 14 RAVDESS clips of \"{hearing.STATEMENTS['1']}\" ({len(rec.audio) / 16000:.1f} s) "
+          f"against the benchmark video's varied speech ({len(cases['varied']) / 16000:.1f} s), "
+          f"transcribe only, median of {repeats} alternating runs")
+    print(f"  seconds per audio second: varied {varied:.3f}, repeated {repeated:.3f}, ratio {repeated / varied:.2f} "
+          f"(target <= 1.3)")
+    print(f"  repeated: {got.heard}/{got.clips} sentences heard, WER {100 * got.wer:.1f} %, "
+          f"decoder passes above temperature 0: {hot}" + (f"; missed: {', '.join(got.missed)}" if got.missed else ""))
     sys.stdout.flush()
 
 
@@ -163,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-app", action="store_true", help="skip timing app.py's first request")
     parser.add_argument("--no-hearing", action="store_true",
                         help="skip the clips-heard check (clean, pink noise, music)")
+    parser.add_argument("--no-repetition", action="store_true",
+                        help="skip the repeated-sentence check (one sentence 14 times against varied speech)")
+    parser.add_argument("--vs-faster-whisper", action="store_true",
+                        help="only: our full analysis of the video side by side with faster-whisper's "
+                             "transcript alone (tools/vs_faster_whisper.py; installs it in its own venv)")
     parser.add_argument("--keep", help="keep the generated media in this folder")
     args = parser.parse_args(argv)
     if args.quick:
@@ -178,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     video, spoken = make_video(args.seconds, folder)
     print(f"generated {video.name} in {time.perf_counter() - t0:.1f} s")
+    if args.vs_faster_whisper:
+        from tools.vs_faster_whisper import YardstickError, compare
+        try:
+            compare(video, spoken)
+        except YardstickError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
 
     t0 = time.perf_counter()
     models = load_models()
@@ -215,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_hearing:
         hearing_check(folder, models.device)
+    if not args.no_repetition:
+        repetition_check(video, models.device)
     if args.batch > 0:
         seconds, done = batch_throughput(video, args.batch, args.jobs, folder)
         print(f"batch: {done}/{args.batch} videos of {result.media.duration:.0f} s with --jobs {args.jobs} in "

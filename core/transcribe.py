@@ -184,14 +184,15 @@ def decode(model, audio: np.ndarray, regions: list[Region], language: str | None
     duration = len(audio) / SAMPLE_RATE
     clips = _clips(regions, duration)
     windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
-    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True)
+    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True,
+                                regions=regions)
     language = result.get("language") or language
     last = float(np.floor(duration * 100) / 100)      # whole mel frames, as in _clips
 
     def again(spans: list[Region]) -> list[dict]:
         spans = [(a, min(b, last)) for a, b in spans if min(b, last) > a]
         found = transcribe_windows(model, audio, plan_windows(spans, regions, audio), language, TEMPERATURES,
-                                   speech=True)
+                                   speech=True, regions=regions)
         return found.get("segments") or []
 
     segments = recall.second_look(again, regions, result.get("segments") or [], duration)

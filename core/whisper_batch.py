@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .repetition import COMPRESSION_RATIO_THRESHOLD, said_again
 from .threads import one_cpu_thread
 
 SAMPLE_RATE = 16000
@@ -36,8 +37,8 @@ HARD_CUT_SEARCH = 5.0             # speech with no pause for 30 s is cut at its 
 CUT_PAUSE = 0.3                   # windows are cut in pauses at least this long when there are any
 BATCH_CPU = 4                     # windows per encoder/decoder batch (memory grows with it)
 BATCH_CUDA = 16
-COMPRESSION_RATIO_THRESHOLD = 2.4   # openai-whisper's defaults for retrying a window
-LOGPROB_THRESHOLD = -1.0
+LOGPROB_THRESHOLD = -1.0          # openai-whisper's defaults for retrying a window (and 2.4 for
+                                  # the compression ratio: core.repetition)
 NO_SPEECH_THRESHOLD = 0.6
 INT8_ENV = "WORKBENCH_WHISPER_INT8"   # "0": keep the CPU decoder in fp32
 
@@ -185,23 +186,29 @@ def _silence(result) -> bool:
     return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
-def _needs_retry(result, speech: bool = False) -> bool:
+def _needs_retry(result, speech: bool = False, repeated: bool = False) -> bool:
     """openai-whisper's fallback rule: too repetitive or too improbable, unless it is silence (which
-    it is not when a voice-activity detector found speech in the window: `speech`)."""
-    bad = (result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-           or result.avg_logprob < LOGPROB_THRESHOLD)
+    it is not when a voice-activity detector found speech in the window: `speech`). Repetitive
+    text that is speech said again (`repeated`: core.repetition.said_again) is not a loop."""
+    looping = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD and not repeated
+    bad = looping or result.avg_logprob < LOGPROB_THRESHOLD
     return bad and (speech or not _silence(result))
 
 
 def _decode(model, features: torch.Tensor, language: str, temperatures: tuple[float, ...], fp16: bool,
-            speech: bool = False):
-    """Greedy decoding of a batch of windows, retrying the doubtful ones at each higher temperature."""
+            speech: bool = False, judge=None):
+    """Greedy decoding of a batch of windows, retrying the doubtful ones at each higher temperature.
+    `judge(i, result)` says whether window i's repetitive text is speech said again (not a loop)."""
     from whisper.decoding import DecodingOptions
+
+    def repeated(i: int, result) -> bool:
+        return (judge is not None and result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+                and judge(i, result))
 
     results = model.decode(features, DecodingOptions(language=language, temperature=temperatures[0],
                                                      fp16=fp16))
     for t in temperatures[1:]:
-        redo = [i for i, r in enumerate(results) if _needs_retry(r, speech)]
+        redo = [i for i, r in enumerate(results) if _needs_retry(r, speech, repeated(i, r))]
         if not redo:
             break
         again = model.decode(features[redo], DecodingOptions(language=language, temperature=t, fp16=fp16))
@@ -275,11 +282,14 @@ def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
 
 @torch.no_grad()
 def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language: str | None,
-                       temperatures: tuple[float, ...], progress: bool = False, speech: bool = False) -> dict:
+                       temperatures: tuple[float, ...], progress: bool = False, speech: bool = False,
+                       regions: list[tuple[float, float]] | None = None) -> dict:
     """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...}.
 
     `speech=True`: every window holds speech a voice-activity detector found, so none is skipped on
-    Whisper's own no-speech verdict (under noise it skipped 26 s of real speech that way)."""
+    Whisper's own no-speech verdict (under noise it skipped 26 s of real speech that way).
+    `regions`: the detected speech (seconds), against which a window of repetitive text is judged
+    a loop (decoded again hotter) or a sentence said again (kept: core.repetition)."""
     from tqdm import tqdm
     from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from whisper.timing import add_word_timestamps
@@ -306,7 +316,12 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task="transcribe")
         with one_cpu_thread(not cuda):        # tiny ops: a second thread only waits (core.threads)
-            results = _decode(model, features, language, temperatures, cuda, speech)
+            sample_len = model.dims.n_text_ctx // 2          # openai-whisper's token limit per window
+
+            def judge(i: int, result) -> bool:
+                return said_again(result.tokens, tokenizer, batch[i].first_frame / FRAMES_PER_SECOND,
+                                  regions, sample_len)
+            results = _decode(model, features, language, temperatures, cuda, speech, judge)
             for i, (window, result) in enumerate(zip(batch, results)):
                 if not speech and _silence(result):
                     continue                      # openai-whisper skips such a window as silence

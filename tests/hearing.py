@@ -140,17 +140,36 @@ def acted_clips(count: int = 14, seed: int = 1) -> list[tuple[np.ndarray, str, s
     return out
 
 
-def recording(sources: list[tuple[np.ndarray, str, str]], lead: float = LEAD) -> Recording:
-    """The clips one after another with the pauses in PAUSES between them."""
+def one_sentence(count: int = 14, seed: int = 0) -> list[tuple[np.ndarray, str, str]]:
+    """`count` RAVDESS clips of "Kids are talking by the door", each by another actor (09-24, drawn
+    at random, seeded), in any emotion, untrimmed (about 3.7 s each with their quiet lead and tail),
+    at a loudness between -30 and -20 dBFS: one sentence said again and again, which looks like a
+    hallucination loop to a window-wide repetition check."""
+    with open(RAVDESS / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if Path(r["path"]).name.split("-")[4] == "01"]
+    rng = np.random.default_rng(seed)
+    actors = sorted({r["actor"] for r in rows})
+    out = []
+    for actor in sorted(rng.choice(actors, count, replace=False)):
+        mine = [r for r in rows if r["actor"] == actor]
+        row = mine[int(rng.integers(len(mine)))]
+        audio = at_level(load_audio(RAVDESS / row["path"]), float(rng.uniform(-30.0, -20.0)))
+        out.append((audio, STATEMENTS["1"], Path(row["path"]).name))
+    return out
+
+
+def recording(sources: list[tuple[np.ndarray, str, str]], lead: float = LEAD,
+              pause: float | None = None) -> Recording:
+    """The clips one after another with the pauses in PAUSES (or `pause` seconds) between them."""
     parts = [np.zeros(int(lead * SAMPLE_RATE), np.float32)]
     clips, t = [], lead
     for i, (audio, text, source) in enumerate(sources):
         d, loud = len(audio) / SAMPLE_RATE, _loud(audio, CORE_DB)
         clips.append(Clip(round(t, 3), round(t + d, 3), text, source,
                           round(t + loud[0] * 0.01, 3), round(t + (loud[-1] + 1) * 0.01, 3)))
-        pause = PAUSES[i % len(PAUSES)]
-        parts += [audio, np.zeros(int(pause * SAMPLE_RATE), np.float32)]
-        t += d + pause
+        gap = PAUSES[i % len(PAUSES)] if pause is None else pause
+        parts += [audio, np.zeros(int(gap * SAMPLE_RATE), np.float32)]
+        t += d + gap
     return Recording(np.concatenate(parts), clips)
 
 

@@ -414,7 +414,8 @@ def test_speech_a_window_left_out_is_decoded_again(monkeypatch):
     regions = [(1.0, 3.0), (12.0, 14.0)]
     calls = []
 
-    def windows_stopping_early(model, audio, windows, language, temperatures, progress=False, speech=False):
+    def windows_stopping_early(model, audio, windows, language, temperatures, progress=False, speech=False,
+                               regions=None):
         calls.append([(w.start, w.end) for w in windows])
         if len(calls) == 1:          # the first pass hears only the first sentence
             return {"language": "en", "segments": [_said(" Kids are talking by the door.", 1.1, 2.9)]}
