@@ -450,3 +450,20 @@ def test_the_detail_says_in_plain_words_what_decided():
     text = views.detail_markdown(s, 0)
     assert "**Decided from** the words and the voice." in text
     assert "The voice says **anger**, the words say **neutral**." in text
+
+
+def test_a_long_session_is_shown_a_page_at_a_time_around_the_selection():
+    """20,000 rows redrawn on every edit took seconds (18 s for the chart alone): the table lists the
+    page of 500 holding the selected row and the chart draws the 300 utterances around it."""
+    from webapp import charts, views
+    session = make_session(1200, duration=4000.0)
+    frame, info = views.table_page(session, views.TableView(), 700)
+    assert len(frame) == views.TABLE_PAGE and frame["id"].iloc[0] == "500"
+    assert f"{views.SELECTED_MARK}700" in set(frame["id"]) and "rows 501–1000" in info
+    small, small_info = views.table_page(make_session(5), views.TableView(), 2)
+    assert len(small) == 5 and "rows" not in small_info
+    assert views.shown_positions(session, views.TableView(), 700) == list(range(500, 1000))
+    fig = charts.timeline(session, 650)
+    ids = {d[0] for trace in fig.data if trace.customdata is not None for d in trace.customdata}
+    assert ids == set(range(600, 900))
+    assert any("600–899 of 1200" in a.text for a in fig.layout.annotations)

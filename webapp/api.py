@@ -1,7 +1,7 @@
 """Named API endpoints for gradio_client, on hidden components (the page's own events are private).
 
     analyze(media)                          -> session_id, utterances
-    edit(session_id, utterance_id, field, value) -> utterances   (a refused value raises an error)
+    edit(session_id, utterance_id, field, value) -> [the utterance as saved]  (a refused value raises an error)
     split(session_id, utterance_id, at)     -> utterances
     merge(session_id, utterance_id)         -> utterances
     undo(session_id)                        -> utterances
@@ -19,7 +19,9 @@ every call (`Client(url, headers={...})`) to reach the same sessions from any cl
 session is reachable from the Client object that made it only. `sessions()` lists one's own;
 another's id is answered as if it did not exist.
 
-`utterance_id` is the row's position (its Utterance_ID in the export), from 0. `key` is a checkpoint's
+`edit` answers with the one utterance it changed (a list of one record), so that an edit costs the
+same in a session of 20 or 20,000 utterances; split, merge and undo, which move rows, answer with
+the whole table. `utterance_id` is the row's position (its Utterance_ID in the export), from 0. `key` is a checkpoint's
 key from models() ("shipped", "models/NAME", "checkpoint"); a broken one raises an error and the model
 in use is kept. use_model changes the model of every user, so it raises an error (one line, the model
 in use kept) when the server refuses switching (`--allow-model-switch`: by default on a public server
@@ -34,11 +36,11 @@ import gradio as gr
 
 from core.types import UserError
 
-from .common import fail
+from .common import SESSION_WORKERS, fail
 from .ratelimit import client_key
 from .service import Workbench
 from .session import merge_next, set_field, split_row
-from .views import table_records
+from .views import row_record, table_records
 
 
 def mount(wb: Workbench) -> None:
@@ -90,8 +92,13 @@ def mount(wb: Workbench) -> None:
         return session.id, table_records(session)
 
     def edit(session_id, utterance_id, field, value, request: gr.Request = None):
-        """Set one field (start, end, speaker, text, emotion, sentiment) of one utterance."""
-        return change(session_id, utterance_id, lambda s, uid: set_field(s, uid, field, value), request)
+        """Set one field (start, end, speaker, text, emotion, sentiment) of one utterance; returns
+        that utterance as saved (a list of one record)."""
+        def op(s):
+            uid = uid_at(s, utterance_id)
+            return set_field(s, uid, field, value), uid
+        session, uid = wb.apply(session_id, op, wb.owner(request))
+        return [row_record(session, int(utterance_id))]
 
     def split(session_id, utterance_id, at, request: gr.Request = None):
         """Split an utterance at `at` seconds ("" = its middle)."""
@@ -160,4 +167,5 @@ def mount(wb: Workbench) -> None:
         buttons = [gr.Button(visible=False) for _ in endpoints]
     for button, (fn, inputs, outputs) in zip(buttons, endpoints):
         button.click(guarded(fn), inputs, outputs, api_name=fn.__name__,
-                     concurrency_id=queues.get(fn.__name__, "session"), concurrency_limit=1)
+                     concurrency_id=queues.get(fn.__name__, "session"),
+                     concurrency_limit=1 if fn.__name__ in queues else SESSION_WORKERS)

@@ -1,5 +1,7 @@
 """Plotly figures: emotion probabilities over time (a stacked band per emotion, one block per
-utterance, its table id above it) above a sentiment track (positive minus negative). Corrected
+utterance, its table id above it) above a sentiment track (positive minus negative). A session of
+more than CHART_PAGE utterances is drawn a part at a time: the part holding the selected one (a
+plotly bar chart of 20,000 utterances takes 18 s to build and says nothing at that scale). Corrected
 utterances are drawn with the annotator's label and outlined; the selected one is shaded; where an
 utterance starts before the one before it ends, the overlap is hatched red. Every bar carries its
 utterance's table id as customdata[0], which the page's click hook (ui.py) reads."""
@@ -18,6 +20,7 @@ HEIGHT = 420
 EMOTION_COLORS = {"anger": "#dc2626", "disgust": "#65a30d", "fear": "#7c3aed", "joy": "#f59e0b",
                   "neutral": "#94a3b8", "sadness": "#2563eb", "surprise": "#ec4899"}
 SENTIMENT_COLORS = {"negative": "#dc2626", "neutral": "#94a3b8", "positive": "#16a34a"}
+CHART_PAGE = 300        # utterances drawn at once; the chart of a longer session follows the selection
 MAX_ID_LABELS = 60      # more utterances than this: every k-th id is written above the bars
 
 
@@ -50,7 +53,11 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
         return fig
-    spans = _spans(session)
+    spans, first = _window(_spans(session), selected)
+    if first or len(spans) < len(session.rows):
+        fig.add_annotation(text=f"utterances {spans[0][0]}–{spans[-1][0]} of {len(session.rows)} "
+                           "(the part with the selected one)", showarrow=False, xref="paper", yref="paper",
+                           x=1, y=1.09, xanchor="right", font=dict(size=11, color="#475569"))
     mids = [(s + e) / 2 for _, s, e in spans]
     widths = [(e - s) * 0.97 for _, s, e in spans]
     rows = [session.rows[i] for i, _, _ in spans]
@@ -82,7 +89,7 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
     fig.add_trace(go.Scatter(x=mids[::every], y=[1.06] * len(mids[::every]), mode="text",
                              text=[f"{i}" for i in ids[::every]], textfont=dict(size=11, color="#334155"),
                              customdata=data[::every], hoverinfo="skip", showlegend=False), row=1, col=1)
-    _mark_overlaps(fig, session)
+    _mark_overlaps(fig, session, {i for i, _, _ in spans})
     for (i, s, e), r in zip(spans, rows):
         if r.corrected:
             fig.add_annotation(x=(s + e) / 2, y=0.94, text="✎", showarrow=False,
@@ -97,13 +104,27 @@ def timeline(session: Session | None, selected: int | None = None) -> go.Figure:
                      ticktext=["neg", "0", "pos"], zeroline=True, zerolinecolor="#94a3b8",
                      gridcolor="#f1f5f9", row=2, col=1)
     end = max(e for _, _, e in spans)
-    fig.update_xaxes(range=[0, max(end, session.duration) * 1.01], gridcolor="#f1f5f9", row=1, col=1)
+    if len(spans) < len(session.rows):
+        low = min(s for _, s, _ in spans)
+        x_range = [low - 0.01 * (end - low), end + 0.01 * (end - low)]
+    else:
+        x_range = [0, max(end, session.duration) * 1.01]
+    fig.update_xaxes(range=x_range, gridcolor="#f1f5f9", row=1, col=1)
     fig.update_xaxes(title_text="time (s)", gridcolor="#f1f5f9", row=2, col=1)
     return fig
 
 
-def _mark_overlaps(fig: go.Figure, session: Session) -> None:
-    """Hatch in red the stretch where an utterance starts before an earlier one has ended."""
+def _window(spans: list[tuple[int, float, float]], selected: int | None,
+            size: int = CHART_PAGE) -> tuple[list[tuple[int, float, float]], int]:
+    """The CHART_PAGE spans holding `selected` (fixed parts, like the table's pages) and where they start."""
+    if len(spans) <= size:
+        return spans, 0
+    first = (selected or 0) // size * size if selected is not None and 0 <= selected < len(spans) else 0
+    return spans[first:first + size], first
+
+
+def _mark_overlaps(fig: go.Figure, session: Session, drawn: set[int]) -> None:
+    """Hatch in red the stretch where an utterance (of those drawn) starts before an earlier one has ended."""
     ends = {}
     latest = None
     for i, r in enumerate(session.rows):
@@ -111,6 +132,8 @@ def _mark_overlaps(fig: go.Figure, session: Session) -> None:
             ends[i] = latest
             latest = r.end if latest is None else max(latest, r.end)
     for issue in checks.overlaps(session):
+        if issue.position not in drawn:
+            continue
         r = session.rows[issue.position]
         x0, x1 = r.start, min(ends[issue.position], r.end)
         for row in (1, 2):

@@ -10,6 +10,8 @@ from core.types import UserError, error_line
 
 from .session import Session
 
+SESSION_WORKERS = 4     # session reads and edits served at once (the store serialises the writes)
+
 
 def fail(err: BaseException) -> gr.Error:
     """A core.types.UserError (or a disk error) as Gradio's one-line error, never a traceback."""

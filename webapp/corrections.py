@@ -93,7 +93,7 @@ class Corrections:
 
         def change(s: Session) -> tuple[Session, str]:
             shown = [views.parse_id(dict(zip(columns, rec)).get("id")) for rec in records]
-            if shown != views.visible_positions(s, ctx.view):
+            if shown != views.shown_positions(s, ctx.view, position(s, ctx.sel)):
                 return s, ("↩ The table was out of date (rows are added, split, merged or deleted with "
                            "the buttons above); it has been refreshed, nothing was changed.")
             refused = []

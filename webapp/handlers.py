@@ -114,6 +114,14 @@ class Handlers:
         return self._select_position(self.r.ctx(request, sid, sel, tview),
                                      views.parse_id(str(picked or "").partition("@")[0]))
 
+    def goto(self, sid: str, sel, tview, value, request: gr.Request = None) -> dict:
+        """The "Go to id" box: select that utterance (its page of the table, its part of the chart)."""
+        try:
+            pos = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return self.r.nothing()
+        return self._select_position(self.r.ctx(request, sid, sel, tview), pos)
+
     def _select_position(self, ctx: Ctx, pos: int | None) -> dict:
         session = self.r.session(ctx)
         if session is None or pos is None or not 0 <= pos < len(session.rows):

@@ -146,9 +146,7 @@ class Renderer:
                       playback_position=0.0)
 
     def table(self, session: Session | None, ctx: Ctx, pos: int | None) -> dict:
-        frame = views.table_frame(session, ctx.view, pos)
-        total = len(session.rows) if session else 0
-        info = ctx.view.describe(len(frame), total) if session else ""
+        frame, info = views.table_page(session, ctx.view, pos)
         return {self.p.table: frame, self.p.table_info: info}
 
     def view(self, session: Session | None, ctx: Ctx, uid: int | None = None, note: str = "",

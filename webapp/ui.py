@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from core.labels import EMOTIONS, SENTIMENTS
 
 from . import api, charts, guards, model_picker, owners, views
+from .common import SESSION_WORKERS
 from .corrections import Corrections
 from .handlers import Handlers
 from .player import Player
@@ -237,6 +238,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                                        label="Emotion", min_width=120, elem_id="table-emotion")
             only_state = gr.Dropdown([(v, k) for k, v in views.STATES.items()], value="all", label="Rows",
                                      min_width=140, elem_id="table-state")
+            goto = gr.Number(None, label="Go to id", precision=0, minimum=0, min_width=90, elem_id="table-goto")
             table_info = gr.Markdown("", elem_id="table-info")
         table = gr.Dataframe(value=views.table_frame(None), headers=views.TABLE_COLUMNS,
                              datatype=views.TABLE_TYPES, interactive=True, wrap=True, max_height=460,
@@ -277,7 +279,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                         analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn,
                         import_btn=import_btn, run_model=run_model, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
                         split_btn=split_btn, merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn,
-                        csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, pick_go=pick_go, keys=keys, keys_go=keys_go,
+                        csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, pick_go=pick_go, goto=goto, keys=keys, keys_go=keys_go,
                         order=order,
                         only_emotion=only_emotion, only_state=only_state, bulk_rows=bulk_rows,
                         bulk_emotion=bulk_emotion, bulk_sentiment=bulk_sentiment, bulk_btn=bulk_btn,
@@ -294,7 +296,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     out = p.all()
     private = dict(api_visibility="private")
     quiet = dict(show_progress="hidden")
-    serial = dict(concurrency_id="session", concurrency_limit=1, **private, **quiet)
+    serial = dict(concurrency_id="session", concurrency_limit=SESSION_WORKERS, **private, **quiet)
     heavy = dict(concurrency_id="analysis", concurrency_limit=1, show_progress_on=[p.status], **private)
     ctx = [p.sid, p.sel, p.tview]
     ui["analyse_video"].click(h.analyse, [ui["video_in"], p.tview], out, **heavy)
@@ -305,6 +307,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     ui["demo"].load(h.load, [p.remembered], out, **private, **quiet)
     p.table.select(h.select, ctx, out, **serial)
     p.table.input(c.table_edit, ctx + [p.table], out, **serial)
+    ui["goto"].submit(h.goto, ctx + [ui["goto"]], out, **serial)
     ui["pick_go"].click(h.pick, ctx + [ui["pick"]], out, **serial)      # the page's hooks (HEAD) click these
     ui["keys_go"].click(c.key, ctx + [ui["keys"]], out, **serial)
     fields = [("emotion", p.ed_emotion, ("input",)), ("sentiment", p.ed_sentiment, ("input",)),
@@ -342,12 +345,14 @@ def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
     """What launch() needs: the theme, css and page hooks (Gradio 6 takes them there), the one folder
     the browser may fetch from (each session's served files, not the data folder: service.served),
     the upload limit (Gradio refuses a bigger file before storing it), a cap on every other request
-    body (guards.BodyLimit) and, when `auth` is given, a login with a brake on failures."""
+    body (guards.BodyLimit) and, when `auth` is given, a login with brakes on failures per name
+    (guards.LoginBrake) and per address (guards.AddressBrake)."""
     kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.served_root)],
                   max_file_size=wb.limits.gradio_max_file_size(),
                   app_kwargs={"middleware": [Middleware(guards.BodyLimit)]})
     if auth:
         kwargs.update(auth=guards.LoginBrake(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")
+        kwargs["app_kwargs"]["middleware"].append(Middleware(guards.AddressBrake))
     return kwargs
 
 

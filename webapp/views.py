@@ -22,6 +22,7 @@ EDITABLE_COLUMNS = {"start", "end", "speaker", "text", "emotion", "sentiment"}
 STATIC_COLUMNS = [i for i, c in enumerate(TABLE_COLUMNS) if c not in EDITABLE_COLUMNS]
 MODALITY_NAMES = {"text": "Text", "face": "Face", "audio": "Voice", "video": "Video"}
 SELECTED_MARK = "▶ "
+TABLE_PAGE = 500        # rows the table shows at once; a longer view is shown a page at a time
 ORDERS = {"time": "in time order", "low": "lowest confidence first (review order)",
           "high": "highest confidence first"}
 STATES = {"all": "all rows", "todo": "not corrected yet", "corrected": "corrected",
@@ -77,21 +78,50 @@ def visible_positions(session: Session, view: TableView, notes: dict[int, list[s
     return keep
 
 
+def page(shown: list[int], selected: int | None, size: int = TABLE_PAGE) -> tuple[list[int], int]:
+    """The page of `shown` (table ids in view order) that holds `selected` (else the first page),
+    and the index in `shown` where it starts. Pages are fixed slices, so moving the selection
+    within a page does not move the table."""
+    if len(shown) <= size:
+        return shown, 0
+    k = shown.index(selected) if selected is not None and selected in shown else 0
+    first = k // size * size
+    return shown[first:first + size], first
+
+
+def shown_positions(session: Session, view: TableView, selected: int | None) -> list[int]:
+    """The table ids the table shows now: the page of the view holding the selected row."""
+    return page(visible_positions(session, view), selected)[0]
+
+
 def table_frame(session: Session | None, view: TableView = TableView(), selected: int | None = None) -> pd.DataFrame:
-    """The transcript table under `view`; `selected` (a position) is marked ▶ in the id column."""
+    """The transcript table under `view` (the page holding `selected`, a position, marked ▶)."""
+    return table_page(session, view, selected)[0]
+
+
+def table_page(session: Session | None, view: TableView = TableView(),
+               selected: int | None = None) -> tuple[pd.DataFrame, str]:
+    """The table (the page of the view holding `selected`) and the line that says what it shows."""
     rows = []
-    if session is not None:
-        notes = row_notes(session)
-        for i in visible_positions(session, view, notes):
-            r = session.rows[i]
-            conf = f"{r.confidence:.2f}" if r.confidence is not None else "—"
-            flags = edit_flags(r)
-            note = ("✎ " + ", ".join(flags)) if flags else ("imported" if session.origin == "import" else "")
-            if i in notes:
-                note = (note + " ⚠ " + "; ".join(notes[i])).strip()[:160]
-            rows.append([f"{SELECTED_MARK}{i}" if i == selected else str(i), r.emotion, r.sentiment, conf,
-                         r.start, r.end, r.speaker, r.text, note])
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    if session is None:
+        return pd.DataFrame(rows, columns=TABLE_COLUMNS), ""
+    notes = row_notes(session)
+    visible = visible_positions(session, view, notes)
+    shown, first = page(visible, selected)
+    for i in shown:
+        r = session.rows[i]
+        conf = f"{r.confidence:.2f}" if r.confidence is not None else "—"
+        flags = edit_flags(r)
+        note = ("✎ " + ", ".join(flags)) if flags else ("imported" if session.origin == "import" else "")
+        if i in notes:
+            note = (note + " ⚠ " + "; ".join(notes[i])).strip()[:160]
+        rows.append([f"{SELECTED_MARK}{i}" if i == selected else str(i), r.emotion, r.sentiment, conf,
+                     r.start, r.end, r.speaker, r.text, note])
+    info = view.describe(len(visible), len(session.rows))
+    if len(shown) < len(visible):
+        info += (f"; rows {first + 1}–{first + len(shown)} of them are listed (the page with the selected "
+                 "row; ↑/↓ past its edge or “Go to id” turns the page)")
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), info
 
 
 def parse_id(cell) -> int | None:
@@ -133,16 +163,19 @@ def edit_flags(row) -> list[str]:
     return flags
 
 
+def row_record(session: Session, position: int) -> dict[str, Any]:
+    """The API's view of one utterance (`id` is its position, its Utterance_ID in the export)."""
+    r = session.rows[position]
+    return {"id": position, "start": r.start, "end": r.end, "speaker": r.speaker, "text": r.text,
+            "emotion": r.emotion, "sentiment": r.sentiment,
+            "confidence": None if r.confidence is None else round(r.confidence, 4),
+            "model_emotion": r.model_emotion, "model_sentiment": r.model_sentiment,
+            "corrected": r.corrected_fields, "error": r.error}
+
+
 def table_records(session: Session) -> list[dict[str, Any]]:
     """The API's view of the table: one dict per utterance."""
-    out = []
-    for i, r in enumerate(session.rows):
-        out.append({"id": i, "start": r.start, "end": r.end, "speaker": r.speaker, "text": r.text,
-                    "emotion": r.emotion, "sentiment": r.sentiment,
-                    "confidence": None if r.confidence is None else round(r.confidence, 4),
-                    "model_emotion": r.model_emotion, "model_sentiment": r.model_sentiment,
-                    "corrected": r.corrected_fields, "error": r.error})
-    return out
+    return [row_record(session, i) for i in range(len(session.rows))]
 
 
 def _top(probs: list[float], labels: tuple[str, ...], k: int = 2) -> str:
