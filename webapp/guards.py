@@ -1,14 +1,19 @@
-"""Guards in front of the app: a cap on request bodies, and a brake on repeated failed logins.
+"""Guards in front of the app: a cap on request bodies, and brakes on repeated failed logins.
 
 - BodyLimit (ASGI middleware): a request body over its cap is refused with 413 before it is read
-  into memory: by its Content-Length when it gives one, else by counting as it arrives. File
-  uploads (`/gradio_api/upload`) have the upload limit (Gradio enforces it while storing the
-  file); every other request (an edit, a table, an API call) has API_BODY_MB.
+  into memory: by its Content-Length when it gives one, else by counting as it arrives; when a
+  chunked body passes the cap, the 413 is sent at once and the app is told the client left, so
+  nothing after it is read. File uploads (`/gradio_api/upload`) have the upload limit (Gradio
+  enforces it while storing the file); every other request (an edit, a table, an API call) has
+  API_BODY_MB.
 - LoginBrake: after FREE_FAILURES wrong passwords for a login name, the next attempts at that name
   are refused at once, without checking the password, for a pause that doubles with each further
   failure (up to MAX_PAUSE_S); a correct login clears the count. So 300 guesses in 0.4 s get 5
-  tries, not 300. (Gradio hands the auth callable the name and password only, so the brake is per
-  name, not per address.)
+  tries, not 300.
+- AddressBrake (ASGI middleware): the same brake per client address, for guesses spread over many
+  names (Gradio hands the auth callable the name and password only, so the address is read here,
+  from the login request and its answer). A paused address gets 429 with the seconds to wait.
+  Behind a proxy the address is the one the ASGI server reports (uvicorn's --proxy-headers).
 """
 
 from __future__ import annotations
@@ -48,70 +53,118 @@ class BodyLimit:
             await _too_large(send, cap)
             return
         seen = 0
-        started = False
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > cap:
-                    raise _TooLarge()
+                if seen > cap:                  # answer now; the app sees a client that left
+                    refused = True
+                    await _too_large(send, cap)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
 
         try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started:
-                await _too_large(send, cap)
-
-
-class _TooLarge(Exception):
-    pass
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
 
 
 async def _too_large(send: Send, cap: int) -> None:
-    body = f"Request body over {cap / 2**20:g} MB: refused.".encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _answer(send, 413, f"Request body over {cap / 2**20:g} MB: refused.")
+
+
+async def _answer(send: Send, status: int, text: str, headers: list | None = None) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Failures:
+    """Failed attempts per key, with the pause each earns (thread-safe, bounded)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()   # key -> (count, blocked until)
+        self._lock = threading.Lock()
+
+    def wait(self, key: str) -> float:
+        """Seconds `key` must still wait (0: it may try)."""
+        with self._lock:
+            return max(0.0, self._failures.get(key, (0, 0.0))[1] - self.clock())
+
+    def record(self, key: str, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._failures.pop(key, None)
+                return
+            count = self._failures.get(key, (0, 0.0))[0] + 1
+            pause = 0.0 if count < FREE_FAILURES else min(MAX_PAUSE_S, FIRST_PAUSE_S * 2 ** (count - FREE_FAILURES))
+            self._failures[key] = (count, self.clock() + pause)
+            self._failures.move_to_end(key)
+            while len(self._failures) > MAX_TRACKED:
+                self._failures.popitem(last=False)
 
 
 class LoginBrake:
     """Gradio's auth callable with a brake on failures (per login name)."""
 
     def __init__(self, logins: dict[str, str], clock: Callable[[], float] = time.monotonic):
-        self.logins, self.clock = logins, clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()   # key -> (count, blocked until)
-        self._lock = threading.Lock()
+        self.logins = logins
+        self.failures = Failures(clock)
 
     def __call__(self, user: str, password: str) -> bool:
-        keys = [f"user:{user}"]
-        with self._lock:
-            now = self.clock()
-            if any(self._failures.get(k, (0, 0.0))[1] > now for k in keys):
-                return False                       # paused: not even checked
+        key = f"user:{user}"
+        if self.failures.wait(key) > 0:
+            return False                           # paused: not even checked
         expected = self.logins.get(str(user))
         ok = expected is not None and hmac.compare_digest(expected.encode(), str(password).encode())
-        with self._lock:
-            for key in keys:
-                if ok:
-                    self._failures.pop(key, None)
-                    continue
-                count = self._failures.get(key, (0, 0.0))[0] + 1
-                pause = 0.0 if count < FREE_FAILURES else min(MAX_PAUSE_S, FIRST_PAUSE_S * 2 ** (count - FREE_FAILURES))
-                self._failures[key] = (count, self.clock() + pause)
-                self._failures.move_to_end(key)
-            while len(self._failures) > MAX_TRACKED:
-                self._failures.popitem(last=False)
+        self.failures.record(key, ok)
         return ok
 
     def paused(self, user: str) -> bool:
-        with self._lock:
-            return self._failures.get(f"user:{user}", (0, 0.0))[1] > self.clock()
+        return self.failures.wait(f"user:{user}") > 0
+
+
+LOGIN_PATHS = ("/login", "/login/")
+
+
+class AddressBrake:
+    """Refuse login attempts (429) from a client address while its failures have earned a pause."""
+
+    def __init__(self, app: ASGIApp, clock: Callable[[], float] = time.monotonic):
+        self.app = app
+        self.failures = Failures(clock)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith(LOGIN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        key = "addr:" + str((scope.get("client") or ("?", 0))[0])
+        wait = self.failures.wait(key)
+        if wait > 0:
+            await _answer(send, 429, f"Too many failed logins from your address: try again in {wait:.0f} s.",
+                          [(b"retry-after", str(int(wait) + 1).encode())])
+            return
+        status = 0
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watched)
+        if status in (200, 400, 401):
+            self.failures.record(key, ok=status == 200)
