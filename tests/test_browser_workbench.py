@@ -302,6 +302,42 @@ def test_import_problems_are_shown_by_row_and_export_refuses_them(page, tmp_path
     assert page.locator("#export-file a[download]").count() == 0
 
 
+def test_a_long_session_turns_pages_and_keeps_the_selected_row_in_sight(page, shots, tmp_path):
+    """1,200 imported rows: the table lists the page of 500 holding the selection, "Go to id" turns
+    the page, and the selected row is scrolled into the table's view (the table is virtual)."""
+    from playwright.sync_api import expect
+    csv = tmp_path / "long.csv"
+    lines = [f'line {i} of the script,Ann,neutral,neutral,5,{i},"0:{i * 2 // 60:02d}:{i * 2 % 60:02d},000",'
+             f'"0:{i * 2 // 60:02d}:{i * 2 % 60:02d},900"' for i in range(1200)]
+    csv.write_text("Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,StartTime,EndTime\n"
+                   + "\n".join(lines) + "\n", encoding="utf-8")
+    open_input(page)
+    page.locator("button[role=tab]", has_text="Import MELD CSV").click()
+    clear = page.locator("#csv-in button[aria-label='Clear']")
+    if clear.count():                                   # the file of an earlier import is still there
+        clear.first.click()
+    page.locator("#csv-in input[type=file]").set_input_files(str(csv))
+    page.locator("#import-btn").click()
+    wait_status(page, r"Imported 1200 row")
+    expect(page.locator("#table-info")).to_contain_text("rows 1–500 of them")
+    box = page.locator("#table-goto input")
+    box.fill("1060")
+    box.press("Enter")
+    expect(page.locator("#table-info")).to_contain_text("rows 1001–1200 of them")
+    expect(page.locator("#editor-title")).to_contain_text("1060")
+    selected = page.locator("#transcript .wb-selected")
+    expect(selected).to_contain_text("1060")
+    page.wait_for_function("""() => {
+        const row = document.querySelector('#transcript .wb-selected');
+        const box = row && Array.from(document.querySelectorAll('#transcript *')).find(
+            (el) => el.scrollHeight > el.clientHeight + 20 && /(auto|scroll)/.test(getComputedStyle(el).overflowY));
+        if (!box) return false;
+        const a = row.getBoundingClientRect(), b = box.getBoundingClientRect();
+        return a.top >= b.top && a.bottom <= b.bottom;
+    }""")
+    page.screenshot(path=str(shots / "long-session.png"), full_page=True)
+
+
 def test_phone_layout(browser, server, shots):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     p = context.new_page()

@@ -37,6 +37,7 @@ class Page:
     detail: Any
     table: Any
     table_info: Any
+    table_place: Any         # hidden: "INDEX:ROWS", where the selected row is in the table's page (ui.HEAD scrolls to it)
     ed_uid: Any              # hidden: the uid the editor's fields belong to (sent with each field's save)
     ed_title: Any
     ed_start: Any
@@ -147,7 +148,10 @@ class Renderer:
 
     def table(self, session: Session | None, ctx: Ctx, pos: int | None) -> dict:
         frame, info = views.table_page(session, ctx.view, pos)
-        return {self.p.table: frame, self.p.table_info: info}
+        marked = [i for i, cell in enumerate(frame["id"]) if str(cell).startswith(views.SELECTED_MARK)]
+        place = f"{marked[0]}:{len(frame)}" if marked and session else ""
+        return {self.p.table: frame, self.p.table_info: info,
+                self.p.table_place: f"{place}:{session.id}:{pos}" if place else ""}
 
     def view(self, session: Session | None, ctx: Ctx, uid: int | None = None, note: str = "",
              player: str = "none", full: bool = False) -> dict:

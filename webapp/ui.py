@@ -88,6 +88,40 @@ HEAD = """
     else if (/^[1-7]$/.test(e.key)) { e.preventDefault(); send("wb-key", "emotion:" + EMOTIONS[+e.key - 1]); }
     else if (e.key === "p") { e.preventDefault(); click("play-utt"); }
   });
+  // Keep the selected row in sight: the server writes "INDEX:ROWS:…" (the row's place in the table's
+  // page) into a hidden field. The table is virtual (rows out of sight are not in the page; drawn
+  // cells are named cell-ROW-COL), so step the scroll by the drawn rows' height until row INDEX is
+  // drawn, then bring it into the table's view. Only the table scrolls, never the page.
+  let lastPlace = "";
+  const scroller = () => Array.from(document.querySelectorAll("#transcript *")).find(
+    (el) => el.scrollHeight > el.clientHeight + 20 && /(auto|scroll)/.test(getComputedStyle(el).overflowY));
+  const drawn = (box) => Array.from(box.querySelectorAll('[data-testid^="cell-"][data-testid$="-0"]'))
+    .map((td) => [+td.dataset.testid.split("-")[1], td.closest("tr, .virtual-row")]).filter(([i, tr]) => tr);
+  const bringIn = (box, index, tries) => {
+    const rows = drawn(box);
+    if (!rows.length) return;
+    const hit = rows.find(([i]) => i === index);
+    const top = box.getBoundingClientRect().top;
+    if (hit) {
+      const r = hit[1].getBoundingClientRect();
+      if (r.top < top + 40 || r.bottom > top + box.clientHeight) box.scrollTop += r.top - top - box.clientHeight / 3;
+      return;
+    }
+    if (tries <= 0) return;
+    const first = rows[0], last = rows[rows.length - 1];
+    const height = (last[1].getBoundingClientRect().bottom - first[1].getBoundingClientRect().top) / Math.max(1, last[0] - first[0] + 1);
+    box.scrollTop += (index - (first[0] + last[0]) / 2) * height;
+    setTimeout(() => bringIn(box, index, tries - 1), 80);
+  };
+  const follow = () => {
+    const field = document.querySelector("#wb-table-place textarea, #wb-table-place input");
+    const place = field ? field.value : "";
+    if (!place || place === lastPlace) return;
+    const box = scroller();
+    if (!box) return;
+    lastPlace = place;
+    bringIn(box, Number(place.split(":")[0]), 8);
+  };
   let queued = false;
   const refresh = () => {
     queued = false;
@@ -106,6 +140,7 @@ HEAD = """
       const last = tr.lastElementChild;
       tr.classList.toggle("wb-problem", !!last && last.innerText.includes("⚠"));
     });
+    follow();
   };
   new MutationObserver(() => { if (!queued) { queued = true; requestAnimationFrame(refresh); } })
     .observe(document.documentElement, {childList: true, subtree: true, characterData: true});
@@ -263,12 +298,13 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                         "corrected times, for `train/`.")
         with gr.Column(elem_id="wb-hidden"):
             ed_uid = gr.Textbox(elem_id="ed-uid")
+            table_place = gr.Textbox(elem_id="wb-table-place")
             pick, pick_go = gr.Textbox(elem_id="wb-pick"), gr.Button(elem_id="wb-pick-go")
             keys, keys_go = gr.Textbox(elem_id="wb-key"), gr.Button(elem_id="wb-key-go")
 
         page = Page(sid=sid, sel=sel, tview=tview, deleted=deleted, remembered=remembered,
                     banner=banner, status=status, player=player, chart=chart, mix=mix, detail=detail,
-                    table=table, table_info=table_info, ed_uid=ed_uid, ed_title=ed_title, ed_start=ed_start,
+                    table=table, table_info=table_info, table_place=table_place, ed_uid=ed_uid, ed_title=ed_title, ed_start=ed_start,
                     ed_end=ed_end, ed_speaker=ed_speaker, ed_emotion=ed_emotion, ed_sentiment=ed_sentiment,
                     ed_text=ed_text, split_at=split_at, undo_btn=undo_btn, bulk_speaker=bulk_speaker,
                     dialogue=dialogue, export_file=export_file, problems=problems, problems_box=problems_box,
@@ -328,7 +364,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
                          out, **serial)
     view_inputs = [p.sid, p.sel, ui["order"], ui["only_emotion"], ui["only_state"]]
     for control in (ui["order"], ui["only_emotion"], ui["only_state"]):
-        control.input(h.set_view, view_inputs, [p.table, p.table_info, p.tview], **serial)
+        control.input(h.set_view, view_inputs, [p.table, p.table_info, p.table_place, p.tview], **serial)
     gr.on([p.dialogue.submit, p.dialogue.blur], c.dialogue_id, ctx + [p.dialogue], out, **serial)
     gr.on([p.session_name.submit, ui["rename_btn"].click], h.rename, ctx + [p.session_name], out, **serial)
     ui["delete_session_btn"].click(h.ask_delete, ctx, out, **serial)
