@@ -1,7 +1,7 @@
 """Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR]`.
 
-`python -m bench --vs-faster-whisper`: only our full analysis side by side with faster-whisper's
-transcript alone (tools/vs_faster_whisper.py).
+`python -m bench --vs-faster-whisper`: only our full analysis (with the Whisper encoder in fp32, the
+default, and in bf16) side by side with faster-whisper's transcript alone (tools/vs_faster_whisper.py).
 
 Generates a talking video (espeak-ng speech over a still face, 25 fps, 640x360), analyses it with
 the default models and prints the device, seconds per stage, total, real-time factor, peak memory
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.media import cut_clip
     from core.pipeline import STAGES, analyze, load_models
     from core.transcribe import load_whisper, word_error_rate
+    from core.whisper_batch import encoder_precision
 
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vs_faster_whisper:
         from tools.vs_faster_whisper import YardstickError, compare
         try:
-            compare(video, spoken)
+            compare(video, spoken, bf16=True)
         except YardstickError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = f" ({torch.cuda.get_device_name(0)})" if models.device.startswith("cuda") else ""
     print(f"\ndevice: {models.device}{gpu}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
-    print(f"model load (once per process): {load_s:6.2f} s; Whisper decoder: "
+    print(f"model load (once per process): {load_s:6.2f} s; Whisper encoder: "
+          f"{encoder_precision(torch.device(models.device).type)}, decoder: "
           f"{getattr(load_whisper(device=models.device).decoder, 'precision', '?')}")
     print(f"{'stage':<12}{'seconds':>9}")
     for stage in STAGES:

@@ -383,6 +383,28 @@ def test_int8_cpu_decoder_hears_the_same_words_as_fp32(model, fp32_model, tmp_pa
         assert abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
 
 
+def test_bf16_encoder_is_opt_in_and_hears_the_same_words(model, tmp_path, monkeypatch):
+    """$WORKBENCH_WHISPER_ENCODER=bf16 runs the CPU encoder in bfloat16 (where the CPU has it): the
+    same words and boundaries as fp32, the default."""
+    monkeypatch.delenv(wb.ENCODER_ENV, raising=False)
+    assert wb.encoder_precision("cpu") == "fp32" and wb.encoder_precision("cuda") == "fp16"
+    monkeypatch.setenv(wb.ENCODER_ENV, "bf16")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert wb.encoder_precision("cpu") == "fp32"
+        pytest.skip("this CPU has no native bfloat16: the encoder stays fp32")
+    if not mediagen.have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    assert wb.encoder_precision("cpu") == "bf16"
+    wav, _ = mediagen.speech_with_pauses(SENTENCES, tmp_path / "speech.wav", pause=1.0)
+    audio = _decode(wav)
+    bf16 = tr.transcribe(audio, model)
+    monkeypatch.setenv(wb.ENCODER_ENV, "fp32")
+    fp32 = tr.transcribe(audio, model)
+    assert [u.text for u in bf16] == [u.text for u in fp32]
+    for a, b in zip(bf16, fp32):
+        assert abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
+
+
 def test_int8_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(wb.INT8_ENV, "0")
     fresh = tr._load_model("base", "cpu")

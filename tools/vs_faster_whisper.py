@@ -158,57 +158,86 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS) -> dict:
-    """Alternate our analysis and faster-whisper's transcript of `video`; print and return medians."""
-    from core.pipeline import STAGES, analyze, load_models
+def _ours(video: Path, models, whisper_model, env: dict[str, str]):
+    """One full analysis of `video` under `env`: (seconds, analysis, where the time went)."""
+    from core.pipeline import analyze
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    parts: dict[str, float] = {}
+    try:
+        with profiled(whisper_model, parts):
+            t0 = time.perf_counter()
+            result = analyze(video, models, use_cache=False)
+            seconds = time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return seconds, result, parts
+
+
+def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, bf16: bool = False) -> dict:
+    """Alternate our analysis and faster-whisper's transcript of `video` (and, with `bf16`, our
+    analysis with the encoder in bfloat16: core.whisper_batch.encoder_precision); print the medians."""
+    from core.pipeline import STAGES, load_models
     from core.transcribe import load_whisper, word_error_rate
+    from core.whisper_batch import ENCODER_ENV
 
     folder = home()
     fw = FasterWhisper(ensure_venv(folder), ct2_model(folder))
     models = load_models()
     whisper_model = load_whisper(models.whisper_name, device=models.device)
+    variants = {"ours": {ENCODER_ENV: "fp32"}}
+    if bf16:
+        variants["ours, bf16 encoder"] = {ENCODER_ENV: "bf16"}
+    names = list(variants) + ["faster-whisper"]
+    seconds = {n: [] for n in names}
+    texts: dict[str, str] = {}
+    parts_runs = {n: [] for n in variants}
+    stage_runs = {n: [] for n in variants}
     try:
-        analyze(video, models, use_cache=False)          # warm-up, both
+        for name, env in variants.items():                  # warm-up, all
+            _ours(video, models, whisper_model, env)
         fw.transcribe(video)
-        ours, theirs, parts_runs, stage_runs = [], [], [], []
         print(f"load average before: {load()}")
         for r in range(repeats):
-            for who in (("ours", "fw") if r % 2 == 0 else ("fw", "ours")):
-                if who == "fw":
-                    seconds, fw_text = fw.transcribe(video)
-                    theirs.append(seconds)
-                    continue
-                parts: dict[str, float] = {}
-                with profiled(whisper_model, parts):
-                    t0 = time.perf_counter()
-                    result = analyze(video, models, use_cache=False)
-                    ours.append(time.perf_counter() - t0)
-                parts_runs.append(parts)
-                stage_runs.append(result.timings)
-            print(f"  round {r + 1}: ours {ours[-1]:.2f} s, faster-whisper {theirs[-1]:.2f} s "
-                  f"(load {load()})", flush=True)
+            for name in names[r % len(names):] + names[:r % len(names)]:     # each goes first in turn
+                if name == "faster-whisper":
+                    took, texts[name] = fw.transcribe(video)
+                else:
+                    took, result, parts = _ours(video, models, whisper_model, variants[name])
+                    texts[name] = " ".join(p.utterance.text for p in result.utterances)
+                    parts_runs[name].append(parts)
+                    stage_runs[name].append(result.timings)
+                seconds[name].append(took)
+            print(f"  round {r + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f} s" for n in names)
+                  + f" (load {load()})", flush=True)
     finally:
         fw.close()
-    ours_text = " ".join(p.utterance.text for p in result.utterances)
-    mid = {"ours": statistics.median(ours), "faster-whisper": statistics.median(theirs)}
+    mid = {n: statistics.median(v) for n, v in seconds.items()}
     duration = result.media.duration
-    print(f"\n{video.name}: {duration:.1f} s; median of {repeats} alternating runs, warm, load average "
-          f"after: {load()}")
-    print(f"{'':<44}{'seconds':>9}{'RTF':>8}" + (f"{'WER %':>8}" if spoken else ""))
-    for name, text, label in (("ours", ours_text, "ours: full analysis (transcript, face, text, voice)"),
-                              ("faster-whisper", fw_text, f"faster-whisper {FW_VERSION}: transcript only")):
-        wer = f"{100 * word_error_rate(spoken, text):>8.1f}" if spoken else ""
-        print(f"{label:<44}{mid[name]:>9.2f}{mid[name] / duration:>8.3f}{wer}")
+    print(f"\n{video.name}: {duration:.1f} s; median of {repeats} alternating runs, warm, {os.cpu_count()} cores, "
+          f"load average after: {load()}")
+    print(f"{'':<58}{'seconds':>9}{'RTF':>8}{'x fw':>7}" + (f"{'WER %':>8}" if spoken else ""))
+    labels = {"ours": "ours: full analysis (transcript, face, text, voice)",
+              "ours, bf16 encoder": "ours, encoder in bf16 ($WORKBENCH_WHISPER_ENCODER)",
+              "faster-whisper": f"faster-whisper {FW_VERSION} int8: transcript only"}
+    for name in names:
+        wer = f"{100 * word_error_rate(spoken, texts[name]):>8.1f}" if spoken else ""
+        print(f"{labels[name]:<58}{mid[name]:>9.2f}{mid[name] / duration:>8.3f}"
+              f"{mid[name] / mid['faster-whisper']:>7.2f}{wer}")
     print(f"ratio ours / faster-whisper: {mid['ours'] / mid['faster-whisper']:.2f} (target <= 1.00)")
-    print("\nwhere our time goes (median seconds):")
-    keys = ["VAD", "encoder", "decoder", "word alignment", "second look (all of it)"]
-    for key in keys:
-        print(f"  {key:<42}{statistics.median(p.get(key, 0.0) for p in parts_runs):>7.2f}")
+    print("\nwhere our time goes (median seconds): " + ", ".join(variants))
+    for key in ["VAD", "encoder", "decoder", "word alignment", "second look (all of it)"]:
+        print(f"  {key:<42}" + "".join(f"{statistics.median(p.get(key, 0.0) for p in parts_runs[n]):>7.2f}"
+                                       for n in variants))
     for stage in STAGES:
-        print(f"  stage {stage:<36}{statistics.median(s.get(stage, 0.0) for s in stage_runs):>7.2f}")
-    if any("face_grid" in s for s in stage_runs):
-        print(f"  {'(faces found meanwhile, background thread)':<42}"
-              f"{statistics.median(s.get('face_grid', 0.0) for s in stage_runs):>7.2f}")
+        print(f"  stage {stage:<36}" + "".join(f"{statistics.median(s.get(stage, 0.0) for s in stage_runs[n]):>7.2f}"
+                                               for n in variants))
+    print(f"  {'(faces found meanwhile, background thread)':<42}"
+          + "".join(f"{statistics.median(s.get('face_grid', 0.0) for s in stage_runs[n]):>7.2f}" for n in variants))
     sys.stdout.flush()
     return mid
 
@@ -218,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video", type=Path)
     parser.add_argument("--spoken", help="the words spoken in the video, for the word error rates")
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--bf16-encoder-too", action="store_true",
+                        help="also time our analysis with the Whisper encoder in bfloat16")
     args = parser.parse_args(argv)
     if not args.video.is_file():
         print(f"error: no such file: {args.video}", file=sys.stderr)
         return 2
     try:
-        compare(args.video, args.spoken, args.repeats)
+        compare(args.video, args.spoken, args.repeats, args.bf16_encoder_too)
     except YardstickError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
