@@ -118,6 +118,8 @@ def repetition_check(video: Path, device: str, repeats: int = REPEATS) -> None:
     per_second: dict[str, list[float]] = {k: [] for k in cases}
     temperatures = _fallbacks(model)
     try:
+        for audio in cases.values():              # warm-up: first-call costs are not per-second costs
+            transcribe(audio, model)
         for _ in range(repeats):
             for name, audio in cases.items():
                 temperatures.clear()
