@@ -32,7 +32,7 @@ SAMPLE_RATE = 16000
 STATES_PER_SECOND = 50          # Whisper's encoder: one state per 20 ms (two 10-ms mel frames)
 MIN_SECONDS = 0.1               # shorter audio holds no voice worth pooling
 MAX_SECONDS = 30.0              # the encoder's longest context
-LAYER = 4                       # states after this encoder block (0-based) are pooled
+LAYER = 3                       # states after this encoder block (0-based) are pooled
 FEATURE = f"whisper-block{LAYER}-mean-std"
 
 
@@ -60,9 +60,10 @@ def pool(states: torch.Tensor) -> np.ndarray:
     return torch.cat([states.mean(0), states.std(0)]).cpu().numpy().astype(np.float32)
 
 
-def run_encoder(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def run_encoder(encoder, x: torch.Tensor, final: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """openai-whisper's AudioEncoder.forward on mels x [B, n_mels, 3000], also returning the states
-    after block LAYER: (final states [B, 1500, d], voice states [B, 1500, d])."""
+    after block LAYER: (final states [B, 1500, d], voice states [B, 1500, d]). `final=False` stops
+    after block LAYER (the voice alone: the blocks above it are not run) and returns (None, voice)."""
     x = torch.nn.functional.gelu(encoder.conv1(x))
     x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
     x = (x + encoder.positional_embedding).to(x.dtype)
@@ -71,6 +72,8 @@ def run_encoder(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = block(x)
         if i == LAYER:
             kept = x
+            if not final:
+                return None, kept
     return encoder.ln_post(x), kept
 
 
@@ -90,7 +93,7 @@ def encode_window(model, audio: np.ndarray, start: float, end: float) -> "Window
     weight = model.encoder.conv1.weight
     mel = log_mel_spectrogram(torch.from_numpy(piece), model.dims.n_mels, padding=N_SAMPLES)
     x = pad_or_trim(mel, N_FRAMES).unsqueeze(0).to(weight.device, weight.dtype)
-    return WindowStates(w0, len(piece) / SAMPLE_RATE, run_encoder(model.encoder, x)[1][0].float().cpu())
+    return WindowStates(w0, len(piece) / SAMPLE_RATE, run_encoder(model.encoder, x, final=False)[1][0].float().cpu())
 
 
 def voice_feature(model, audio: np.ndarray, start: float, end: float) -> np.ndarray:

@@ -137,7 +137,7 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
         audio = np.concatenate(parts + [silence])
         mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES)
         with torch.no_grad():
-            states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0))[1][0]
+            states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0), final=False)[1][0]
         ws = voice.WindowStates(0.0, len(audio) / voice.SAMPLE_RATE, states)
         for i, a, b in spans:
             out[i] = voice.pool(ws.span(a, b))

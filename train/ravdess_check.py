@@ -75,11 +75,18 @@ def pick(clips: list[ravdess.VoiceClip], actors, per_class: int, seed: int) -> l
     return out
 
 
-def write_export(clips: list[ravdess.VoiceClip], folder: Path, base: str) -> Path:
-    """The app's export zip for these clips: one dialogue per actor, utterances in clip order."""
+def write_export(clips: list[ravdess.VoiceClip], folder: Path, base: str, seed: int = 0) -> Path:
+    """The app's export zip for these clips: one dialogue per actor, its utterances in a seeded
+    random order (a real dialogue is not sorted by emotion: in label order, an utterance's place
+    and its dialogue context would give its label away to the text branch)."""
     root = folder / base
     (root / "clips").mkdir(parents=True, exist_ok=True)
     face = still_face(folder)
+    rng = np.random.default_rng(seed)
+    by_actor: dict[int, list[ravdess.VoiceClip]] = {}
+    for c in clips:
+        by_actor.setdefault(c.actor, []).append(c)
+    clips = [group[i] for group in by_actor.values() for i in rng.permutation(len(group))]
     rows, counter = [], {}
     for c in clips:
         u = counter.get(c.actor, 0)
@@ -101,8 +108,8 @@ def run(work: Path, train_actors, test_actors, inits: list[str | None], per_clas
     from .evaluate import evaluate_clips
     from .train import main as train_main
     clips = ravdess.load_clips()
-    train_zip = write_export(pick(clips, train_actors, 1, seed), work, "ravdess_train")
-    test_zip = write_export(pick(clips, test_actors, per_class, seed), work, "ravdess_test")
+    train_zip = write_export(pick(clips, train_actors, 1, seed), work, "ravdess_train", seed)
+    test_zip = write_export(pick(clips, test_actors, per_class, seed), work, "ravdess_test", seed)
     cache = cache or str(work / "features")
     results = {}
     for init in inits:
