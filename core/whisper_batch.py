@@ -67,14 +67,15 @@ def plan_windows(spans: list[tuple[float, float]], regions: list[tuple[float, fl
     """Cut each span (speech with its padding) into windows of at most `limit` seconds.
 
     Cuts fall in the middle of the pause between two speech regions; a region longer than a
-    window (no pause at all) is cut at its quietest point near the window's end.
+    window (no pause at all) is cut at its quietest point near the window's end. A span up to 30 s
+    whose speech ends within `limit` stays whole (_fits).
     """
     windows: list[Window] = []
     for lo, hi in spans:
         inner = [(max(a, lo), min(b, hi)) for a, b in regions if b > lo and a < hi]
         pauses = [((b + a2) / 2.0, a2 - b) for (_, b), (a2, _) in zip(inner, inner[1:])]
         start = lo
-        while hi - start > limit:
+        while not _fits(start, hi, inner, limit):
             target = start + (hi - start) / math.ceil((hi - start) / limit)   # windows of equal length
             fits = [(p, gap) for p, gap in pauses if start + 1.0 < p <= start + limit]
             # a real pause between sentences, not a dip between two words, when there is one
@@ -86,6 +87,16 @@ def plan_windows(spans: list[tuple[float, float]], regions: list[tuple[float, fl
             start = cut
         windows.append(Window(start, hi))
     return [w for w in windows if w.end - w.start > 0.05]
+
+
+def _fits(start: float, hi: float, inner: list[tuple[float, float]], limit: float) -> bool:
+    """[start, hi] is one window: at most `limit` s, or at most 30 s with its last speech ending
+    within `limit` (the edge margin keeps a sentence away from the window's end; the silent
+    padding after the last sentence is no sentence Whisper could drop)."""
+    if hi - start <= limit:
+        return True
+    last = max((b for a, b in inner if a < hi), default=start)
+    return hi - start <= WINDOW_SECONDS and min(last, hi) - start <= limit
 
 
 def _quietest(audio: np.ndarray, lo: float, hi: float) -> float:

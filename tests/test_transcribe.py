@@ -324,6 +324,17 @@ def test_speech_without_a_pause_is_cut_at_its_quietest_point():
     assert all(w.end - w.start <= wb.WINDOW_SECONDS - wb.EDGE_SECONDS for w in windows)
 
 
+def test_padding_after_the_last_sentence_does_not_cost_a_window():
+    """28.5 s whose speech ends at 27.0 s (then padding): one window, not two of 14 s. The 2-s edge
+    margin keeps a sentence away from the window's end; silence after the last one needs none."""
+    audio = np.zeros(30 * 16000, np.float32)
+    regions = [(1.0 + 3.0 * i, 3.0 + 3.0 * i) for i in range(9)]            # the last ends at 27.0
+    assert [(w.start, w.end) for w in wb.plan_windows([(0.0, 28.5)], regions, audio)] == [(0.0, 28.5)]
+    late = regions + [(28.0, 28.4)]                                           # speech up to 28.4 s
+    assert len(wb.plan_windows([(0.0, 28.5)], late, audio)) == 2
+    assert len(wb.plan_windows([(0.0, 30.5)], regions, audio)) == 2            # never past 30 s
+
+
 def test_short_audio_is_one_window_and_long_silences_stay_out():
     regions = [(1.0, 3.0), (40.0, 42.0)]
     clips = tr._clips(regions, 45.0)
