@@ -118,3 +118,22 @@ def test_window_states_cover_the_utterance_span():
     assert from_windows(windows, 40.0, 41.0) is None
     feature = pool(span)
     assert feature.shape == (8,) and np.isclose(feature[0], 124.5)
+
+
+def test_the_ridge_voice_head_is_written_into_the_branch_exactly():
+    """train.voice's ridge head (closed-form least squares) in the branch's Linear-ReLU-Linear layers:
+    the branch's logits are the ridge scores themselves, so the CV that chose it scored what ships."""
+    from core.labels import SENTIMENTS
+    from core.model import ModelConfig
+    from train.voice import ridge_branch, voice_logits
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 32)).astype(np.float32) * rng.uniform(0.1, 10, 32).astype(np.float32)
+    y, s = rng.integers(0, len(EMOTIONS), 60), rng.integers(0, len(SENTIMENTS), 60)
+    model = ridge_branch(ModelConfig(audio_dim=32, late=("audio",)), x, y, s, lam=5.0)
+    a = (x - x.mean(0)) / x.std(0)
+    target = np.concatenate([np.eye(len(EMOTIONS))[y], np.eye(len(SENTIMENTS))[s]], axis=1)
+    w = np.linalg.solve(a.T @ a + 5.0 * np.eye(32), a.T @ (target - target.mean(0)))    # primal form
+    expected = a @ w + target.mean(0)
+    emotion, sentiment = voice_logits(model, x)
+    assert np.allclose(emotion.numpy(), expected[:, :len(EMOTIONS)], atol=1e-4)
+    assert np.allclose(sentiment.numpy(), expected[:, len(EMOTIONS):], atol=1e-4)
