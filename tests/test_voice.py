@@ -59,9 +59,10 @@ def test_flat_words_in_an_emotional_voice_follow_the_voice(models):
         assert voice.present and voice.used_in_fusion and len(voice.emotion_probs) == 7
         hits_voice += voice.emotion == EMOTIONS[clip.emotion]
         hits_fused += p.emotion == EMOTIONS[clip.emotion]
-    # 14 clips, chance 2. Measured: 6 fused, 7 voice. The target (75 %) is NOT met on
-    # single-clip files: see README, "The voice". This guards what holds: well above chance.
-    assert hits_fused >= 5 and hits_voice >= 5, (hits_fused, hits_voice, len(clips))
+    # 14 clips, chance 2. Measured with the block-3 ridge head: 9 fused, 9 voice (the block-4 head:
+    # 6 and 7). The target (75 %) is NOT met on single-clip files: see README, "The voice".
+    # This guards what holds, with 2 clips of slack.
+    assert hits_fused >= 7 and hits_voice >= 7, (hits_fused, hits_voice, len(clips))
 
 
 @pytest.mark.parametrize("words, label", [("Get out of my house, I hate you!", "anger"),
