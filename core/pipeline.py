@@ -53,6 +53,7 @@ class Models:
     text_encoder: encoders.TextEncoder | None = None
     video_encoder: encoders.VideoEncoder | None = None
     notes: list[str] = field(default_factory=list)
+    voice_refused: str = ""      # why the checkpoint's voice branch is left out ("" = it is used)
 
     @property
     def card(self):
@@ -107,6 +108,10 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
                 video_cfg.get("sha256")).to(device)
         except encoders.EncoderUnavailable as err:
             models.notes.append(str(err))
+    learned = voice.feature_of(ckpt.card.data)
+    if "audio" in ckpt.card.trained_modalities and learned != voice.FEATURE:
+        models.voice_refused = (f"voice left out: this checkpoint's voice learned on {learned}, this release "
+                                f"hears {voice.FEATURE} (retrain it with train.train to use its voice)")
     load_whisper(whisper_name, device=device)
     return models
 
@@ -306,7 +311,7 @@ def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) ->
 def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=None) -> None:
     """Batch the features through the fusion model and fill each prediction and opinion."""
     model, card = models.checkpoint.model, models.card
-    trained = set(card.trained_modalities)
+    trained = set(card.trained_modalities) - ({"audio"} if models.voice_refused else set())
     use = (lambda m: m in trained) if trained else (lambda m: True)   # untrained: fuse what is there
     n, dev = len(preds), models.device
     face_ok = [f is not None and f.present for f in faces]
@@ -335,6 +340,7 @@ def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=
         pred.opinions = [
             _head_opinion("text", heads, i, True, "", trained, use),
             _face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
+            ModalityOpinion("audio", audio_ok[i], note=models.voice_refused) if models.voice_refused else
             _head_opinion("audio", heads, i, audio_ok[i],
                           "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
             _head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]

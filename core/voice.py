@@ -37,6 +37,18 @@ MIN_SECONDS = 0.1               # shorter audio holds no voice worth pooling
 MAX_SECONDS = 30.0              # the encoder's longest context
 LAYER = 3                       # states after this encoder block (0-based) are pooled
 FEATURE = f"whisper-block{LAYER}-mean-std"
+LEGACY_FEATURE = "whisper-block4-mean-std"   # what a card that names no voice feature learned on
+
+
+def feature_of(card_data: dict) -> str:
+    """The voice feature a checkpoint's audio branch learned on, from its card's data: the
+    `audio_feature` train.train writes, else the shipped voice head's `voice.feature`, else the
+    one release that wrote neither (LEGACY_FEATURE)."""
+    named = card_data.get("audio_feature")
+    voice = card_data.get("voice")
+    if not named and isinstance(voice, dict):
+        named = str(voice.get("feature") or "").split(":")[0].strip()
+    return str(named or LEGACY_FEATURE)
 
 
 def encoder_digest(model) -> str:

@@ -138,3 +138,26 @@ def test_the_ridge_voice_head_is_written_into_the_branch_exactly():
     emotion, sentiment = voice_logits(model, x)
     assert np.allclose(emotion.numpy(), expected[:, :len(EMOTIONS)], atol=1e-4)
     assert np.allclose(sentiment.numpy(), expected[:, len(EMOTIONS):], atol=1e-4)
+
+
+def test_a_checkpoint_whose_voice_learned_on_other_features_leaves_its_voice_out(talking_video, models, tmp_path):
+    """A checkpoint trained by the release that read block 4 (its card names no feature) is fed
+    this release's block-3 features: its voice would be noise, so it is left out and said so."""
+    import json
+    import shutil
+    from core import voice
+    from core.pipeline import analyze, load_models
+    assert voice.feature_of(ck.read_card(ck.DEFAULT_CHECKPOINT).data) == voice.FEATURE
+    assert voice.feature_of({}) == voice.LEGACY_FEATURE != voice.FEATURE
+    assert voice.feature_of({"audio_feature": voice.FEATURE}) == voice.FEATURE
+    old = tmp_path / "old-release"
+    shutil.copytree(ck.DEFAULT_CHECKPOINT, old)
+    card = json.loads((old / "card.json").read_text())
+    card["data"]["voice"]["feature"] = "whisper-block4-mean-std: the release before"
+    (old / "card.json").write_text(json.dumps(card))
+    stale = load_models(old)
+    assert voice.LEGACY_FEATURE in stale.voice_refused and not models.voice_refused
+    result = analyze(talking_video, stale, use_cache=False)
+    for p in result.utterances:
+        heard = p.opinion("audio")
+        assert not heard.used_in_fusion and heard.emotion == "" and "retrain" in heard.note

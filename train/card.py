@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from core import checkpoint as ck
+from core import voice
 
 SKIP_ARGS = ("out", "tb", "quiet", "no_final_eval")
 TEXT_POOLING = "mean over the utterance's own tokens (segment 0)"
@@ -60,6 +61,8 @@ def build_card(args, *, name: str, text: dict, trained: list[str], model, data: 
         for key in ("voice", "licence"):              # what the init's voice learned from, and its terms
             if key in init.card.data:
                 data[key] = init.card.data[key]
+    if "audio" in trained:                            # a voice branch means nothing under other features
+        data["audio_feature"] = voice.FEATURE
     card = ck.ModelCard(name=name, text_encoder=text, trained_modalities=trained, data=data,
                         metrics={"dev_during_training": history, "best_epoch": best_epoch}, notes=notes)
     card.data["fusion"] = fusion_section(model, trained, init)
