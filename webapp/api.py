@@ -167,5 +167,5 @@ def mount(wb: Workbench) -> None:
         buttons = [gr.Button(visible=False) for _ in endpoints]
     for button, (fn, inputs, outputs) in zip(buttons, endpoints):
         button.click(guarded(fn), inputs, outputs, api_name=fn.__name__,
-                     concurrency_id=queues.get(fn.__name__, "session"),
+                     concurrency_id=queues.get(fn.__name__, "api-session"),
                      concurrency_limit=1 if fn.__name__ in queues else SESSION_WORKERS)

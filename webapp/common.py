@@ -10,7 +10,9 @@ from core.types import UserError, error_line
 
 from .session import Session
 
-SESSION_WORKERS = 4     # session reads and edits served at once (the store serialises the writes)
+SESSION_WORKERS = 4     # API session reads and edits served at once (the store serialises the writes);
+                        # the page's own events stay one at a time: a page sends two events for one
+                        # change (input and change), and they must see each other's result
 
 
 def fail(err: BaseException) -> gr.Error:

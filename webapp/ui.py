@@ -12,7 +12,6 @@ from starlette.middleware import Middleware
 from core.labels import EMOTIONS, SENTIMENTS
 
 from . import api, charts, guards, model_picker, owners, views
-from .common import SESSION_WORKERS
 from .corrections import Corrections
 from .handlers import Handlers
 from .player import Player
@@ -199,7 +198,7 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     out = p.all()
     private = dict(api_visibility="private")
     quiet = dict(show_progress="hidden")
-    serial = dict(concurrency_id="session", concurrency_limit=SESSION_WORKERS, **private, **quiet)
+    serial = dict(concurrency_id="session", concurrency_limit=1, **private, **quiet)
     heavy = dict(concurrency_id="analysis", concurrency_limit=1, show_progress_on=[p.status], **private)
     ctx = [p.sid, p.sel, p.tview]
     ui["analyse_video"].click(h.analyse, [ui["video_in"], p.tview], out, **heavy)
