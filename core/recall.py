@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .vad import join_regions
+
 SPLIT_PAUSE = 0.7             # pauses this long separate chunks of speech (core.utterances)
 WORD_REACH = 0.2              # seconds either side of a word that count as covered by it
 MIN_UNHEARD = 0.4             # seconds of uncovered speech worth a second look
@@ -32,13 +34,7 @@ def _mid(word: dict) -> float:
 
 def chunks(regions: list[Region]) -> list[Region]:
     """Speech regions joined across pauses shorter than SPLIT_PAUSE."""
-    out: list[list[float]] = []
-    for a, b in regions:
-        if out and a - out[-1][1] < SPLIT_PAUSE:
-            out[-1][1] = b
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+    return join_regions(regions, SPLIT_PAUSE)
 
 
 def unheard(regions: list[Region], segments: list[dict]) -> list[Region]:

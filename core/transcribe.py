@@ -22,7 +22,7 @@ import numpy as np
 from . import recall
 from . import utterances as cut
 from .types import UserError, Utterance, error_line
-from .vad import speech_regions
+from .vad import join_regions, speech_regions
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 
 SAMPLE_RATE = 16000
@@ -160,12 +160,7 @@ Region = tuple[float, float]
 
 def _clips(regions: list[Region], duration: float) -> list[float]:
     """Whisper's clip_timestamps: the speech, padded, with long silences left out."""
-    spans: list[list[float]] = []
-    for a, b in regions:
-        if spans and a - spans[-1][1] < SKIP_SILENCE:
-            spans[-1][1] = b
-        else:
-            spans.append([a, b])
+    spans = join_regions(regions, SKIP_SILENCE)
     # end on a whole 10-ms mel frame: openai-whisper rounds a clip end past its last frame up and then
     # loops for ever on an empty segment when the speech runs to the end of the file
     last = np.floor(duration * 100) / 100

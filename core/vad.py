@@ -63,6 +63,17 @@ def regions_from_probs(probs: np.ndarray, samples: int) -> list[tuple[float, flo
     return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in found]
 
 
+def join_regions(regions: list[tuple[float, float]], max_gap: float) -> list[tuple[float, float]]:
+    """Speech regions (in time order) joined across pauses shorter than `max_gap` seconds."""
+    out: list[list[float]] = []
+    for a, b in regions:
+        if out and a - out[-1][1] < max_gap:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 def speech_regions(audio: np.ndarray, sr: int = SAMPLE_RATE) -> list[tuple[float, float]]:
     """(start, end) seconds of each stretch of speech in 16-kHz mono `audio`, in order."""
     if sr != SAMPLE_RATE:

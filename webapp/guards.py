@@ -75,7 +75,7 @@ class BodyLimit:
         try:
             await self.app(scope, counted, unless_refused)
         except Exception:
-            if not refused:
+            if not refused:       # after a refusal the app only fails on the "client left" we told it
                 raise
 
 
