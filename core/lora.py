@@ -14,9 +14,12 @@ import math
 import torch
 from torch import nn
 
-# the linear layers of a BERT layer that LoRA adapts: attention (q, k, v, out) and the feed-forward
-TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
+# the linear layers of an encoder layer that LoRA adapts: attention (q, k, v, out) and the feed-forward
+TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",      # BERT (MiniLM)
            "attention.output.dense", "intermediate.dense", "output.dense")
+MPNET_TARGETS = ("attention.attn.q", "attention.attn.k", "attention.attn.v",           # MPNet
+                 "attention.attn.o", "intermediate.dense", "output.dense")
+ALL_TARGETS = (TARGETS, MPNET_TARGETS)
 A_SUFFIX, B_SUFFIX = ".lora_A", ".lora_B"
 
 
@@ -40,15 +43,25 @@ class LoRALinear(nn.Module):
         return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
 
 
+def targets_for(layer: nn.Module) -> tuple[str, ...]:
+    """The names of the linear layers LoRA adapts in this kind of encoder layer (BERT or MPNet)."""
+    names = {n for n, m in layer.named_modules() if isinstance(m, (nn.Linear, LoRALinear))}
+    for targets in ALL_TARGETS:
+        if set(targets) <= names:
+            return targets
+    raise ValueError(f"LoRA does not know the linear layers of {type(layer).__name__}")
+
+
 def add_lora(layers: nn.ModuleList, indices: list[int], rank: int, alpha: float, dropout: float = 0.0,
              prefix: str = "bert.encoder.layer") -> dict[str, nn.Parameter]:
-    """Wrap TARGETS of layers[i] for i in `indices`; returns the new trainable tensors by the
-    names a checkpoint stores them under ("<prefix>.<i>.<target>.lora_A" / ".lora_B")."""
+    """Wrap the targets_for() linear layers of layers[i] for i in `indices`; returns the new
+    trainable tensors by the names a checkpoint stores them under ("<prefix>.<i>.<target>.lora_A"
+    / ".lora_B")."""
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, not {rank}")
     out = {}
     for i in indices:
-        for target in TARGETS:
+        for target in targets_for(layers[i]):
             parent_name, _, child = target.rpartition(".")
             parent = layers[i].get_submodule(parent_name)
             base = getattr(parent, child)

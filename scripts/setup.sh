@@ -24,6 +24,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
 if [ "${1:-}" = "--test" ]; then   # optional engines the tests cover: Ray (python -m core batch --engine ray)
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-ray.txt 2> >(grep -v "^WARNING: Location" >&2)
+  bash scripts/get_mpnet.sh >/dev/null   # all-mpnet-base-v2 for --text-model mpnet (tests/test_lora.py)
 fi
 .venv/bin/pip check >/dev/null
 echo "setup done: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"

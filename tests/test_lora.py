@@ -109,3 +109,68 @@ def test_new_words_go_into_the_shipped_checkpoint_and_its_voice_stays(tmp_path, 
     got = predict_texts(swapped, text_encoder_for(swapped), words, None)
     want = predict_texts(text, text_encoder_for(text), words, None)
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+
+
+# ---------------------------------------------------------------- MPNet (all-mpnet-base-v2, scripts/get_mpnet.sh)
+
+def _mpnet_or_skip():
+    try:
+        encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL)
+    except encoders.EncoderUnavailable as err:       # setup.sh --test fetches it; without it there is nothing to load
+        pytest.skip(str(err))
+
+
+def test_mpnet_utterance_is_pooled_over_its_own_tokens():
+    """MPNet has no token_type_ids: the encoder marks the utterance's segment itself, so an
+    utterance read with its dialogue is pooled over the positions it has when read alone."""
+    _mpnet_or_skip()
+    enc = encoders.TextEncoder(encoders.MPNET_TEXT_MODEL)
+    batch = enc.tokenize(["Hello there."], ["Previous line. | Older line."])
+    seg = batch[encoders.SEGMENT_KEY][0].tolist()
+    alone = enc.tokenize(["Hello there."])["input_ids"][0].tolist()        # <s> hello there . </s>
+    assert seg.count(0) == len(alone) and batch["input_ids"][0, :len(alone)].tolist() == alone
+    assert seg[len(alone):] == [1] * (len(seg) - len(alone))
+    assert "token_type_ids" not in batch
+
+
+def test_mpnet_lora_run_loads_in_the_app_with_the_logits_it_had_in_memory(tmp_path, monkeypatch):
+    """A few LoRA steps on the packaged MPNet (all 12 layers), saved, loaded by core.pipeline.load_models
+    (merged into the weights): the same fused probabilities as the trained model in memory."""
+    _mpnet_or_skip()
+    from core import pipeline
+    from train import loop, train
+    seen = {}
+    real_fit = loop.fit
+
+    def spy(model, trainable, train_in, dev_in, text_side, use, *rest, **kw):
+        result = real_fit(model, trainable, train_in, dev_in, text_side, use, *rest, **kw)
+        seen.update(probs=loop.predict(model, dev_in, text_side, use)["emotion_probs"],
+                    trainable={n: p.detach().clone() for n, p in trainable.items()})
+        return result
+
+    monkeypatch.setattr(loop, "fit", spy)
+    out = tmp_path / "mpnet-lora"
+    threads = torch.get_num_threads()
+    try:
+        train.main(["--train", str(TINY), "--dev", str(TINY), "--out", str(out), "--text-model", "mpnet",
+                    "--epochs", "1", "--threads", "2", "--batch-size", "14", "--tune-layers", "0", "--lora-rank", "4",
+                    "--lr", "3e-3", "--encoder-lr", "2e-3", "--context-turns", "2", "--context-ahead", "1",
+                    "--seed", "1", "--quiet", "--no-final-eval", "--tb", str(tmp_path / "tb")])
+    finally:
+        torch.set_num_threads(threads)
+    lora_b = [p for n, p in seen["trainable"].items() if n.endswith(lora.B_SUFFIX)]
+    assert len(lora_b) == 12 * 6 and any(float(p.abs().max()) > 0 for p in lora_b)    # it learned something
+    assert (out / ck.TEXT_FILE).stat().st_size < 10 * 1024 * 1024
+    stored = load_file(str(out / ck.TEXT_FILE))
+    assert all(lora.is_lora(k) for k in stored) and any(".attention.attn.q." in k for k in stored)
+    card = ck.read_card(out)
+    assert card.text_encoder["name"] == "mpnet" and card.text_encoder["lora"]["targets"] == list(lora.MPNET_TARGETS)
+
+    models = pipeline.load_models(out, device="cpu")
+    assert not any(isinstance(m, lora.LoRALinear) for m in models.text_encoder.modules())
+    from train.data import load_text_split
+    from train.evaluate import predict_texts
+    split = load_text_split(TINY, 2, None, 1)
+    probs, _ = predict_texts(models.checkpoint, models.text_encoder, [e.text for e in split.examples],
+                             [e.context for e in split.examples])
+    assert torch.allclose(probs, seen["probs"], atol=2e-3), (probs - seen["probs"]).abs().max()

@@ -12,15 +12,21 @@ import sys
 import numpy as np
 import torch
 
-from core.encoders import TextEncoder
+from core.encoders import SEGMENT_KEY, TextEncoder
 
 from .data import TextExample
 
 
 def run_layers(bert, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
-    """Run some of the encoder's layers with the same attention mask BertModel builds itself."""
+    """Run some of the encoder's layers with the same attention mask the model builds itself
+    (and, for MPNet, the relative position bias its encoder adds in every layer)."""
     from transformers.masking_utils import create_bidirectional_mask
     mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    if hasattr(bert.encoder, "compute_position_bias"):                 # MPNet
+        bias = bert.encoder.compute_position_bias(hidden)
+        for layer in layers:
+            hidden = layer(hidden, mask, bias)[0]
+        return hidden
     for layer in layers:
         hidden = layer(hidden, mask)
     return hidden
@@ -61,11 +67,13 @@ def frozen_states(encoder: TextEncoder, examples: list[TextExample], n_frozen: i
                       disable=quiet, file=sys.stderr):
         idx = order[start:start + batch_size]
         batch = encoder.tokenize([examples[i].text for i in idx], [examples[i].context for i in idx])
-        hidden = bert.embeddings(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        types = batch.get("token_type_ids")
+        hidden = bert.embeddings(input_ids=batch["input_ids"], **({} if types is None else {"token_type_ids": types}))
         hidden = run_layers(bert, hidden, batch["attention_mask"], bert.encoder.layer[:n_frozen])
+        segments = types if types is not None else batch[SEGMENT_KEY]     # what pooling reads (TextEncoder.pool)
         for row, i in enumerate(idx):
             n = int(batch["attention_mask"][row].sum())
-            out[i] = {"hidden": hidden[row, :n].clone(), "token_type_ids": batch["token_type_ids"][row, :n].clone()}
+            out[i] = {"hidden": hidden[row, :n].clone(), "token_type_ids": segments[row, :n].clone()}
     return out
 
 

@@ -291,7 +291,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     if lora_layers:
         card.text_encoder["lora"] = {
             "rank": lora.rank_of(text_state), "alpha": args.lora_alpha or 2.0 * args.lora_rank,
-            "layers": lora_layers, "targets": list(lora.TARGETS),
+            "layers": lora_layers, "targets": list(lora.targets_for(encoder.bert.encoder.layer[0])),
             "how": "low-rank updates (core.lora) stored with their scale folded in; merged into the "
                    "packaged encoder's weights at load (W += B @ A), so inference costs the plain encoder's"}
     if "video" in model.config.modalities:
