@@ -218,3 +218,67 @@ def test_evaluate_command_refuses_a_non_meld_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train.evaluate", "--csv", str(bad), "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- one command: a recipe's stages (train.recipe)
+
+SHIPPED_COMMANDS = [       # the README's two commands that made the shipped text model
+    "--train T --dev D --out runs/top2 --tune-attention 1 --context-ahead 1 --ema 0.998 --epochs 4 --threads 1 --seed 2",
+    "--train T --dev D --out runs/top2-lora16 --init runs/top2 --tune-layers 0 --tune-attention 0 --lora-rank 16 "
+    "--encoder-lr 2e-4 --lr 2e-4 --context-ahead 1 --ema 0.998 --epochs 2 --threads 2 --seed 2",
+]
+PATHS = ("out", "tb", "init", "recipe")
+
+
+def test_the_shipped_recipe_runs_the_two_shipped_commands():
+    from train import recipe, train
+    args = train.parse_args("--train T --dev D --out runs/minilm --recipe minilm-top2-lora16 --seed 2".split())
+    plan = recipe.stage_argvs(train.build_parser(), args)
+    assert [s.name for s, _, _ in plan] == ["top2", "lora16"]
+    for (_, argv, folder), command in zip(plan, SHIPPED_COMMANDS):
+        got, want = vars(train.parse_args(argv)), vars(train.parse_args(command.split()))
+        assert {k: v for k, v in got.items() if k not in PATHS} == {k: v for k, v in want.items() if k not in PATHS}
+    assert plan[0][1][plan[0][1].index("--out") + 1] == str(Path("runs/minilm/top2/checkpoint"))
+    assert plan[1][1][plan[1][1].index("--init") + 1] == str(Path("runs/minilm/top2/checkpoint"))
+    assert plan[1][1][plan[1][1].index("--out") + 1] == "runs/minilm"
+    # an option the recipe sets stage by stage is refused in one line; --threads applies to every stage
+    with pytest.raises(SystemExit, match="--epochs"):
+        recipe.stage_argvs(train.build_parser(), train.parse_args(
+            "--train T --dev D --out o --recipe minilm-top2-lora16 --epochs 3".split()))
+    threads = recipe.stage_argvs(train.build_parser(), train.parse_args(
+        "--train T --dev D --out o --recipe minilm-top2-lora16 --threads 1".split()))
+    assert all(train.parse_args(argv).threads == 1 for _, argv, _ in threads)
+
+
+def _recipe(tmp_path, name, *extra):
+    from train import train
+    threads = torch.get_num_threads()
+    try:
+        return train.main(["--train", str(TINY), "--dev", str(TINY), "--out", str(tmp_path / name),
+                           "--tb", str(tmp_path / f"tb-{name}"), "--recipe", "minilm-top2-lora16", "--seed", "3",
+                           "--threads", "1", "--batch-size", "14", "--quiet", "--no-final-eval", *extra])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_recipe_in_one_command_stopped_twice_and_resumed_ends_where_an_unstopped_run_ends(tmp_path):
+    from safetensors.torch import load_file
+    from core import lora
+    whole = _recipe(tmp_path, "whole")
+    assert whole["complete"] and [s["epochs_run"] for s in whole["stages"]] == [4, 2]
+    card = ck.read_card(tmp_path / "whole")
+    text = load_file(str(tmp_path / "whole" / ck.TEXT_FILE))
+    assert card.text_encoder["tuned_layers"] == [4, 5] and card.text_encoder["lora"]["rank"] == 16
+    assert any(k.startswith("bert.encoder.layer.5.") and not lora.is_lora(k) for k in text)   # stage 1's layers
+    assert {int(k.split(".")[3]) for k in text if lora.is_lora(k)} == set(range(6))             # stage 2's LoRA
+    assert (tmp_path / "whole" / ck.TEXT_FILE).stat().st_size < MAX_FILE_BYTES
+
+    first = _recipe(tmp_path, "parts", "--stop-after", "2")           # inside stage 1
+    assert not first["complete"] and first["epochs_run"] == 2 and not (tmp_path / "parts").exists()
+    second = _recipe(tmp_path, "parts", "--resume", "--stop-after", "5")    # ends stage 1, stops inside stage 2
+    assert not second["complete"] and [s["epochs_run"] for s in second["stages"]] == [4, 1]
+    last = _recipe(tmp_path, "parts", "--resume")
+    assert last["complete"] and last["best_epoch"] == whole["best_epoch"]
+    for name in (ck.MODEL_FILE, ck.TEXT_FILE):
+        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "parts" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

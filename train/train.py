@@ -25,6 +25,9 @@ What it does, top to bottom:
    layers, then score dev again through the saved files exactly as the app loads them
    (train.evaluate); the card (train.card) records those metrics.
 
+With --recipe NAME (train.recipe) one command runs a recipe's stages, each from the checkpoint
+the one before kept: `--recipe minilm-top2-lora16` is the shipped text model's two stages.
+
 Seeded and single-process: the same command on the same machine gives the same checkpoint.
 TensorBoard logs go to --tb (default runs/<out folder name>), and so does the loop's state after
 every epoch (resume.pt, train.resume): a stopped run continues with the same command and
@@ -56,10 +59,11 @@ from . import card as cards
 from . import clips as clipdata
 from . import loop
 from . import resume as resuming
-from . import retrain
+from . import recipe, retrain
 from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options, fill_defaults, small_defaults
 from .data import load_text_split
 from .evaluate import evaluate_clip_split, evaluate_split
+from .recipe import RECIPES
 from .text_layers import frozen_states, tune_setup
 
 
@@ -108,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this epoch as a stopped run would (its state kept for --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="train in the named recipe's stages, each from the one before (train.recipe); "
+                        "its stages set the encoder options themselves")
     add_clip_options(p)
     return p
 
@@ -140,6 +147,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     clips = hasattr(args, "clips")
+    if args.recipe:
+        if clips:
+            raise SystemExit("error: --recipe trains the words on MELD-format CSVs (no clips)")
+        return recipe.run(build_parser(), args, main)
     if clips:
         fill_defaults(args)
     torch.set_num_threads(args.threads)
