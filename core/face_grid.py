@@ -26,12 +26,15 @@ import cv2
 import numpy as np
 
 from . import encoders, media
-from .face import largest_face_crop
+from .face import DETECT_MAX_SIDE, crop_face, detect_faces, to_gray
 
 GRID_STEP = 0.75             # seconds between grid frames (4 every 3 s)
 GRID_MAX_SECONDS = 300.0     # longer files: per-utterance frames after the transcript
 GRID_FRAMES_PER_CALL = 64    # frames per ffmpeg call (about 25 MB at 480x270)
 GRID_NICE = 19               # the grid thread's priority: it takes only CPU time nobody else wants
+FULL_EVERY = 4               # a whole-frame detection every 4th grid frame (3 s); between them, near the last face
+NEAR = 1.0                   # "near": the last face's box grown by this many of its sides each way
+KEEP_IOU = 0.7               # a face found near the last one and overlapping it this much keeps its box
 
 
 def grid_times(duration: float, step: float = GRID_STEP) -> list[float]:
@@ -70,6 +73,63 @@ class FaceGrid:
         return [self.crops[i] for i in picked if self.crops[i] is not None], len(picked)
 
 
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int] | None) -> float:
+    """Intersection over union of two (x, y, w, h) boxes (0 when `b` is None)."""
+    if b is None:
+        return 0.0
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0, w) * max(0, h)
+    return inter / float(a[2] * a[3] + b[2] * b[3] - inter) if inter else 0.0
+
+
+class FaceTrack:
+    """The largest face's crop in each of a sequence of frames (core.face.largest_face_crop, frame by
+    frame), found for less: Haar detection over the whole frame costs about 27 ms at 320 px on one
+    core, so every FULL_EVERY-th frame (and any frame after one without a face) is searched whole,
+    and the frames between only near the last face (its box grown by NEAR sides each way, at the
+    same detection scale), falling back to the whole frame when no face is there; a face found
+    there that overlaps the last box by KEEP_IOU keeps that box (a search in a smaller image lands
+    a pixel or two off the whole frame's, and a still face must give the same crop). A larger face
+    that appears elsewhere is found at the next whole-frame search, at most FULL_EVERY - 1 frames
+    later."""
+
+    def __init__(self, full_every: int = FULL_EVERY):
+        self.full_every, self.seen, self.last = max(1, full_every), 0, None
+
+    def boxes(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Face boxes (x, y, w, h, full-size pixels, largest first) in one gray frame."""
+        h, w = gray.shape
+        scale = min(1.0, DETECT_MAX_SIDE / max(h, w, 1))
+        near = self.last is not None and self.seen % self.full_every != 0
+        self.seen += 1
+        found = []
+        if near:
+            x, y, bw, bh = (v * scale for v in self.last)
+            grow = NEAR * max(bw, bh)
+            x0, y0 = max(0, int(x - grow)), max(0, int(y - grow))
+            x1, y1 = min(int(round(w * scale)), int(x + bw + grow) + 1), min(int(round(h * scale)), int(y + bh + grow) + 1)
+            small = gray if scale == 1.0 else cv2.resize(
+                gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            roi = small[y0:y1, x0:x1]
+            if roi.size:
+                found = [(int(round((bx + x0) / scale)), int(round((by + y0) / scale)),
+                          int(round(bw_ / scale)), int(round(bh_ / scale)))
+                         for bx, by, bw_, bh_ in detect_faces(roi, max_side=max(roi.shape))]
+        if found and _iou(found[0], self.last) >= KEEP_IOU:
+            found[0] = self.last       # the same face: its box, not a search's jitter of a pixel or two
+        if not found:
+            found = detect_faces(gray)
+        self.last = found[0] if found else None
+        return found
+
+    def crop(self, frame: np.ndarray) -> np.ndarray | None:
+        """The net's input for the largest face in an RGB (or gray) frame, or None."""
+        gray = to_gray(np.asarray(frame))
+        found = self.boxes(gray)
+        return crop_face(gray, found[0]) if found else None
+
+
 def detect_on_grid(path: str | Path, duration: float, side: int,
                    stop: threading.Event | None = None) -> FaceGrid | None:
     """Read a frame every GRID_STEP seconds (at most `side` pixels) and find the largest face in each.
@@ -85,11 +145,12 @@ def detect_on_grid(path: str | Path, duration: float, side: int,
     try:
         times = grid_times(duration)
         crops: list[np.ndarray | None] = []
+        track = FaceTrack()
         for first in range(0, len(times), GRID_FRAMES_PER_CALL):
             if stop is not None and stop.is_set():
                 return None
             frames = media.read_frames(path, times[first:first + GRID_FRAMES_PER_CALL], max_side=side)
-            crops.extend(largest_face_crop(f) for f in frames)
+            crops.extend(track.crop(f) for f in frames)
         return FaceGrid(np.asarray(times, np.float64), crops, time.perf_counter() - t0)
     finally:
         cv2.setNumThreads(before)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import types
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import torch
 
 from .repetition import COMPRESSION_RATIO_THRESHOLD, said_again
 from .threads import one_cpu_thread
+from .whisper_decoder import INT8_ENV, speed_up_decoder  # noqa: F401  (speed_up_decoder: re-exported)
 
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100           # Whisper's mel hop is 10 ms
@@ -42,8 +42,8 @@ BATCH_CUDA = 16
 LOGPROB_THRESHOLD = -1.0          # openai-whisper's defaults for retrying a window (and 2.4 for
                                   # the compression ratio: core.repetition)
 NO_SPEECH_THRESHOLD = 0.6
-INT8_ENV = "WORKBENCH_WHISPER_INT8"   # "0": keep the CPU decoder in fp32
-ENCODER_ENV = "WORKBENCH_WHISPER_ENCODER"   # "bf16": the CPU encoder in bfloat16 where the CPU has it
+ENCODER_ENV = "WORKBENCH_WHISPER_ENCODER"   # "fp32", "bf16-top" or "bf16" (encoder_precision)
+DEFAULT_ENCODER = "fp32"
 
 
 @dataclass
@@ -118,81 +118,6 @@ class _Aligner:
 
     def __call__(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder(tokens, features)
-
-
-def _decoder_forward(self, x: torch.Tensor, xa: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
-    """openai-whisper's TextDecoder.forward with the output projection done by `self.logits`."""
-    offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
-    x = self.token_embedding(x) + self.positional_embedding[offset: offset + x.shape[-1]]
-    x = x.to(xa.dtype)
-    for block in self.blocks:
-        x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
-    return self.logits(self.ln(x)).float()
-
-
-class _Logits(torch.nn.Module):
-    """The tied output projection, transposed and contiguous once (about 100 MB for base): read
-    through a transposed view, it cost 20-40 % of each decoding step on a CPU."""
-
-    def __init__(self, embedding: torch.Tensor):
-        super().__init__()
-        self.register_buffer("weight_t", embedding.detach().t().contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        return torch.mm(x.reshape(b * t, d), self.weight_t).reshape(b, t, -1)
-
-
-def _plain_linears(module: torch.nn.Module) -> None:
-    """Swap whisper's Linear subclass for torch's own (what dynamic quantisation recognises)."""
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.Linear) and type(child) is not torch.nn.Linear:
-            plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-            plain.load_state_dict(child.state_dict())
-            setattr(module, name, plain)
-        else:
-            _plain_linears(child)
-
-
-def _int8_decoder(decoder) -> bool:
-    """Dynamic int8 quantisation of the decoder's linear layers and its output projection (weights
-    int8 per tensor, activations quantised on the fly). Decoding is memory-bound on a CPU, so
-    this makes it about 1.5x faster; the encoder stays fp32. False if torch lacks it."""
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError:
-        return False
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # torch.ao.quantization warns that it will move to torchao
-        _plain_linears(decoder.blocks)
-        quantize_dynamic(decoder.blocks, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        weight = decoder.token_embedding.weight
-        projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        projection.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
-        decoder.logits = quantize_dynamic(torch.nn.Sequential(projection), {torch.nn.Linear},
-                                          dtype=torch.qint8)
-    return True
-
-
-def speed_up_decoder(model, int8: bool | None = None) -> str:
-    """On a CPU: an int8 decoder (unless `int8` is False or $WORKBENCH_WHISPER_INT8=0), else an
-    fp32 one with a contiguous output projection. Returns the decoder's precision ("int8",
-    "fp32"); a GPU model is left as it is ("fp16" there)."""
-    decoder = model.decoder
-    if model.device.type != "cpu":
-        return "fp16"
-    if hasattr(decoder, "logits"):
-        return decoder.precision
-    if int8 is None:
-        int8 = os.environ.get(INT8_ENV, "1").strip().lower() not in ("0", "false", "no")
-    if int8 and _int8_decoder(decoder):
-        decoder.precision = "int8"
-    else:
-        decoder.logits = _Logits(decoder.token_embedding.weight)
-        decoder.precision = "fp32"
-    decoder.forward = types.MethodType(_decoder_forward, decoder)
-    return decoder.precision
 
 
 def _silence(result) -> bool:
@@ -291,23 +216,45 @@ def _encoder_states(model, x: torch.Tensor):
 
 
 def encoder_precision(device_type: str = "cpu") -> str:
-    """The Whisper encoder's precision on a device: "fp16" on a GPU; on a CPU "fp32", or "bf16" when
-    $WORKBENCH_WHISPER_ENCODER=bf16 and the CPU computes in bfloat16 natively (AVX512-BF16, AMX).
-    bf16 makes the encoder about 1.5x faster there but moves its states (and the voice head reads
-    them), so fp32 is the default."""
+    """The Whisper encoder's precision on a device: "fp16" on a GPU. On a CPU, per
+    $WORKBENCH_WHISPER_ENCODER: "fp32"; "bf16-top", the blocks above the voice's block (core.voice
+    LAYER) in bfloat16, so that the states the voice head reads stay exactly fp32; or "bf16", all of
+    it (about 1.5x faster, but it moves the voice's states). Either bf16 only where the CPU computes
+    in bfloat16 natively (AVX512-BF16, AMX); elsewhere "fp32"."""
     if device_type != "cpu":
         return "fp16"
-    wanted = os.environ.get(ENCODER_ENV, "fp32").strip().lower() == "bf16"
-    return "bf16" if wanted and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    wanted = os.environ.get(ENCODER_ENV, DEFAULT_ENCODER).strip().lower()
+    if wanted not in ("bf16", "bf16-top"):
+        return "fp32"
+    return wanted if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def run_encoder_top_bf16(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """core.voice.run_encoder with the blocks above its LAYER in bfloat16 (autocast): the same
+    operations up to LAYER, so the voice states are the fp32 ones bit for bit; the blocks above
+    feed only the decoder. Returns (final states fp32, voice states)."""
+    from .voice import LAYER
+    x = torch.nn.functional.gelu(encoder.conv1(x))
+    x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = (x + encoder.positional_embedding).to(x.dtype)
+    kept = x
+    for i, block in enumerate(encoder.blocks):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if i > LAYER else nullcontext():
+            x = block(x)
+        if i == LAYER:
+            kept = x
+    return encoder.ln_post(x.float()).float(), kept
 
 
 def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
     """model.encoder(x); inside capture_states it also keeps each window's voice states (core.voice)."""
-    bf16 = encoder_precision(model.device.type) == "bf16"
-    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-        features, states = _encoder_states(model, x)
-    if bf16:
-        features = features.float()
+    kind = encoder_precision(model.device.type)
+    if kind == "bf16-top":
+        features, states = run_encoder_top_bf16(model.encoder, x)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if kind == "bf16" else nullcontext():
+            features, states = _encoder_states(model, x)
+        features = features.float() if kind == "bf16" else features
     found = getattr(_CAPTURE, "found", None)
     if found is None:
         return features

@@ -65,3 +65,60 @@ def _set_event():
     event = threading.Event()
     event.set()
     return event
+
+
+def _scene(small_at=(20, 40), big_at=None):
+    """A 640x360 frame with the astronaut's face (skimage, public domain), and a larger copy of it."""
+    import cv2
+    from skimage import data
+    astronaut = data.astronaut()
+    canvas = np.full((360, 640, 3), 90, np.uint8)
+    y, x = small_at
+    canvas[y:y + 280, x:x + 280] = cv2.resize(astronaut, (280, 280))
+    if big_at is not None:
+        y, x = big_at
+        canvas[y:y + 360, x:x + 360] = cv2.resize(astronaut, (360, 360))
+    return canvas
+
+
+def test_tracked_faces_are_the_largest_face_of_each_frame_for_less(monkeypatch):
+    """Between whole-frame searches the grid looks near the last face only: a still face gives the
+    crops of a whole-frame search exactly, a moving one is followed, and a larger face that comes
+    in elsewhere is taken at the next whole-frame search."""
+    from core.face import detect_faces, largest_face_crop
+    searched: list[tuple[int, int]] = []
+
+    def counting(image, *args, **kwargs):
+        searched.append(image.shape[:2])
+        return detect_faces(image, *args, **kwargs)
+    monkeypatch.setattr(face_grid, "detect_faces", counting)
+
+    still = [_scene()] * 8
+    track = face_grid.FaceTrack()
+    crops = [track.crop(f) for f in still]
+    expected = largest_face_crop(still[0])
+    assert expected is not None and all(c is not None and np.array_equal(c, expected) for c in crops)
+    whole = [s for s in searched if s == (360, 640)]
+    assert len(whole) == 8 // face_grid.FULL_EVERY                         # the others: near the face
+    assert all(s[0] * s[1] < 0.5 * 180 * 320 for s in searched if s != (360, 640))
+
+    moving = [_scene(small_at=(20, 40 + 25 * i)) for i in range(6)]       # 25 px a frame
+    track = face_grid.FaceTrack()
+    assert all(track.crop(f) is not None for f in moving)
+    first = track_boxes(moving[:1])[0]
+    assert all(np.abs(np.asarray(b[:2]) - (first[0] + 25 * i, first[1])).max() <= 6    # on the face each time
+               for i, b in enumerate(track_boxes(moving)))
+
+    arrives = [_scene()] * 5 + [_scene(big_at=(0, 280))] * 6
+    track = face_grid.FaceTrack()
+    crops = [track.crop(f) for f in arrives]
+    big = largest_face_crop(arrives[-1])
+    first_whole_after = -(-5 // face_grid.FULL_EVERY) * face_grid.FULL_EVERY
+    assert all(np.array_equal(c, big) for c in crops[first_whole_after:])
+    assert not any(np.array_equal(c, big) for c in crops[:5])
+
+
+def track_boxes(frames):
+    from core.face import to_gray
+    track = face_grid.FaceTrack()
+    return [track.boxes(to_gray(f))[0] for f in frames]

@@ -381,6 +381,29 @@ def test_fp32_cpu_decoder_reads_a_contiguous_output_projection(fp32_model):
     assert torch.allclose(ours, theirs, atol=1e-3)
 
 
+def test_cross_attention_laid_out_once_computes_openai_whispers_attention(model, fp32_model):
+    """Decoding (with a kv cache) reads cross-attention keys and values laid out per head once
+    (core.whisper_decoder); step by step it gives the logits of openai-whisper's own attention
+    over the whole sequence (no cache, which word alignment still uses)."""
+    from core import whisper_decoder as wd
+    for m in (model, fp32_model):
+        assert all(b.cross_attn.forward.__func__ is wd._cross_attention for b in m.decoder.blocks)
+    decoder = fp32_model.decoder
+    tokens = torch.tensor([[50258, 50259, 50359, 50363, 440, 1133], [50258, 50259, 50359, 50363, 291, 366]])
+    features = torch.randn(2, fp32_model.dims.n_audio_ctx, fp32_model.dims.n_audio_state)
+    with torch.no_grad():
+        whole = decoder(tokens, features)
+        cache, hooks = fp32_model.install_kv_cache_hooks()
+        try:
+            steps = [decoder(tokens[:, :4], features, kv_cache=cache)[:, -1]]
+            steps += [decoder(tokens[:, i:i + 1], features, kv_cache=cache)[:, -1] for i in range(4, 6)]
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert torch.allclose(torch.stack(steps, 1), whole[:, 3:], atol=1e-3)
+    assert (torch.stack(steps, 1) - whole[:, 3:]).abs().max() < 1e-4 * whole.abs().max()
+
+
 def test_int8_cpu_decoder_hears_the_same_words_as_fp32(model, fp32_model, tmp_path):
     """The default CPU decoder is int8 (faster); on speech it gives fp32's words and boundaries."""
     if not mediagen.have_espeak():
@@ -414,6 +437,22 @@ def test_bf16_encoder_is_opt_in_and_hears_the_same_words(model, tmp_path, monkey
     assert [u.text for u in bf16] == [u.text for u in fp32]
     for a, b in zip(bf16, fp32):
         assert abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
+
+
+def test_bf16_top_encoder_keeps_the_voice_states_exactly(model, monkeypatch):
+    """$WORKBENCH_WHISPER_ENCODER=bf16-top: only the blocks above the voice's block run in
+    bfloat16, so the states the voice head reads are the fp32 ones bit for bit."""
+    from core import voice
+    monkeypatch.setenv(wb.ENCODER_ENV, "bf16-top")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert wb.encoder_precision("cpu") == ("bf16-top" if native else "fp32")
+    x = torch.randn(1, model.dims.n_mels, 3000)
+    with torch.no_grad():
+        final, kept = wb.run_encoder_top_bf16(model.encoder, x)
+        fp32_final, fp32_kept = voice.run_encoder(model.encoder, x)
+    assert torch.equal(kept, fp32_kept)
+    assert final.dtype == torch.float32 and not torch.equal(final, fp32_final)
+    assert (final - fp32_final).norm() / fp32_final.norm() < 0.05
 
 
 def test_int8_can_be_switched_off(monkeypatch):
