@@ -174,3 +174,33 @@ def test_mpnet_lora_run_loads_in_the_app_with_the_logits_it_had_in_memory(tmp_pa
     probs, _ = predict_texts(models.checkpoint, models.text_encoder, [e.text for e in split.examples],
                              [e.context for e in split.examples])
     assert torch.allclose(probs, seen["probs"], atol=2e-3), (probs - seen["probs"]).abs().max()
+
+
+def test_run_killed_inside_an_epoch_resumes_from_its_last_step_save_to_the_same_weights(tmp_path, monkeypatch):
+    """--save-every N writes the state inside an epoch too; a run killed right after such a save
+    (here: mid epoch 2) continues from that step and ends bit for bit where an unkilled run ends.
+    LoRA on the top 3 layers only (--lora-layers 3): the 3 below are computed once and not stored."""
+    from train import resume
+    common = ("--batch-size", "7", "--lora-layers", "3")
+    whole_dir = tmp_path / "whole"
+    _train(tmp_path, whole_dir, "--tb", str(tmp_path / "tb-whole"), *common)
+    card = ck.read_card(whole_dir)
+    assert card.text_encoder["lora"]["layers"] == [3, 4, 5]
+    assert {int(k.split(".")[3]) for k in load_file(str(whole_dir / ck.TEXT_FILE))} == {3, 4, 5}
+
+    real_save, saves = resume.save, []
+
+    def save_then_die(*a, **kw):      # 4 steps an epoch: saves after step 2, epoch 1, step 2 of epoch 2 (killed)
+        real_save(*a, **kw)
+        saves.append(kw.get("partial"))
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(resume, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--save-every", "2", *common)
+    assert [p["step"] if p else None for p in saves] == [2, None, 2]
+    monkeypatch.setattr(resume, "save", real_save)
+    _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume", *common)
+    for name in (ck.MODEL_FILE, ck.TEXT_FILE):
+        a, b = load_file(str(whole_dir / name)), load_file(str(tmp_path / "parts" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

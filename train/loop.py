@@ -329,6 +329,7 @@ class FitOptions:
     resume: bool = False              # start from the state in state_file
     stop_after: int | None = None     # stop after this epoch, as a stopped run would (state kept)
     args: dict | None = None          # the run's arguments, saved with the state (train.resume.check_args)
+    save_every: int = 0               # also save the state every this many steps inside an epoch (0: off)
 
 
 @dataclass
@@ -348,10 +349,12 @@ def fit(model: EmotionModel, trainable: dict[str, torch.Tensor], train: Inputs, 
     average = WeightAverage({**{f"model.{n}": p for n, p in model.named_parameters()}, **trainable},
                             opts.ema) if opts.ema else None
     result, best, t_train = FitResult(0), {"key": (-1.0, -1.0)}, time.time()
-    first = 1
+    first, partial = 1, None
     if opts.resume:
-        first = resume.restore(opts.state_file, model, trainable, optimizer, schedule, average, rng, result, best)
-        log(f"resumed after epoch {first - 1} from {opts.state_file}")
+        first, partial = resume.restore(opts.state_file, model, trainable, optimizer, schedule, average, rng,
+                                        result, best)
+        log(f"resumed after epoch {first - 1}" + (f", step {partial['step']} of epoch {first}" if partial else "")
+            + f" from {opts.state_file}")
 
     def on_step(loss: float, fused: float) -> None:
         result.steps += 1
@@ -361,10 +364,23 @@ def fit(model: EmotionModel, trainable: dict[str, torch.Tensor], train: Inputs, 
 
     for epoch in range(first, opts.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, train, text, use, loss_fn, optimizer, schedule,
-                           epoch_batches(train, opts.batch_size, rng), desc=f"epoch {epoch}/{opts.epochs}",
-                           quiet=opts.quiet, on_step=on_step if average is None else
-                           (lambda a, b: (average.update(), on_step(a, b))))
+        rng_before = rng.bit_generator.state
+        batches = epoch_batches(train, opts.batch_size, rng)
+        done = dict(partial) if partial and epoch == first else {"step": 0, "loss_sum": 0.0}
+
+        def step_done(a: float, b: float, epoch=epoch, batches=batches, done=done) -> None:
+            if average is not None:
+                average.update()
+            on_step(a, b)
+            done["step"], done["loss_sum"] = done["step"] + 1, done["loss_sum"] + a
+            if opts.save_every and opts.state_file and done["step"] % opts.save_every == 0 \
+                    and done["step"] < len(batches):
+                resume.save(opts.state_file, epoch - 1, opts.args or {}, model, trainable, optimizer, schedule,
+                            average, rng, result, best, partial={**done, "rng": rng_before})
+
+        train_epoch(model, train, text, use, loss_fn, optimizer, schedule, batches[done["step"]:],
+                    desc=f"epoch {epoch}/{opts.epochs}", quiet=opts.quiet, on_step=step_done)
+        loss = done["loss_sum"] / max(1, len(batches))
         result.epoch_seconds.append(time.perf_counter() - t0)
         entry = {"epoch": epoch, "loss": round(loss, 4), "seconds": round(time.time() - t_train, 1)}
         with average.applied() if average else contextlib.nullcontext():

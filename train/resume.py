@@ -5,6 +5,10 @@ torch.load(weights_only=True), so nothing in it is ever unpickled as code. It ho
 model and the trainable encoder tensors, the optimiser and schedule, the weight average, the
 best epoch's weights so far, the history, and the random states (batch order and dropout), so a
 run stopped after epoch k and resumed ends with the same weights as one that never stopped.
+
+With --save-every N it is also written every N steps inside an epoch: the state then says how far
+into the epoch it is ("partial": steps done and their summed loss) and keeps the batch-order random
+state from before that epoch, so the resumed run draws the same batches and skips those done.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 STATE_FILE = "resume.pt"
 # arguments that may differ between the stopped run and its resumption
-FREE_ARGS = ("resume", "stop_after", "threads", "quiet", "no_final_eval", "tb", "out")
+FREE_ARGS = ("resume", "stop_after", "threads", "quiet", "no_final_eval", "tb", "out", "save_every")
 
 
 class ResumeError(ValueError):
@@ -35,8 +39,10 @@ def check_args(saved: dict, now: dict) -> None:
 
 
 def save(path: str | Path, epoch: int, args: dict, model, trainable: dict, optimizer, schedule,
-         average, rng: np.random.Generator, result, best: dict) -> None:
-    """Write the state after `epoch` atomically (temp file + rename)."""
+         average, rng: np.random.Generator, result, best: dict, partial: dict | None = None) -> None:
+    """Write the state after `epoch` atomically (temp file + rename). Inside epoch + 1: `partial`
+    holds {"step", "loss_sum", "rng"} (steps done, their summed loss, the batch-order state the
+    epoch started from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -44,7 +50,8 @@ def save(path: str | Path, epoch: int, args: dict, model, trainable: dict, optim
         "model": model.state_dict(), "trainable": {n: p.detach() for n, p in trainable.items()},
         "optimizer": optimizer.state_dict(), "schedule": json.dumps(schedule.state_dict(), default=_plain),
         "average": ({"shadow": average.shadow, "updates": average.updates} if average is not None else {}),
-        "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        "rng": json.dumps(partial["rng"] if partial else rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        "partial": json.dumps({k: v for k, v in partial.items() if k != "rng"} if partial else None),
         "result": json.dumps({"best_epoch": result.best_epoch, "history": result.history, "scores": result.scores,
                               "epoch_seconds": result.epoch_seconds, "steps": result.steps}, default=_plain),
         "best_key": list(best["key"]) if best["key"] is not None else None,
@@ -61,8 +68,9 @@ def saved_args(path: str | Path) -> dict:
 
 
 def restore(path: str | Path, model, trainable: dict, optimizer, schedule, average,
-            rng: np.random.Generator, result, best: dict) -> int:
-    """Put the saved state back into the live objects; returns the epoch to start with."""
+            rng: np.random.Generator, result, best: dict) -> tuple[int, dict | None]:
+    """Put the saved state back into the live objects; returns the epoch to start with and, when
+    the state was saved inside it, {"step", "loss_sum"} (else None)."""
     state = _load(path)
     model.load_state_dict(state["model"])
     with torch.no_grad():
@@ -86,7 +94,8 @@ def restore(path: str | Path, model, trainable: dict, optimizer, schedule, avera
     best["key"] = tuple(state["best_key"]) if state["best_key"] is not None else None
     if state["best_model"]:
         best["model"], best["tuned"] = state["best_model"], state["best_tuned"]
-    return int(state["epoch"]) + 1
+    partial = json.loads(state["partial"]) if "partial" in state else None
+    return int(state["epoch"]) + 1, partial
 
 
 def _load(path: str | Path) -> dict:

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=0,
                    help="LoRA rank on every encoder layer below the tuned ones (q, k, v, out, feed-forward; "
                         "0: off); merged into the weights at load")
+    p.add_argument("--lora-layers", type=int, default=None,
+                   help="LoRA only on this many layers right below the tuned ones (default: all of them); "
+                        "the layers under those stay frozen and are computed once")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 x rank)")
     p.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA branch's input")
     p.add_argument("--epochs", type=int, default=4)
@@ -109,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from the state it saved after its last epoch "
                         "(<tb folder>/resume.pt; same arguments)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save the training state every N steps inside an epoch (0: after each epoch only)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this epoch as a stopped run would (its state kept for --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -208,10 +213,12 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     lora_layers, lora_scale = [], 1.0
     if getattr(args, "lora_rank", 0):
         alpha = args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_rank
-        lora_layers, lora_scale = list(range(first)), alpha / args.lora_rank
+        count = first if args.lora_layers is None else max(0, min(args.lora_layers, first))
+        lora_layers, lora_scale = list(range(first - count, first)), alpha / args.lora_rank
         trainable = {**lora.add_lora(encoder.bert.encoder.layer, lora_layers, args.lora_rank, alpha,
                                      args.lora_dropout), **trainable}
-        first, tuned = 0, encoder.bert.encoder.layer
+        first = first - count
+        tuned = encoder.bert.encoder.layer[first:]
     log(f"fine-tuning {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M encoder parameters "
         f"(layers {tuned_layers}; attention only in {attention_layers}; LoRA in {lora_layers})"
         if trainable else "text encoder frozen")
@@ -279,7 +286,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     if args.resume:
         resuming.check_args(resuming.saved_args(state_file), json.loads(json.dumps(run_args, default=str)))
     opts = loop.FitOptions(args.epochs, args.batch_size, keep, getattr(args, "patience", None), args.ema,
-                           args.seed, args.quiet, str(state_file), args.resume, args.stop_after, run_args)
+                           args.seed, args.quiet, str(state_file), args.resume, args.stop_after, run_args,
+                           save_every=args.save_every)
     t_train = time.time()
     result = loop.fit(model, trainable, fit_in, dev_in, text_side, use, loss_fn, optimizer, schedule, opts,
                       log, writer)
