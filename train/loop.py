@@ -76,7 +76,16 @@ class Inputs:
             return self.audio_ok
         if m == "video" and self.video_ok is not None:
             return self.video_ok
-        return torch.ones(len(self), dtype=torch.bool) if m == "text" else torch.zeros(len(self), dtype=torch.bool)
+        make = torch.ones if m == "text" else torch.zeros
+        return make(len(self), dtype=torch.bool, device=self.emotion.device)
+
+    def to(self, device: torch.device | str) -> "Inputs":
+        """The same rows with every tensor (cached text states too) on `device`."""
+        move = (lambda t: None if t is None else t.to(device))
+        states = None if self.states is None else [{k: v.to(device) for k, v in s.items()} for s in self.states]
+        return Inputs(move(self.text), states, move(self.face), move(self.face_ok), move(self.audio),
+                      move(self.audio_ok), move(self.emotion), move(self.sentiment), move(self.video),
+                      move(self.video_ok))
 
     def lengths(self) -> list[int] | None:
         """Token counts of the cached text states (None with frozen text vectors)."""
@@ -158,6 +167,10 @@ class Loss:
         self.sen = nn.CrossEntropyLoss(weight=class_weights(y_sentiment, len(SENTIMENTS), power),
                                        label_smoothing=smoothing)
         self.aux_weight = aux_weight
+
+    def to(self, device: torch.device | str) -> "Loss":
+        self.emo.to(device), self.sen.to(device)
+        return self
 
     def __call__(self, out, mask: dict, y_e: torch.Tensor, y_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fused = self.emo(out.emotion_logits, y_e) + self.sen(out.sentiment_logits, y_s)

@@ -51,6 +51,7 @@ def save(path: str | Path, epoch: int, args: dict, model, trainable: dict, optim
         "optimizer": optimizer.state_dict(), "schedule": json.dumps(schedule.state_dict(), default=_plain),
         "average": ({"shadow": average.shadow, "updates": average.updates} if average is not None else {}),
         "rng": json.dumps(partial["rng"] if partial else rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "partial": json.dumps({k: v for k, v in partial.items() if k != "rng"} if partial else None),
         "result": json.dumps({"best_epoch": result.best_epoch, "history": result.history, "scores": result.scores,
                               "epoch_seconds": result.epoch_seconds, "steps": result.steps}, default=_plain),
@@ -88,6 +89,8 @@ def restore(path: str | Path, model, trainable: dict, optimizer, schedule, avera
         average.updates = int(state["average"]["updates"])
     rng.bit_generator.state = json.loads(state["rng"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     saved = json.loads(state["result"])
     result.best_epoch, result.history, result.scores = saved["best_epoch"], saved["history"], saved["scores"]
     result.epoch_seconds, result.steps = saved["epoch_seconds"], saved["steps"]

@@ -81,9 +81,10 @@ def collate(items: list[dict]) -> dict:
     """Pad cached states into a batch: hidden [B, T, d], attention_mask and token_type_ids [B, T]."""
     width = max(it["hidden"].shape[0] for it in items)
     dim = items[0]["hidden"].shape[1]
-    hidden = torch.zeros(len(items), width, dim)
-    mask = torch.zeros(len(items), width, dtype=torch.long)
-    types = torch.zeros(len(items), width, dtype=torch.long)
+    device = items[0]["hidden"].device
+    hidden = torch.zeros(len(items), width, dim, device=device)
+    mask = torch.zeros(len(items), width, dtype=torch.long, device=device)
+    types = torch.zeros(len(items), width, dtype=torch.long, device=device)
     for b, it in enumerate(items):
         n = it["hidden"].shape[0]
         hidden[b, :n], mask[b, :n], types[b, :n] = it["hidden"], 1, it["token_type_ids"]

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux-weight", type=float, default=0.5, help="loss weight of the text branch's own heads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="where text-only training runs (default: cuda when there is a GPU; clip runs use the CPU)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N train examples")
     p.add_argument("--dev-limit", type=int, default=None, help="use only the first N dev examples")
     p.add_argument("--tb", default=None, help="TensorBoard folder (default runs/<out folder name>)")
@@ -219,6 +221,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
                                      args.lora_dropout), **trainable}
         first = first - count
         tuned = encoder.bert.encoder.layer[first:]
+    device = _device(args, clips)
+    encoder.to(device)                    # its parameters stay the same objects (trainable's)
     log(f"fine-tuning {sum(p.numel() for p in trainable.values()) / 1e6:.2f} M encoder parameters "
         f"(layers {tuned_layers}; attention only in {attention_layers}; LoRA in {lora_layers})"
         if trainable else "text encoder frozen")
@@ -237,7 +241,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
                                      states=frozen_states(encoder, ex, first, quiet=args.quiet)) if trainable \
                 else loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
                                        text=encoder.encode([e.text for e in ex], [e.context for e in ex]))
-        train_in, dev_in = text_inputs(train), text_inputs(dev)
+        train_in, dev_in = text_inputs(train).to(device), text_inputs(dev).to(device)
     t_cache = time.time() - t0
     text_side = loop.TextSide(encoder, tuned if trainable else None)
     log(f"text encoded in {t_cache:.1f} s")
@@ -251,6 +255,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         log("--init checkpoint has no video branch: added one (it starts out changing nothing)")
     else:
         model = init.model
+    model.to(device)
     counts = {m: int(train_in.present(m).sum()) for m in loop.TRAINABLE}
     use = {m for m in asked if m in model.config.modalities and counts[m] > 0}
     if not use:
@@ -274,7 +279,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         log("voice features standardised with the train rows' statistics")
     y_e = [int(y) for y in fit_in.emotion]
     y_s = [int(y) for y in fit_in.sentiment]
-    loss_fn = loop.Loss(y_e, y_s, args.class_weight_power, args.label_smoothing, args.aux_weight)
+    loss_fn = loop.Loss(y_e, y_s, args.class_weight_power, args.label_smoothing, args.aux_weight).to(device)
     total = loop.steps_for(len(fit_in), args.batch_size, args.epochs)
     optimizer, schedule = loop.make_optimizer(model, trainable, args.lr, args.encoder_lr, args.weight_decay,
                                               total, args.warmup)
@@ -294,7 +299,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     train_seconds = time.time() - t_train
 
     # -- 6. save the kept weights (with --init: its tuned text tensors plus this run's), then the card
-    text_state = lora.combine(init.text_state if init else {}, lora.export(trainable, lora_scale))
+    text_state = lora.combine(init.text_state if init else {}, {k: v.cpu() for k, v in lora.export(trainable, lora_scale).items()})
     card = cards.build_card(
         args, name=cards.default_name(args, trained, clips),
         text=cards.text_section(text_card, args.text_model, encoder, context, text_state, tuned_layers,
@@ -351,6 +356,15 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
                         "clips_per_second": round(extracted / secs, 2) if extracted and secs else 0.0})
     print(json.dumps(summary))
     return summary
+
+
+def _device(args, clips: bool) -> torch.device:
+    """Where the words train: --device, else the GPU when there is one; clip runs stay on the CPU."""
+    if clips:
+        return torch.device("cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda: no GPU is visible here")
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _data_section(train, dev, data, counts: dict, fit_rows: int, clips: bool) -> dict:
