@@ -1,5 +1,6 @@
 """LoRA on the packaged MiniLM (core.lora) and resumable training (train.resume), on the real encoder."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,46 @@ def test_run_killed_inside_an_epoch_resumes_from_its_last_step_save_to_the_same_
     for name in (ck.MODEL_FILE, ck.TEXT_FILE):
         a, b = load_file(str(whole_dir / name)), load_file(str(tmp_path / "parts" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# ---------------------------------------------------------------- train/gpu_text.sh: the encoder in pieces
+
+MELD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "meld"
+
+
+def test_encoder_reaches_the_gpu_machine_in_pieces_and_loads_there(tmp_path, monkeypatch):
+    """prepare cuts the base encoder (fp16) into pieces a device call can carry; calls that each
+    carry one piece add up, on the far machine, to the encoder the aliases resolve to there."""
+    from train import gpu_text
+    if not (MELD / "train_sent_emo.csv").is_file():
+        pytest.skip(f"MELD CSVs not found at {MELD}")
+    here, there = tmp_path / "here" / ".gpu", tmp_path / "there"
+    manifest = gpu_text.prepare("minilm", "fp16", MELD, here)
+    pieces = sorted((here / "enc").iterdir())
+    assert manifest["pieces"] == len(pieces) == 2 and all(p.stat().st_size <= gpu_text.PIECE_BYTES for p in pieces)
+    calls = gpu_text.calls(manifest, "--tiny")
+    assert [c["carry"] for c in calls] == [[".gpu/enc/piece-01"], [".gpu/meld", ".gpu/enc/piece-02"]]
+
+    def call(carried: list[str]) -> Path:          # the working tree of one device call: only what it carries
+        root = tmp_path / "call"
+        shutil.rmtree(root, ignore_errors=True)
+        for rel in carried:
+            src, dst = here.parent / rel, root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copyfile(src, dst)
+        return root / ".gpu"
+
+    with pytest.raises(SystemExit, match="piece-01 never reached"):     # a fresh machine: the first call is missing
+        gpu_text.assemble(call(calls[1]["carry"]), tmp_path / "fresh")
+    assert gpu_text.receive(call(calls[0]["carry"]), there) == ["piece-01"]
+    models = gpu_text.assemble(call(calls[1]["carry"]), there)
+    monkeypatch.setenv(encoders.TEXT_MODELS_ENV, str(models))
+    far = encoders.TextEncoder()                    # "minilm", resolved to the unpacked fp16 copy, run in fp32
+    assert Path(encoders.resolve_text_model("minilm")).parent == models
+    assert next(far.bert.parameters()).dtype == torch.float32
+    monkeypatch.delenv(encoders.TEXT_MODELS_ENV)
+    near = encoders.TextEncoder()
+    assert torch.allclose(far.encode(TEXTS, CONTEXTS), near.encode(TEXTS, CONTEXTS), atol=5e-3)

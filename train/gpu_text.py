@@ -33,7 +33,7 @@ WEIGHTS = "model.safetensors"
 KEEP = (".json", ".txt", ".model")             # config, tokenizer, vocabulary files of the folder
 
 
-def _encoder_tar(name: str, precision: str) -> tuple[str, bytes]:
+def _encoder_tar(name: str, precision: str, gpu_dir: Path) -> tuple[str, bytes]:
     """The encoder's folder (config, tokenizer, weights in `precision`) as one uncompressed tar."""
     from safetensors.torch import load_file, save_file
 
@@ -48,31 +48,32 @@ def _encoder_tar(name: str, precision: str) -> tuple[str, bytes]:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix in KEEP:
                 tar.add(str(path), arcname=f"{top}/{path.name}")
-        staged = GPU_DIR / "weights.tmp"
+        staged = gpu_dir / "weights.tmp"
         save_file({k: v.contiguous() for k, v in weights.items()}, str(staged), metadata={"format": "pt"})
         tar.add(str(staged), arcname=f"{top}/{WEIGHTS}")
         staged.unlink()
     return top, buffer.getvalue()
 
 
-def prepare(encoder: str, precision: str, meld: Path = MELD) -> dict:
+def prepare(encoder: str, precision: str, meld: Path = MELD, gpu_dir: Path = GPU_DIR) -> dict:
     """Write .gpu/: meld/ (the CSVs and the manifest) and enc/piece-NN; returns the manifest."""
     exclude = ROOT / ".git" / "info" / "exclude"
-    if exclude.parent.is_dir() and "/.gpu/" not in (exclude.read_text() if exclude.exists() else ""):
+    ignored = exclude.read_text() if exclude.exists() else ""
+    if gpu_dir == GPU_DIR and exclude.parent.is_dir() and "/.gpu/" not in ignored:
         with open(exclude, "a") as f:
             f.write("\n/.gpu/\n")
-    shutil.rmtree(GPU_DIR, ignore_errors=True)
-    (GPU_DIR / "meld").mkdir(parents=True)
-    (GPU_DIR / "enc").mkdir()
+    shutil.rmtree(gpu_dir, ignore_errors=True)
+    (gpu_dir / "meld").mkdir(parents=True)
+    (gpu_dir / "enc").mkdir()
     for name in CSVS:
-        shutil.copyfile(meld / name, GPU_DIR / "meld" / name)
-    folder, blob = _encoder_tar(encoder, precision)
+        shutil.copyfile(meld / name, gpu_dir / "meld" / name)
+    folder, blob = _encoder_tar(encoder, precision, gpu_dir)
     pieces = [blob[i:i + PIECE_BYTES] for i in range(0, len(blob), PIECE_BYTES)]
     for k, piece in enumerate(pieces, start=1):
-        (GPU_DIR / "enc" / f"piece-{k:02d}").write_bytes(piece)
+        (gpu_dir / "enc" / f"piece-{k:02d}").write_bytes(piece)
     manifest = {"encoder": encoder, "folder": folder, "precision": precision, "pieces": len(pieces),
                 "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    (GPU_DIR / "meld" / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (gpu_dir / "meld" / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -85,31 +86,31 @@ def calls(manifest: dict, train_args: str) -> list[dict]:
     return out
 
 
-def receive() -> list[str]:
+def receive(gpu_dir: Path = GPU_DIR, remote: Path = REMOTE) -> list[str]:
     """Keep the pieces this call carried in REMOTE/pieces (they outlive the call, not the machine)."""
-    dest = REMOTE / "pieces"
+    dest = remote / "pieces"
     dest.mkdir(parents=True, exist_ok=True)
     got = []
-    for piece in sorted((GPU_DIR / "enc").glob("piece-*")):
+    for piece in sorted((gpu_dir / "enc").glob("piece-*")):
         shutil.copyfile(piece, dest / piece.name)
         got.append(piece.name)
     return got
 
 
-def assemble() -> Path:
+def assemble(gpu_dir: Path = GPU_DIR, remote: Path = REMOTE) -> Path:
     """Join the pieces (carried now or received before), check them, unpack the encoder; returns
     the folder to give as $WORKBENCH_TEXT_MODELS."""
-    manifest = json.loads((GPU_DIR / "meld" / MANIFEST).read_text())
-    receive()
+    manifest = json.loads((gpu_dir / "meld" / MANIFEST).read_text())
+    receive(gpu_dir, remote)
     names = [f"piece-{k:02d}" for k in range(1, manifest["pieces"] + 1)]
-    missing = [n for n in names if not (REMOTE / "pieces" / n).is_file()]
+    missing = [n for n in names if not (remote / "pieces" / n).is_file()]
     if missing:
         raise SystemExit(f"error: encoder pieces {', '.join(missing)} never reached this machine "
                          "(a fresh machine starts bare: send every piece again, one call each)")
-    blob = b"".join((REMOTE / "pieces" / n).read_bytes() for n in names)
+    blob = b"".join((remote / "pieces" / n).read_bytes() for n in names)
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
         raise SystemExit("error: the encoder pieces do not add up to what prepare wrote (sha256 differs)")
-    models = REMOTE / "models"
+    models = remote / "models"
     shutil.rmtree(models, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
         tar.extractall(models, filter="data")
