@@ -179,9 +179,10 @@ def test_mpnet_lora_run_loads_in_the_app_with_the_logits_it_had_in_memory(tmp_pa
 
 def test_run_killed_inside_an_epoch_resumes_from_its_last_step_save_to_the_same_weights(tmp_path, monkeypatch):
     """--save-every N writes the state inside an epoch too; a run killed right after such a save
-    (here: mid epoch 2) continues from that step and ends bit for bit where an unkilled run ends.
+    (here: mid epoch 2) continues from that step and ends bit for bit where an unkilled run ends,
+    reading the frozen layers' output it kept (--keep-states) instead of computing it again.
     LoRA on the top 3 layers only (--lora-layers 3): the 3 below are computed once and not stored."""
-    from train import resume
+    from train import resume, text_layers
     common = ("--batch-size", "7", "--lora-layers", "3")
     whole_dir = tmp_path / "whole"
     _train(tmp_path, whole_dir, "--tb", str(tmp_path / "tb-whole"), *common)
@@ -198,10 +199,16 @@ def test_run_killed_inside_an_epoch_resumes_from_its_last_step_save_to_the_same_
             raise KeyboardInterrupt
     monkeypatch.setattr(resume, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--save-every", "2", *common)
+        _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--save-every", "2",
+               "--keep-states", *common)
     assert [p["step"] if p else None for p in saves] == [2, None, 2]
+    assert len(list((tmp_path / "tb-parts").glob("states-*.pt"))) == 1    # train and dev are one CSV here: one file
     monkeypatch.setattr(resume, "save", real_save)
-    _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume", *common)
+
+    def not_again(*a, **kw):
+        raise AssertionError("the frozen layers were computed again instead of read back")
+    monkeypatch.setattr(text_layers, "frozen_states", not_again)
+    _train(tmp_path, tmp_path / "parts", "--tb", str(tmp_path / "tb-parts"), "--resume", "--keep-states", *common)
     for name in (ck.MODEL_FILE, ck.TEXT_FILE):
         a, b = load_file(str(whole_dir / name)), load_file(str(tmp_path / "parts" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -22,7 +22,8 @@ import torch
 
 STATE_FILE = "resume.pt"
 # arguments that may differ between the stopped run and its resumption
-FREE_ARGS = ("resume", "stop_after", "threads", "quiet", "no_final_eval", "tb", "out", "save_every")
+FREE_ARGS = ("resume", "stop_after", "threads", "quiet", "no_final_eval", "tb", "out", "save_every",
+             "keep_states", "device")
 
 
 class ResumeError(ValueError):

@@ -7,7 +7,11 @@ own pooling (TextEncoder.pool). tune_setup decides which tensors learn.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +79,37 @@ def frozen_states(encoder: TextEncoder, examples: list[TextExample], n_frozen: i
             n = int(batch["attention_mask"][row].sum())
             out[i] = {"hidden": hidden[row, :n].clone(), "token_type_ids": segments[row, :n].clone()}
     return out
+
+
+def stored_frozen_states(encoder: TextEncoder, examples: list[TextExample], n_frozen: int, folder: Path | None,
+                         quiet: bool = False, log=print) -> list[dict]:
+    """frozen_states, kept in `folder` under a name made of everything they depend on (the frozen
+    layers' weights, the texts and contexts, the token limit) and read back from there next time,
+    so a resumed run does not compute them again (MPNet's bottom layers over MELD train take half
+    an hour on these busy cores). `folder` None: computed, not kept."""
+    from core.cache import tensors_digest
+    if folder is None:
+        return frozen_states(encoder, examples, n_frozen, quiet=quiet)
+    bert = encoder.bert
+    part = {f"embeddings.{k}": v for k, v in bert.embeddings.state_dict().items()}
+    for i in range(n_frozen):
+        part.update({f"layer.{i}.{k}": v for k, v in bert.encoder.layer[i].state_dict().items()})
+    h = hashlib.sha256(tensors_digest(part).encode())
+    h.update(json.dumps([encoder.max_tokens, [(e.text, e.context) for e in examples]]).encode())
+    path = Path(folder) / f"states-{h.hexdigest()[:16]}.pt"
+    if path.is_file():
+        try:
+            states = torch.load(str(path), map_location="cpu", weights_only=True)
+            log(f"frozen layers' output for {len(states)} examples read from {path}")
+            return states
+        except Exception as err:                       # a partial or foreign file: compute again
+            log(f"could not read {path} ({type(err).__name__}): computing it again")
+    states = frozen_states(encoder, examples, n_frozen, quiet=quiet)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(states, str(tmp))
+    os.replace(tmp, path)
+    return states
 
 
 def collate(items: list[dict]) -> dict:

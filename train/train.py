@@ -64,7 +64,7 @@ from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options, fill_
 from .data import load_text_split
 from .evaluate import evaluate_clip_split, evaluate_split
 from .recipe import RECIPES
-from .text_layers import frozen_states, tune_setup
+from .text_layers import stored_frozen_states, tune_setup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from the state it saved after its last epoch "
                         "(<tb folder>/resume.pt; same arguments)")
+    p.add_argument("--keep-states", action="store_true",
+                   help="keep the frozen layers' output in the run folder (--tb), so that --resume reads it "
+                        "instead of computing it again")
     p.add_argument("--save-every", type=int, default=0,
                    help="also save the training state every N steps inside an epoch (0: after each epoch only)")
     p.add_argument("--stop-after", type=int, default=None,
@@ -235,10 +238,13 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         dev_in = retrain.inputs_for(dev, data.feats["dev"], data.videos["dev"], encoder, bottom, args.quiet) \
             if dev is not None else None
     else:
+        keep_dir = (Path(args.tb) if args.tb else Path("runs") / (out_dir.resolve().name or "model")) \
+            if args.keep_states else None
+
         def text_inputs(split):
             ex = split.examples
             return loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
-                                     states=frozen_states(encoder, ex, first, quiet=args.quiet)) if trainable \
+                                     states=stored_frozen_states(encoder, ex, first, keep_dir, args.quiet, log)) if trainable \
                 else loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
                                        text=encoder.encode([e.text for e in ex], [e.context for e in ex]))
         train_in, dev_in = text_inputs(train).to(device), text_inputs(dev).to(device)
