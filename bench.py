@@ -1,7 +1,8 @@
 """Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR]`.
 
-`python -m bench --vs-faster-whisper`: only our full analysis (with the Whisper encoder in fp32, the
-default, and in bf16) side by side with faster-whisper's transcript alone (tools/vs_faster_whisper.py).
+`python -m bench --vs-faster-whisper [--encoders bf16-top,bf16]`: only our full analysis side by side
+with faster-whisper's transcript alone (tools/vs_faster_whisper.py), and with other Whisper encoder
+precisions when asked.
 
 Generates a talking video (espeak-ng speech over a still face, 25 fps, 640x360), analyses it with
 the default models and prints the device, seconds per stage, total, real-time factor, peak memory
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vs-faster-whisper", action="store_true",
                         help="only: our full analysis of the video side by side with faster-whisper's "
                              "transcript alone (tools/vs_faster_whisper.py; installs it in its own venv)")
+    parser.add_argument("--encoders", default="",
+                        help="with --vs-faster-whisper: also time these Whisper encoder precisions "
+                             "(comma-separated: bf16-top, bf16)")
     parser.add_argument("--keep", help="keep the generated media in this folder")
     args = parser.parse_args(argv)
     if args.quick:
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vs_faster_whisper:
         from tools.vs_faster_whisper import YardstickError, compare
         try:
-            compare(video, spoken, bf16=True)
+            compare(video, spoken, encoders=tuple(k for k in args.encoders.split(",") if k.strip()))
         except YardstickError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

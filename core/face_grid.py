@@ -131,7 +131,7 @@ class FaceTrack:
 
 
 def detect_on_grid(path: str | Path, duration: float, side: int,
-                   stop: threading.Event | None = None) -> FaceGrid | None:
+                   stop: threading.Event | None = None, running: list[int] | None = None) -> FaceGrid | None:
     """Read a frame every GRID_STEP seconds (at most `side` pixels) and find the largest face in each.
 
     OpenCV runs on one thread meanwhile: this is meant for the core Whisper's decoder leaves idle.
@@ -139,6 +139,8 @@ def detect_on_grid(path: str | Path, duration: float, side: int,
     when the frames cannot be read.
     """
     t0 = time.perf_counter()
+    if running is not None:          # GridJob.result() gives this thread its priority back
+        running.append(threading.get_native_id())
     _lower_priority()
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
@@ -153,6 +155,8 @@ def detect_on_grid(path: str | Path, duration: float, side: int,
             crops.extend(track.crop(f) for f in frames)
         return FaceGrid(np.asarray(times, np.float64), crops, time.perf_counter() - t0)
     finally:
+        if running is not None:
+            running.clear()
         cv2.setNumThreads(before)
 
 
@@ -171,8 +175,17 @@ class GridJob:
 
     future: Future
     stop: threading.Event = field(default_factory=threading.Event)
+    running: list[int] = field(default_factory=list)     # the grid thread's id while it works
 
     def result(self) -> FaceGrid | None:
+        """The grid, once done. Waiting for it, nobody is left for it to yield to: it gets the waiting
+        thread's priority back where the system allows (on a busy machine, at the lowest priority it
+        would starve behind other processes)."""
+        for tid in list(self.running):
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, 0))
+            except (AttributeError, OSError):
+                pass                  # raising a priority needs CAP_SYS_NICE (or RLIMIT_NICE) on Linux
         return self.future.result()
 
     def cancel(self) -> None:
@@ -185,6 +198,7 @@ def start(path: str | Path, info: media.MediaInfo, side: int) -> GridJob | None:
         return None
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-grid")
-    future = pool.submit(detect_on_grid, path, float(info.duration), side, stop)
+    running: list[int] = []
+    future = pool.submit(detect_on_grid, path, float(info.duration), side, stop, running)
     pool.shutdown(wait=False)
-    return GridJob(future, stop)
+    return GridJob(future, stop, running)

@@ -185,22 +185,27 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
     preds = [UtterancePrediction(index=i, utterance=u) for i, u in enumerate(utterances)]
     errors: dict[int, list[str]] = {i: [] for i in range(len(preds))}
 
-    report(0.5, "reading faces")
+    report(0.5, "reading text")      # before the faces: the face grid may still be finishing meanwhile
+    try:
+        with clock("text"):
+            texts = [u.text for u in utterances]
+            contexts = encoders.build_contexts(texts, *card.context)
+            text_vectors = models.text_encoder.encode(texts, contexts)
+    except BaseException:
+        if grid is not None:
+            grid.cancel()
+        raise
+
+    report(0.6, "reading faces")
     faces = _faces(path, info, utterances, grid, models.device, errors, clock, timings)
 
     videos: list = [None] * len(utterances)
     if models.video_encoder is not None:
-        report(0.6, "reading motion (R3D-18)")
+        report(0.7, "reading motion (R3D-18)")
         clips = _frames_per_utterance(path, info, utterances, errors, clock,
                                       encoders.VIDEO_FRAMES, encoders.VIDEO_READ_SIDE)
         with clock("video"):
             videos = _per_utterance(clips, models.video_encoder.encode, errors, "video")
-
-    report(0.7, "reading text")
-    with clock("text"):
-        texts = [u.text for u in utterances]
-        contexts = encoders.build_contexts(texts, *card.context)
-        text_vectors = models.text_encoder.encode(texts, contexts)
 
     report(0.8, "listening to the voice")
     cpu = models.device == "cpu"

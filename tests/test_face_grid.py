@@ -122,3 +122,41 @@ def track_boxes(frames):
     from core.face import to_gray
     track = face_grid.FaceTrack()
     return [track.boxes(to_gray(f))[0] for f in frames]
+
+
+def test_the_grid_yields_while_whisper_works_and_not_once_it_is_waited_for(talking_video, monkeypatch):
+    """The grid thread runs at the lowest priority; when the pipeline waits for it, it gets the
+    waiting thread's priority back (on a busy machine it would otherwise starve behind other
+    processes). Linux lets only a privileged process raise a priority."""
+    import os
+    import threading
+    import time
+
+    import pytest
+    gate, real = threading.Event(), media.read_frames
+
+    def held(*args, **kwargs):              # hold the grid at its first frames until the test looks
+        gate.wait(30)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(face_grid.media, "read_frames", held)
+    job = face_grid.start(talking_video, media.probe(talking_video), 320)
+    for _ in range(300):
+        if job.running:
+            break
+        time.sleep(0.01)
+    tid = job.running[0]
+    assert os.getpriority(os.PRIO_PROCESS, tid) == face_grid.GRID_NICE
+    waiter = threading.Thread(target=job.result)
+    waiter.start()
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for _ in range(300):
+        if os.getpriority(os.PRIO_PROCESS, tid) == own:
+            break
+        time.sleep(0.01)
+    restored = os.getpriority(os.PRIO_PROCESS, tid) == own
+    gate.set()
+    waiter.join(60)
+    assert job.result() is not None and not job.running
+    if os.geteuid() != 0 and not restored:
+        pytest.skip("not privileged: Linux does not let this process raise a thread's priority")
+    assert restored

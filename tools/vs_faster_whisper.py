@@ -1,6 +1,6 @@
 """Our full analysis side by side with faster-whisper's transcript alone, on the same machine, in one run.
 
-    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT] [--repeats 3]
+    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT] [--repeats 3] [--encoders bf16-top,bf16]
     python -m bench --vs-faster-whisper        # the same on the benchmark's talking video
 
 faster-whisper 1.2.1 is a yardstick, never a dependency of the project: it is installed into its own
@@ -178,20 +178,21 @@ def _ours(video: Path, models, whisper_model, env: dict[str, str]):
     return seconds, result, parts
 
 
-def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, bf16: bool = False) -> dict:
-    """Alternate our analysis and faster-whisper's transcript of `video` (and, with `bf16`, our
-    analysis with the encoder in bfloat16: core.whisper_batch.encoder_precision); print the medians."""
+def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, encoders: tuple[str, ...] = ()) -> dict:
+    """Alternate our analysis and faster-whisper's transcript of `video` (and, for each of `encoders`,
+    our analysis with that encoder precision: "bf16-top", "bf16"; core.whisper_batch.encoder_precision);
+    print the medians."""
     from core.pipeline import STAGES, load_models
     from core.transcribe import load_whisper, word_error_rate
-    from core.whisper_batch import ENCODER_ENV
+    from core.whisper_batch import DEFAULT_ENCODER, ENCODER_ENV
 
     folder = home()
     fw = FasterWhisper(ensure_venv(folder), ct2_model(folder))
     models = load_models()
     whisper_model = load_whisper(models.whisper_name, device=models.device)
-    variants = {"ours": {ENCODER_ENV: "fp32"}}
-    if bf16:
-        variants["ours, bf16 encoder"] = {ENCODER_ENV: "bf16"}
+    variants = {"ours": {ENCODER_ENV: DEFAULT_ENCODER}}
+    for kind in encoders:
+        variants[f"ours, {kind} encoder"] = {ENCODER_ENV: kind}
     names = list(variants) + ["faster-whisper"]
     seconds = {n: [] for n in names}
     texts: dict[str, str] = {}
@@ -222,8 +223,8 @@ def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, bf16
           f"load average after: {load()}")
     print(f"{'':<58}{'seconds':>9}{'RTF':>8}{'x fw':>7}" + (f"{'WER %':>8}" if spoken else ""))
     labels = {"ours": "ours: full analysis (transcript, face, text, voice)",
-              "ours, bf16 encoder": "ours, encoder in bf16 ($WORKBENCH_WHISPER_ENCODER)",
               "faster-whisper": f"faster-whisper {FW_VERSION} int8: transcript only"}
+    labels.update({f"ours, {k} encoder": f"ours, $WORKBENCH_WHISPER_ENCODER={k}" for k in encoders})
     for name in names:
         wer = f"{100 * word_error_rate(spoken, texts[name]):>8.1f}" if spoken else ""
         print(f"{labels[name]:<58}{mid[name]:>9.2f}{mid[name] / duration:>8.3f}"
@@ -247,14 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video", type=Path)
     parser.add_argument("--spoken", help="the words spoken in the video, for the word error rates")
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--bf16-encoder-too", action="store_true",
-                        help="also time our analysis with the Whisper encoder in bfloat16")
+    parser.add_argument("--encoders", default="",
+                        help="also time our analysis with these Whisper encoder precisions, comma-separated: "
+                             "bf16-top (the blocks above the voice's in bfloat16), bf16 (all of it)")
     args = parser.parse_args(argv)
     if not args.video.is_file():
         print(f"error: no such file: {args.video}", file=sys.stderr)
         return 2
     try:
-        compare(args.video, args.spoken, args.repeats, args.bf16_encoder_too)
+        kinds = tuple(k.strip() for k in args.encoders.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in ("bf16", "bf16-top", "fp32")]
+        if unknown:
+            print(f"error: unknown encoder precision: {', '.join(unknown)} (bf16-top, bf16)", file=sys.stderr)
+            return 2
+        compare(args.video, args.spoken, args.repeats, kinds)
     except YardstickError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
