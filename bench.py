@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import core  # noqa: F401  (before torch: core sets OpenMP's passive waiting)
+
 SENTENCES = [
     "Kids are talking by the door.", "I can't believe you did that to me.",
     "This is the best day of my whole life.", "Please put the books back on the shelf.",

@@ -94,8 +94,9 @@ class FasterWhisper:
     """faster-whisper in a child process of its own environment, model loaded once."""
 
     def __init__(self, python: Path, model_dir: Path):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}   # its defaults, not core's
         self.proc = subprocess.Popen([str(python), "-c", CHILD, str(model_dir), json.dumps(FW_OPTIONS)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         if not self._answer().get("ready"):
             raise YardstickError("faster-whisper did not start")
 
