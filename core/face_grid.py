@@ -31,7 +31,7 @@ from .face import DETECT_MAX_SIDE, crop_face, detect_faces, to_gray
 GRID_STEP = 0.75             # seconds between grid frames (4 every 3 s)
 GRID_MAX_SECONDS = 300.0     # longer files: per-utterance frames after the transcript
 GRID_FRAMES_PER_CALL = 64    # frames per ffmpeg call (about 25 MB at 480x270)
-GRID_NICE = 19               # the grid thread's priority: it takes only CPU time nobody else wants
+GRID_NICE = 19               # the grid thread's priority while Whisper works (GridJob.hurry after)
 FULL_EVERY = 4               # a whole-frame detection every 4th grid frame (3 s); between them, near the last face
 NEAR = 1.0                   # "near": the last face's box grown by this many of its sides each way
 KEEP_IOU = 0.7               # a face found near the last one and overlapping it this much keeps its box
@@ -169,6 +169,15 @@ def _lower_priority() -> None:
         pass
 
 
+def _children(tid: int) -> list[int]:
+    """The processes a thread of this process started (Linux /proc; elsewhere none)."""
+    try:
+        with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 @dataclass
 class GridJob:
     """detect_on_grid running in the background: result() waits for it, cancel() stops it early."""
@@ -177,15 +186,23 @@ class GridJob:
     stop: threading.Event = field(default_factory=threading.Event)
     running: list[int] = field(default_factory=list)     # the grid thread's id while it works
 
-    def result(self) -> FaceGrid | None:
-        """The grid, once done. Waiting for it, nobody is left for it to yield to: it gets the waiting
-        thread's priority back where the system allows (on a busy machine, at the lowest priority it
-        would starve behind other processes)."""
+    def hurry(self) -> None:
+        """From now on the grid (and the ffmpeg reading its frames) runs at the calling thread's
+        priority, where the system allows: result() hurries it, since nothing is left for it to yield
+        to; at the lowest priority it would starve behind other processes on a busy machine. (Hurried
+        as soon as Whisper's encoder is done, it took CPU from the decoder instead: no faster.)"""
         for tid in list(self.running):
             try:
-                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, 0))
+                own = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, tid, own)
+                for child in _children(tid):            # the ffmpeg reading its frames
+                    os.setpriority(os.PRIO_PROCESS, child, own)
             except (AttributeError, OSError):
                 pass                  # raising a priority needs CAP_SYS_NICE (or RLIMIT_NICE) on Linux
+
+    def result(self) -> FaceGrid | None:
+        """The grid, once done (hurried meanwhile)."""
+        self.hurry()
         return self.future.result()
 
     def cancel(self) -> None:

@@ -160,3 +160,37 @@ def test_the_grid_yields_while_whisper_works_and_not_once_it_is_waited_for(talki
     if os.geteuid() != 0 and not restored:
         pytest.skip("not privileged: Linux does not let this process raise a thread's priority")
     assert restored
+
+
+
+def test_the_processes_a_thread_started_are_found_to_hurry_them_too():
+    """GridJob.hurry also raises the ffmpeg the grid thread is reading from (Linux /proc)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import pytest
+    found: list = []
+
+    def start_one():
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+        found.append((threading.get_native_id(), child))
+        done.wait(10)
+    done = threading.Event()
+    worker = threading.Thread(target=start_one)
+    worker.start()
+    while not found:
+        time.sleep(0.01)
+    tid, child = found[0]
+    try:
+        children = face_grid._children(tid)
+    finally:
+        done.set()
+        child.kill()
+        child.wait()
+        worker.join()
+    if not children and not os.path.exists(f"/proc/{os.getpid()}/task/{tid}"):
+        pytest.skip("no Linux /proc here")
+    assert child.pid in children
