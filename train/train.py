@@ -60,6 +60,7 @@ from . import clips as clipdata
 from . import loop
 from . import resume as resuming
 from . import recipe, retrain
+from . import ridge
 from .clip_args import CLIP_OPTIONS, UNSET_IN_CLIP_MODE, add_clip_options, fill_defaults, small_defaults
 from .data import load_text_split
 from .evaluate import evaluate_clip_split, evaluate_split
@@ -283,6 +284,11 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     # -- 5. the loop (a new voice branch first takes its feature scaling from the train rows)
     if loop.fit_standardizers(model, fit_in):
         log("voice features standardised with the train rows' statistics")
+    fixed = None
+    if keep == "last" and init is None and "audio" in use:     # tens of rows: no gradient steps for the voice
+        model, fixed = ridge.late_voice(model, fit_in.audio, fit_in.audio_ok, fit_in.emotion, fit_in.sentiment,
+                                        [train.examples[i].dialogue_id for i in rows])
+        log(f"voice head fitted in closed form, fused late and kept fixed (train.ridge.late_voice): {fixed}")
     y_e = [int(y) for y in fit_in.emotion]
     y_s = [int(y) for y in fit_in.sentiment]
     loss_fn = loop.Loss(y_e, y_s, args.class_weight_power, args.label_smoothing, args.aux_weight).to(device)
@@ -317,7 +323,9 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         notes=_notes(trained, clips, init, keep),
         extra_training={"train_seconds": round(train_seconds), "cache_seconds": round(t_cache),
                         "steps": result.steps,
-                        "epoch_seconds_mean": round(float(np.mean(result.epoch_seconds)), 3)})
+                        "epoch_seconds_mean": round(float(np.mean(result.epoch_seconds)), 3),
+                        **({"voice_head": {"how": "ridge in closed form (train.ridge.late_voice), fused late, "
+                                                  "not trained by the loop", **fixed}} if fixed else {})})
     if lora_layers:
         card.text_encoder["lora"] = {
             "rank": lora.rank_of(text_state), "alpha": args.lora_alpha or 2.0 * args.lora_rank,

@@ -43,8 +43,9 @@ from core import checkpoint as ck
 from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel, ModelConfig, late_fuse
 
-from . import ravdess
+from . import ravdess, ridge
 from .card import fusion_section
+from .ridge import voice_branch
 
 FOLDS = 8
 RECIPES = [{"epochs": 15, "weight_decay": 0.3, "lr": 1e-3}, {"epochs": 30, "weight_decay": 0.3, "lr": 3e-4},
@@ -63,42 +64,11 @@ the checkpoint (model.safetensors, text_encoder.safetensors) is not trained on R
 """
 
 
-def voice_branch(model: EmotionModel) -> nn.ModuleDict:
-    return nn.ModuleDict({"encoder": model.encoders["audio"], "emotion": model.emotion_by["audio"],
-                          "sentiment": model.sentiment_by["audio"]})
-
-
 def ridge_branch(config: ModelConfig, x: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> EmotionModel:
-    """A fresh model whose voice branch is a ridge classifier on the standardised features: least
-    squares on one-hot emotion and sentiment targets with an L2 penalty `lam`, solved in closed form,
-    then written into the branch exactly (hidden unit j = ReLU(z_j), unit K + j = ReLU(-z_j), and
-    ReLU(z) - ReLU(-z) = z; dropout is off at inference)."""
+    """A fresh model whose voice branch is a ridge classifier on the standardised features, with
+    L2 penalty `lam`, written into the branch exactly (train.ridge)."""
     model = EmotionModel(config)
-    branch = voice_branch(model)
-    a = np.asarray(x, np.float64)
-    mean, std = a.mean(0), np.maximum(a.std(0), 1e-4)
-    a = (a - mean) / std
-    target = np.concatenate([np.eye(len(EMOTIONS))[y], np.eye(len(SENTIMENTS))[s]], axis=1)
-    offset = target.mean(0)
-    alpha = np.linalg.solve(a @ a.T + lam * np.eye(len(a)), target - offset)
-    w = a.T @ alpha                                                  # [d, 10]
-    k = w.shape[1]
-    if 2 * k > config.hidden:
-        raise ValueError(f"a ridge voice head needs a hidden width of at least {2 * k}")
-    with torch.no_grad():
-        scaler, linear = branch["encoder"][0], branch["encoder"][2]
-        scaler.mean.copy_(torch.from_numpy(mean).float())
-        scaler.std.copy_(torch.from_numpy(std).float())
-        linear.weight.zero_()
-        linear.bias.zero_()
-        linear.weight[:k] = torch.from_numpy(w.T).float()
-        linear.weight[k:2 * k] = -torch.from_numpy(w.T).float()
-        for head, cols in (("emotion", range(len(EMOTIONS))), ("sentiment", range(len(EMOTIONS), k))):
-            layer = branch[head]
-            layer.weight.zero_()
-            for row, j in enumerate(cols):
-                layer.weight[row, j], layer.weight[row, k + j] = 1.0, -1.0
-            layer.bias.copy_(torch.from_numpy(offset[list(cols)]).float())
+    ridge.write_branch(voice_branch(model), *ridge.fit(x, y, s, lam))
     return model.eval()
 
 
