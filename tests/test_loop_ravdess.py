@@ -31,7 +31,10 @@ def test_tens_of_clips_teach_the_fused_label_a_voice(tmp_path):
     for run_ in (scratch, init):
         assert run_["train_rows"] == 21 and run_["test_rows"] == 14 and run_["kept"] == "last"
         assert "audio" in run_["trained"]
-    # chance is 1 in 7 (2 of 14); measured here: --init 71.4 % (10 of 14), scratch 64.3 % (9 of 14)
+    # chance is 1 in 7 (2 of 14); measured here: --init 71.4 % (10 of 14), scratch 78.6 % (11 of 14: the
+    # closed-form voice of train.ridge.late_voice; the gradient-trained one had 9 of 14)
     assert init["fused_accuracy"] >= 60.0, init
-    assert scratch["fused_accuracy"] >= 40.0, scratch
+    assert scratch["fused_accuracy"] >= 60.0, scratch
     assert init["heads"]["audio"]["emotion_accuracy"] >= 60.0, init
+    voice = ck.read_card(tmp_path / "model-scratch").data["training"]["voice_head"]
+    assert voice["rows"] == 21 and voice["groups"] == 3 and voice["features"] in ("mean+std", "mean"), voice
