@@ -94,11 +94,7 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
     order), each window encoded once as transcription does (30-s context, core.voice.run_encoder),
     each clip's states cut out of it (core.voice.WindowStates.span) and pooled. Cached as one .npy
     per (clip list, settings, Whisper digest)."""
-    import torch
-    from tqdm import tqdm
-    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-
-    from core import media, voice
+    from core import voice
     from train.features import default_root
     root = Path(cache_dir) if cache_dir else default_root() / "voice"
     key = hashlib.sha256("\n".join([voice.FEATURE, voice.encoder_digest(model), f"{seconds}-{gap}-{seed}"]
@@ -106,13 +102,31 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
     cached = root / f"windows-{key}.npy"
     if cached.is_file():
         return np.load(cached, allow_pickle=False)
-    rng = np.random.default_rng(seed)
     out = np.zeros((len(clips), voice_dim_of(model)), np.float32)
+    for i, states in states_in_windows(clips, model, seconds, gap, seed, quiet):
+        out[i] = voice.pool(states)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(cached, out)
+    return out
+
+
+def states_in_windows(clips: list[VoiceClip], model, seconds: float = 28.0, gap: float = 0.6, seed: int = 0,
+                      quiet: bool = False):
+    """Yield (clip index, [T, d] states of its speech span) with each clip heard inside a window of
+    the same actor's clips: speech spans laid in a seeded order, `gap` s of silence between, windows
+    of up to `seconds` s, each encoded once as transcription encodes a video (30-s context,
+    core.voice.run_encoder), each clip's states cut out (core.voice.WindowStates.span)."""
+    import torch
+    from tqdm import tqdm
+    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+
+    from core import media, voice
+    rng = np.random.default_rng(seed)
     by_actor: dict[int, list[int]] = {}
     for i, c in enumerate(clips):
         by_actor.setdefault(c.actor, []).append(i)
     windows: list[list[tuple[int, np.ndarray]]] = []
-    for actor, idx in sorted(by_actor.items()):
+    for _, idx in sorted(by_actor.items()):
         current, length = [], 0.0
         for i in rng.permutation(idx).tolist():
             audio = media.load_audio(clips[i].path)
@@ -126,7 +140,7 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
         if current:
             windows.append(current)
     silence = np.zeros(int(gap * voice.SAMPLE_RATE), np.float32)
-    for window in tqdm(windows, desc="voice features in 28-s windows", unit="window", disable=quiet,
+    for window in tqdm(windows, desc=f"voice states in {seconds:g}-s windows", unit="window", disable=quiet,
                        file=sys.stderr):
         parts, spans, t = [], [], 0.0
         for i, piece in window:
@@ -140,10 +154,7 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
             states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0), final=False)[1][0]
         ws = voice.WindowStates(0.0, len(audio) / voice.SAMPLE_RATE, states)
         for i, a, b in spans:
-            out[i] = voice.pool(ws.span(a, b))
-    root.mkdir(parents=True, exist_ok=True)
-    np.save(cached, out)
-    return out
+            yield i, ws.span(a, b)
 
 
 def voice_dim_of(model) -> int:

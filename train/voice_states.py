@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ravdess import VoiceClip
+from .ravdess import VoiceClip, states_in_windows
 
 WINDOW_SECONDS = 28.0
 GAP = 0.6
@@ -77,49 +77,12 @@ def window_states(clips: list[VoiceClip], model, seed: int = 0, seconds: float =
                   gap: float = GAP, cache_dir: str | Path | None = None, quiet: bool = False) -> list[np.ndarray]:
     """Per clip, [T, d] float16 states of its speech span inside a window of the same actor's clips
     (a seeded arrangement: another seed is another video of the same clips)."""
-    import torch
-    from tqdm import tqdm
-    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-
-    from core import media, voice
     path = _cache_path("windows", clips, model, cache_dir, f"{seconds}-{gap}-{seed}")
     cached = _load(path)
     if cached is not None:
         return cached
-    rng = np.random.default_rng(seed)
-    by_actor: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_actor.setdefault(c.actor, []).append(i)
-    windows: list[list[tuple[int, np.ndarray]]] = []
-    for _, idx in sorted(by_actor.items()):
-        current, length = [], 0.0
-        for i in rng.permutation(idx).tolist():
-            audio = media.load_audio(clips[i].path)
-            a, b = voice.speech_span(audio)
-            piece = audio[int(a * voice.SAMPLE_RATE):int(b * voice.SAMPLE_RATE)]
-            if current and length + gap + len(piece) / voice.SAMPLE_RATE > seconds:
-                windows.append(current)
-                current, length = [], 0.0
-            current.append((i, piece))
-            length += gap + len(piece) / voice.SAMPLE_RATE
-        if current:
-            windows.append(current)
     out: list[np.ndarray | None] = [None] * len(clips)
-    silence = np.zeros(int(gap * voice.SAMPLE_RATE), np.float32)
-    for window in tqdm(windows, desc=f"voice states in {seconds:g}-s windows", unit="window", disable=quiet,
-                       file=sys.stderr):
-        parts, spans, t = [], [], 0.0
-        for i, piece in window:
-            parts += [silence, piece]
-            t += gap
-            spans.append((i, t, t + len(piece) / voice.SAMPLE_RATE))
-            t += len(piece) / voice.SAMPLE_RATE
-        audio = np.concatenate(parts + [silence])
-        mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES)
-        with torch.no_grad():
-            states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0), final=False)[1][0]
-        ws = voice.WindowStates(0.0, len(audio) / voice.SAMPLE_RATE, states)
-        for i, a, b in spans:
-            out[i] = ws.span(a, b).numpy().astype(np.float16)
+    for i, states in states_in_windows(clips, model, seconds, gap, seed, quiet):
+        out[i] = states.numpy().astype(np.float16)
     _save(path, out)
     return out
