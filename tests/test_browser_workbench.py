@@ -352,6 +352,24 @@ def test_phone_layout(browser, server, shots):
         for col in (EMOTION, SENTIMENT):                     # labels visible without scrolling sideways
             box = cell(p, 0, col).bounding_box()
             assert box and box["x"] + box["width"] <= 390, (col, box)
+        # the per-modality table breaks lines between words, never inside one ("surp|rise")
+        broken = p.evaluate("""() => {
+            const out = [];
+            for (const td of document.querySelectorAll('#detail td')) {
+                const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+                for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                    for (const m of node.textContent.matchAll(/\\S+/g)) {
+                        const r = document.createRange();
+                        r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+                        const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+                        if (tops.size > 1) out.push(m[0]);
+                    }
+                }
+            }
+            return out;
+        }""")
+        assert p.locator("#detail td").count() > 8
+        assert broken == [], broken
     finally:
         context.close()
 
