@@ -249,16 +249,17 @@ class FaceFeatures:
 def encode_faces(frames: np.ndarray, device: str = "cpu") -> FaceFeatures:
     """Run the face-expression net (on `device`) on an utterance's frames and pool over time."""
     from .face import analyze_faces, load_face_net
-    return _face_features(analyze_faces(frames, load_face_net(device=device)))
+    return face_features(analyze_faces(frames, load_face_net(device=device)))
 
 
 def encode_face_crops(crops: list[np.ndarray], frames_seen: int, device: str = "cpu") -> FaceFeatures:
     """encode_faces for faces already found and cropped (core.face_grid): one crop per frame with a face."""
     from .face import load_face_net, pool_crops
-    return _face_features(pool_crops(crops, frames_seen, load_face_net(device=device)))
+    return face_features(pool_crops(crops, frames_seen, load_face_net(device=device)))
 
 
-def _face_features(result) -> FaceFeatures:
+def face_features(result) -> FaceFeatures:
+    """A core.face.FaceResult as the model's face input (emotion probabilities, then the feature)."""
     if not result.present:
         return FaceFeatures(False, np.zeros(FACE_DIM, np.float32), [], 0, result.frames_seen)
     vector = np.concatenate([np.asarray(result.emotion_probs, np.float32),

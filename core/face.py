@@ -166,10 +166,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def detect_faces(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[Box]:
+def detect_faces(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE, min_size: int = HAAR_MIN_SIZE) -> list[Box]:
     """Frontal faces in an RGB (or gray) uint8 image as (x, y, w, h) boxes, largest first.
 
-    Detection runs on a gray copy downscaled to `max_side`; boxes come back in full-size pixels.
+    Detection runs on a gray copy downscaled to `max_side`, for faces of at least `min_size`
+    pixels there (most of the cost is in the small sizes); boxes come back in full-size pixels.
     Boxes whose cascade confidence is under WEAK_FACE_RATIO of the best one's are dropped: a
     large, weak false positive (e.g. on a shoulder) must not outrank the real face.
     """
@@ -182,7 +183,7 @@ def detect_faces(rgb: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list[Box]:
         gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     found, _, weights = _cascade().detectMultiScale3(
         small, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=HAAR_MIN_NEIGHBORS,
-        minSize=(HAAR_MIN_SIZE, HAAR_MIN_SIZE), outputRejectLevels=True)
+        minSize=(max(HAAR_MIN_SIZE, min_size),) * 2, outputRejectLevels=True)
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     if weights.size == 0:
         return []
@@ -249,11 +250,18 @@ def pool_crops(crops: list[np.ndarray], frames_seen: int, net: MiniXception | No
     """Face crops of one utterance (one per frame with a face) → pooled probabilities and feature."""
     if not crops:
         return FaceResult(present=False, frames_seen=frames_seen)
-    probs, feats = classify_crops(np.stack(crops), net)
+    return pool_classified(*classify_crops(np.stack(crops), net), frames_seen)
+
+
+def pool_classified(probs: np.ndarray, feats: np.ndarray, frames_seen: int) -> FaceResult:
+    """The net's outputs for one utterance's crops (probabilities [N, 7] in FER order, features
+    [N, 128]) → their mean, as pool_crops gives it; no crop gives present=False."""
+    if len(probs) == 0:
+        return FaceResult(present=False, frames_seen=frames_seen)
     return FaceResult(present=True,
-                      emotion_probs=fer_to_emotion_probs(probs.mean(axis=0).tolist()),
-                      feature=feats.mean(axis=0).tolist(),
-                      frames_seen=frames_seen, frames_with_face=len(crops))
+                      emotion_probs=fer_to_emotion_probs(np.asarray(probs).mean(axis=0).tolist()),
+                      feature=np.asarray(feats).mean(axis=0).tolist(),
+                      frames_seen=frames_seen, frames_with_face=len(probs))
 
 
 def analyze_faces(frames: np.ndarray, net: MiniXception | None = None) -> FaceResult:

@@ -6,8 +6,10 @@ yet. So the pipeline reads a frame every GRID_STEP seconds of the video and runs
 detector on it (OpenCV, which releases the GIL) while Whisper works. When the transcript is ready,
 each utterance takes the grid frames nearest to the FACE_FRAMES instants it would have sampled
 (encoders.sample_times), so a long utterance still pools 6 frames spread across it and a short
-one the 1 to 3 frames it spans; the face net then runs on those crops. Training reads a clip's
-faces at the same instants (pooled_times, used by train.features).
+one the 1 to 3 frames it spans. The face net runs in the background too, on each grid frame's
+crop as it is found (CLASSIFY_BATCH at a time), so after the transcript an utterance's face is
+only the mean of its frames' outputs, as core.face.pool_crops would compute it. Training reads a
+clip's faces at the same instants (pooled_times, used by train.features).
 
 Files longer than GRID_MAX_SECONDS are analysed the old way (frames read per utterance after the
 transcript): a grid over an hour would read far more frames than the utterances need.
@@ -15,6 +17,7 @@ transcript): a grid over an hour would read far more frames than the utterances 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,7 +29,9 @@ import cv2
 import numpy as np
 
 from . import encoders, media
-from .face import DETECT_MAX_SIDE, crop_face, detect_faces, to_gray
+from .face import DETECT_MAX_SIDE, classify_crops, crop_face, detect_faces, load_face_net, pool_classified, to_gray
+
+log = logging.getLogger(__name__)
 
 GRID_STEP = 0.75             # seconds between grid frames (4 every 3 s)
 GRID_MAX_SECONDS = 300.0     # longer files: per-utterance frames after the transcript
@@ -35,6 +40,8 @@ GRID_NICE = 19               # the grid thread's priority while Whisper works (G
 FULL_EVERY = 4               # a whole-frame detection every 4th grid frame (3 s); between them, near the last face
 NEAR = 1.0                   # "near": the last face's box grown by this many of its sides each way
 KEEP_IOU = 0.7               # a face found near the last one and overlapping it this much keeps its box
+AS_LARGE = 0.8               # a whole-frame search while a face is tracked looks for faces this large or larger
+CLASSIFY_BATCH = 8           # crops per face-net call (per crop, batches of 6-8 are 3x faster than 83 at once)
 
 
 def grid_times(duration: float, step: float = GRID_STEP) -> list[float]:
@@ -58,6 +65,8 @@ class FaceGrid:
     times: np.ndarray                    # [N] seconds
     crops: list[np.ndarray | None]       # [N]: the face net's 64x64 input, or None: no face
     seconds: float = 0.0                 # wall time spent reading and detecting (in the background)
+    probs: np.ndarray | None = None      # [N, 7] the face net's probabilities (FER order) per frame, or None
+    feats: np.ndarray | None = None      # [N, 128] its features (rows without a face: zeros)
 
     def frames_for(self, start: float, end: float, count: int = encoders.FACE_FRAMES) -> list[int]:
         """Distinct grid indices nearest to the `count` instants sampled across [start, end]."""
@@ -71,6 +80,28 @@ class FaceGrid:
         """(crops of the frames with a face, frames looked at) for one utterance."""
         picked = self.frames_for(start, end)
         return [self.crops[i] for i in picked if self.crops[i] is not None], len(picked)
+
+    def features_for(self, start: float, end: float) -> encoders.FaceFeatures:
+        """One utterance's face input from the outputs computed in the background (`probs` must be
+        set): the mean over its frames with a face, what encode_face_crops gives for crops_for."""
+        picked = self.frames_for(start, end)
+        rows = [i for i in picked if self.crops[i] is not None]
+        return encoders.face_features(pool_classified(self.probs[rows], self.feats[rows], len(picked)))
+
+
+def classify_grid(crops: list[np.ndarray | None], device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The face net on every crop (CLASSIFY_BATCH at a time): (probabilities [N, 7], features
+    [N, 128]), zeros where there is no face."""
+    net = load_face_net(device=device)
+    present = [i for i, c in enumerate(crops) if c is not None]
+    probs, feats = np.zeros((len(crops), 7), np.float32), None
+    for first in range(0, len(present), CLASSIFY_BATCH):
+        rows = present[first:first + CLASSIFY_BATCH]
+        p, f = classify_crops(np.stack([crops[i] for i in rows]), net)
+        if feats is None:
+            feats = np.zeros((len(crops), f.shape[1]), np.float32)
+        probs[rows], feats[rows] = p, f
+    return probs, feats if feats is not None else np.zeros((len(crops), 0), np.float32)
 
 
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int] | None) -> float:
@@ -92,7 +123,9 @@ class FaceTrack:
     there that overlaps the last box by KEEP_IOU keeps that box (a search in a smaller image lands
     a pixel or two off the whole frame's, and a still face must give the same crop). A larger face
     that appears elsewhere is found at the next whole-frame search, at most FULL_EVERY - 1 frames
-    later."""
+    later. That search, while a face is tracked, only looks for faces at least AS_LARGE times its
+    size (the small sizes are most of a search's cost, and a smaller face would not be the largest);
+    when it finds none, the whole frame is searched at every size."""
 
     def __init__(self, full_every: int = FULL_EVERY):
         self.full_every, self.seen, self.last = max(1, full_every), 0, None
@@ -116,6 +149,8 @@ class FaceTrack:
                 found = [(int(round((bx + x0) / scale)), int(round((by + y0) / scale)),
                           int(round(bw_ / scale)), int(round(bh_ / scale)))
                          for bx, by, bw_, bh_ in detect_faces(roi, max_side=max(roi.shape))]
+        elif self.last is not None:    # the periodic whole-frame search: the tracked face or a larger one
+            found = detect_faces(gray, min_size=int(AS_LARGE * min(self.last[2:]) * scale))
         if found and _iou(found[0], self.last) >= KEEP_IOU:
             found[0] = self.last       # the same face: its box, not a search's jitter of a pixel or two
         if not found:
@@ -131,12 +166,15 @@ class FaceTrack:
 
 
 def detect_on_grid(path: str | Path, duration: float, side: int,
-                   stop: threading.Event | None = None, running: list[int] | None = None) -> FaceGrid | None:
-    """Read a frame every GRID_STEP seconds (at most `side` pixels) and find the largest face in each.
+                   stop: threading.Event | None = None, running: list[int] | None = None,
+                   classify: str | None = None) -> FaceGrid | None:
+    """Read a frame every GRID_STEP seconds (at most `side` pixels) and find the largest face in each;
+    with `classify` (a device), run the face net on the crops too (FaceGrid.probs, .feats).
 
-    OpenCV runs on one thread meanwhile: this is meant for the core Whisper's decoder leaves idle.
-    Returns None when `stop` is set (checked between chunks of frames). Raises media.MediaError
-    when the frames cannot be read.
+    OpenCV and the face net run on one thread meanwhile: this is meant for the core Whisper's
+    decoder leaves idle. Returns None when `stop` is set (checked between chunks of frames). Raises
+    media.MediaError when the frames cannot be read; a face net that fails leaves `probs` None
+    (the pipeline then runs it after the transcript, where the failure is reported per utterance).
     """
     t0 = time.perf_counter()
     if running is not None:          # GridJob.result() gives this thread its priority back
@@ -151,9 +189,16 @@ def detect_on_grid(path: str | Path, duration: float, side: int,
         for first in range(0, len(times), GRID_FRAMES_PER_CALL):
             if stop is not None and stop.is_set():
                 return None
-            frames = media.read_frames(path, times[first:first + GRID_FRAMES_PER_CALL], max_side=side)
+            frames = media.read_frames(path, times[first:first + GRID_FRAMES_PER_CALL], max_side=side,
+                                      skip_b_frames=True)    # a frame 0.1 s early is as good here
             crops.extend(track.crop(f) for f in frames)
-        return FaceGrid(np.asarray(times, np.float64), crops, time.perf_counter() - t0)
+        probs = feats = None
+        if classify is not None:
+            try:
+                probs, feats = classify_grid(crops, device=classify)
+            except Exception as err:      # noqa: BLE001 (missing weights, ...: see the docstring)
+                log.warning("face net on the grid failed (%s); it runs per utterance instead", err)
+        return FaceGrid(np.asarray(times, np.float64), crops, time.perf_counter() - t0, probs, feats)
     finally:
         if running is not None:
             running.clear()
@@ -209,13 +254,14 @@ class GridJob:
         self.stop.set()
 
 
-def start(path: str | Path, info: media.MediaInfo, side: int) -> GridJob | None:
-    """Start detect_on_grid in a background thread (None when the grid is not used for this file)."""
+def start(path: str | Path, info: media.MediaInfo, side: int, classify: str | None = None) -> GridJob | None:
+    """Start detect_on_grid in a background thread (None when the grid is not used for this file);
+    `classify`: the device to run the face net on there too (None: not in the background)."""
     if not info.has_video or not info.duration or info.duration > GRID_MAX_SECONDS:
         return None
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-grid")
     running: list[int] = []
-    future = pool.submit(detect_on_grid, path, float(info.duration), side, stop, running)
+    future = pool.submit(detect_on_grid, path, float(info.duration), side, stop, running, classify)
     pool.shutdown(wait=False)
     return GridJob(future, stop, running)

@@ -163,7 +163,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
         return analysis
 
     report(0.1, "transcribing" if given is None else "reading the given utterances")
-    grid = face_grid.start(path, info, FRAME_SIDE)      # faces are found while Whisper listens
+    grid = face_grid.start(path, info, FRAME_SIDE, models.device)   # faces found and read while Whisper listens
     try:
         with clock("transcribe"):
             if given is not None:
@@ -272,6 +272,8 @@ def _faces(path, info, utterances: list[Utterance], grid, device: str, errors, c
             return _per_utterance(frames, partial(encoders.encode_faces, device=device), errors, "face")
     timings["face_grid"] = found.seconds          # spent in the background, during transcription
     with clock("face"):
+        if found.probs is not None:               # the face net ran in the background too
+            return _per_utterance(utterances, lambda u: found.features_for(u.start, u.end), errors, "face")
         crops = [found.crops_for(u.start, u.end) for u in utterances]
         return _per_utterance(crops, lambda c: encoders.encode_face_crops(*c, device=device), errors, "face")
 

@@ -41,6 +41,34 @@ def test_grid_finds_the_face_and_pools_it_like_the_per_utterance_path(talking_vi
     assert np.abs(from_grid.vector - direct.vector).max() < 0.05          # same still face, same features
 
 
+def test_the_face_net_run_in_the_background_gives_what_it_gives_after_the_transcript(talking_video):
+    """With `classify`, the grid thread runs the face net on each frame's crop; an utterance's face
+    input is then the mean of its frames' outputs, the same as the net run on its crops afterwards."""
+    info = media.probe(talking_video)
+    grid = face_grid.start(talking_video, info, pipeline.FRAME_SIDE, classify="cpu").result()
+    assert grid.probs.shape == (len(grid.crops), 7) and grid.feats.shape[0] == len(grid.crops)
+    for start, end in ((0.5, 3.5), (0.1, 0.4), (2.0, 4.9)):
+        after = encoders.encode_face_crops(*grid.crops_for(start, end))
+        before = grid.features_for(start, end)
+        assert before.present and (before.frames_with_face, before.frames_seen) == (after.frames_with_face,
+                                                                                    after.frames_seen)
+        assert np.abs(before.vector - after.vector).max() < 1e-4       # batch order only
+    # no face in a frame: that frame counts as seen, not as a face
+    grid.crops[0] = None
+    first = grid.features_for(0.0, 0.5)
+    assert (first.present, first.frames_with_face, first.frames_seen) == (False, 0, 1)
+
+
+def test_a_failing_face_net_in_the_background_leaves_it_to_the_per_utterance_path(talking_video, monkeypatch):
+    # Failure injection (a mock): the face net cannot load in the grid thread.
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("face-expression weights not found: simulated")
+    monkeypatch.setattr(face_grid, "load_face_net", missing)
+    info = media.probe(talking_video)
+    grid = face_grid.start(talking_video, info, pipeline.FRAME_SIDE, classify="cpu").result()
+    assert grid.probs is None and all(c is not None for c in grid.crops)
+
+
 def test_a_cancelled_grid_stops_and_long_files_skip_it(talking_video):
     info = media.probe(talking_video)
     assert face_grid.detect_on_grid(talking_video, info.duration, 320, stop=_set_event()) is None

@@ -297,3 +297,21 @@ def test_ensure_ffmpeg_on_path(monkeypatch):
     assert shutil.which("ffmpeg") == found
     out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
     assert out.startswith("ffmpeg version")
+
+
+def test_frames_without_b_frames_are_at_most_a_few_frames_early(tmp_path):
+    """skip_b_frames (the face grid's reads): the decoder skips B-frames, so a time may show the
+    last other frame before it, never a later one and never more than 3 frames (the B-frame run)
+    early. Frame N is a flat grey of luma 3*N, as in the index video, here with B-frames."""
+    video = tmp_path / "index_b.mp4"
+    mg.ffmpeg("-f", "lavfi", "-i", "color=black:s=64x48:r=25,geq=lum='3*N':cb=128:cr=128", "-t", "3",
+              "-c:v", "libx264", "-qp", "2", "-bf", "3", "-pix_fmt", "yuv420p", str(video))
+    times = [0.5, 1.01, 1.55, 2.3, 2.5, 2.96]
+    exact = [12, 25, 38, 57, 62, 74]
+
+    def numbers(frames):
+        return [round((float(f[10, 10, 0]) * 219 / 255 + 16) / 3) for f in frames]
+    assert numbers(media.read_frames(video, times)) == exact
+    got = numbers(media.read_frames(video, times, skip_b_frames=True))
+    assert all(0 <= e - g <= 3 for e, g in zip(exact, got)), (got, exact)
+    assert got != exact                       # B-frames were skipped

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from core import encoders, pipeline
+from core import encoders, face_grid, pipeline
 from core.types import Analysis
 from tests import mediagen
 from tests.conftest import THREE_SENTENCES
@@ -42,8 +42,9 @@ def test_analysis_json_round_trip(analysis):
 
 
 def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeypatch):
-    # Failure injection (a mock): the face encoder breaks on the second utterance only (either
-    # path: faces found on the grid during transcription, or frames read per utterance).
+    # Failure injection (a mock): the face encoder breaks on the second utterance only (any path:
+    # the face net run on the grid during transcription, faces found there and read after it, or
+    # frames read per utterance).
     calls = {"n": 0}
 
     def flaky(real):
@@ -56,6 +57,7 @@ def test_one_bad_utterance_never_fails_the_others(talking_video, models, monkeyp
 
     monkeypatch.setattr(encoders, "encode_faces", flaky(encoders.encode_faces))
     monkeypatch.setattr(encoders, "encode_face_crops", flaky(encoders.encode_face_crops))
+    monkeypatch.setattr(face_grid.FaceGrid, "features_for", flaky(face_grid.FaceGrid.features_for))
     result = pipeline.analyze(talking_video, models, use_cache=False)
     assert len(result.utterances) == 3
     assert "simulated decoder fault" in result.utterances[1].error
@@ -129,6 +131,7 @@ def test_the_face_net_runs_on_the_models_device(talking_video, models, monkeypat
 
     monkeypatch.setattr(encoders, "encode_faces", spy(encoders.encode_faces))
     monkeypatch.setattr(encoders, "encode_face_crops", spy(encoders.encode_face_crops))
+    monkeypatch.setattr(face_grid, "classify_grid", spy(face_grid.classify_grid))     # in the background
     pipeline.analyze(talking_video, models, use_cache=False)
     assert seen and set(seen) == {models.device}
 
