@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .repetition import COMPRESSION_RATIO_THRESHOLD, said_again
-from .threads import one_cpu_thread
+from .threads import one_cpu_thread, wide
 from .whisper_decoder import INT8_ENV, speed_up_decoder  # noqa: F401  (speed_up_decoder: re-exported)
 
 SAMPLE_RATE = 16000
@@ -117,7 +117,8 @@ class _Aligner:
         self.device, self.alignment_heads = model.device, model.alignment_heads
 
     def __call__(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.decoder(tokens, features)
+        with wide():          # one pass over all the tokens and 1,500 audio states: not tiny ops
+            return self.decoder(tokens, features)
 
 
 def _silence(result) -> bool:

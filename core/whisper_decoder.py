@@ -21,6 +21,8 @@ import types
 
 import torch
 
+from .threads import wide
+
 INT8_ENV = "WORKBENCH_WHISPER_INT8"   # "0": keep the CPU decoder in fp32
 
 
@@ -37,14 +39,16 @@ def _cross_attention(self, x: torch.Tensor, xa: torch.Tensor | None = None, mask
     if keys not in kv_cache:
         b, t, d = xa.shape
         scale = (d // n_head) ** -0.5
-        kv_cache[keys] = (self.key(xa) * scale).view(b, t, n_head, -1).permute(0, 2, 3, 1).contiguous()
-        kv_cache[values] = self.value(xa).view(b, t, n_head, -1).permute(0, 2, 1, 3).contiguous()
+        with wide():                 # large ops inside the decoder's one thread (core.threads)
+            kv_cache[keys] = (self.key(xa) * scale).view(b, t, n_head, -1).permute(0, 2, 3, 1).contiguous()
+            kv_cache[values] = self.value(xa).view(b, t, n_head, -1).permute(0, 2, 1, 3).contiguous()
     q = self.query(x)
     b, n, d = q.shape
     q = q.view(b, n, n_head, -1).permute(0, 2, 1, 3)
-    weights = torch.matmul(q, kv_cache[keys]).float().softmax(dim=-1).to(q.dtype)
-    out = torch.matmul(weights, kv_cache[values]).permute(0, 2, 1, 3).reshape(b, n, d)
-    return self.out(out), None
+    with wide():                     # reads all the audio states: memory-bound, 2.6x faster on 2 threads
+        weights = torch.matmul(q, kv_cache[keys]).float().softmax(dim=-1).to(q.dtype)
+        out = torch.matmul(weights, kv_cache[values])
+    return self.out(out.permute(0, 2, 1, 3).reshape(b, n, d)), None
 
 
 def _decoder_forward(self, x: torch.Tensor, xa: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
