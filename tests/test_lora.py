@@ -112,6 +112,26 @@ def test_new_words_go_into_the_shipped_checkpoint_and_its_voice_stays(tmp_path, 
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
 
 
+def test_a_wider_text_model_goes_into_the_shipped_checkpoint_and_its_voice_stays(tmp_path):
+    """MPNet's vectors are 768-d where the shipped MiniLM's are 384-d: the text projection comes
+    from the new model at its width, the voice branch exactly from the shipped checkpoint."""
+    from core.model import EmotionModel, ModelConfig
+    from train import swap_text
+    torch.manual_seed(0)
+    wide = EmotionModel(ModelConfig(modalities=("text", "face", "audio"), text_dim=768))
+    card = ck.ModelCard(name="wide-text", text_encoder={"name": "mpnet", "dim": 768, "context_turns": 3},
+                        trained_modalities=["text"])
+    ck.save_checkpoint(tmp_path / "text", wide, card)
+    swap_text.main(["--text", str(tmp_path / "text"), "--into", str(ck.DEFAULT_CHECKPOINT), "--out", str(tmp_path / "m")])
+    shipped, swapped = ck.load_checkpoint(ck.DEFAULT_CHECKPOINT), ck.load_checkpoint(tmp_path / "m")
+    assert swapped.model.config.text_dim == 768 and swapped.card.text_encoder["name"] == "mpnet"
+    ours, theirs = swapped.model.state_dict(), shipped.model.state_dict()
+    voice = [k for k in theirs if k.startswith(ck.VOICE_PREFIXES)]
+    assert voice and all(torch.equal(ours[k], theirs[k]) for k in voice)
+    text = [k for k in ours if k.startswith("encoders.text.")]
+    assert text and all(torch.equal(ours[k], wide.state_dict()[k]) for k in text)
+
+
 # ---------------------------------------------------------------- MPNet (all-mpnet-base-v2, scripts/get_mpnet.sh)
 
 def _mpnet_or_skip():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 
@@ -28,13 +29,16 @@ TEXT_CARD_DATA = ("train", "dev", "note", "training", "init")      # card.data s
 
 
 def swap(text: ck.Checkpoint, into: ck.Checkpoint) -> tuple[EmotionModel, ck.ModelCard]:
-    """The model and card of `into` with the text side of `text`."""
-    if text.model.config.text_dim != into.model.config.text_dim:
-        raise ck.CheckpointError(f"text dims differ ({text.model.config.text_dim} vs {into.model.config.text_dim})")
-    model = EmotionModel(into.model.config)
+    """The model and card of `into` with the text side of `text` (whose encoder may be wider: the
+    text projection comes from `text` with its input width)."""
+    config = dataclasses.replace(into.model.config, text_dim=text.model.config.text_dim)
+    model = EmotionModel(config)
     state = into.model.state_dict()
-    state.update({k: v for k, v in text.model.state_dict().items()
-                  if k in state and not k.startswith(ck.VOICE_PREFIXES)})
+    theirs = text.model.state_dict()
+    state.update({k: v for k, v in theirs.items() if k in state and not k.startswith(ck.VOICE_PREFIXES)})
+    mismatched = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+    if mismatched:
+        raise ck.CheckpointError(f"the two checkpoints' tensors do not fit together: {', '.join(mismatched[:3])}")
     model.load_state_dict(state)
     card = copy.deepcopy(into.card)
     card.name, card.text_encoder, card.created = text.card.name, dict(text.card.text_encoder), ""
