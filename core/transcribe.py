@@ -11,15 +11,14 @@ dropped. Segments are then cut into utterances with their word timestamps (core.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
 from . import recall
+from .online import reachable
 from . import utterances as cut
 from .types import UserError, Utterance, error_line
 from .vad import join_regions, speech_regions
@@ -96,15 +95,6 @@ def _load_packaged_base(device: str):
         raise TranscriptionError(f"The packaged Whisper base model cannot be read: {err}") from None
 
 
-def _online(url: str, timeout: float = 5.0) -> bool:
-    host = urlparse(url).hostname or ""
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_named(name: str, device: str):
     import os
     import whisper
@@ -116,7 +106,7 @@ def _load_named(name: str, device: str):
                                  f'name such as "small" or "tiny.en", or a path to a .pt file.')
     root = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "whisper")
     cached = os.path.join(root, os.path.basename(whisper._MODELS[name]))
-    if not os.path.isfile(cached) and not _online(whisper._MODELS[name]):
+    if not os.path.isfile(cached) and not reachable(whisper._MODELS[name]):
         raise TranscriptionError(unavailable)  # fail fast rather than wait on a dead network
     try:
         return whisper.load_model(name, device=device, download_root=root)

@@ -141,6 +141,24 @@ def _mpnet_or_skip():
         pytest.skip(str(err))
 
 
+def test_mpnet_comes_from_its_packages_offline_and_from_the_hub_online(tmp_path, monkeypatch):
+    """Unpacked by scripts/get_mpnet.sh: that folder. Missing (a Space runs no setup.sh): the same
+    weights from the Hugging Face Hub when it is reachable, else a one-line message naming the
+    script. Reachability is mocked (this machine has no internet)."""
+    from core import online
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))          # an empty cache: nothing unpacked
+    monkeypatch.delenv(encoders.TEXT_MODELS_ENV, raising=False)
+    monkeypatch.setattr(online, "reachable", lambda url, timeout=5.0: False)
+    with pytest.raises(encoders.EncoderUnavailable, match="get_mpnet.sh"):
+        encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL)
+    monkeypatch.setattr(online, "reachable", lambda url, timeout=5.0: url.startswith("https://huggingface.co/"))
+    assert encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL) == encoders.MPNET_HUB
+    unpacked = tmp_path / "models" / encoders.MPNET_FOLDER
+    unpacked.mkdir(parents=True)
+    (unpacked / "model.safetensors").write_bytes(b"")
+    assert encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL) == str(unpacked)
+
+
 def test_mpnet_utterance_is_pooled_over_its_own_tokens():
     """MPNet has no token_type_ids: the encoder marks the utterance's segment itself, so an
     utterance read with its dialogue is pooled over the positions it has when read alone."""
