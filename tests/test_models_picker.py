@@ -94,6 +94,21 @@ def test_card_summary_is_readable(shared_data):
     assert f"Dev weighted F1:** emotion {dev['emotion_weighted_f1']:.2f}" in shipped
 
 
+def test_other_shipped_checkpoints_are_listed_after_the_default(tmp_path, monkeypatch):
+    """assets/model-NAME (e.g. the faster MiniLM text model beside the default) is offered as
+    shipped/NAME; a folder there without a card is not a checkpoint."""
+    assets = tmp_path / "assets"
+    make_checkpoint(assets / "model", "default-model")
+    make_checkpoint(assets / "model-fast", "fast-model")
+    (assets / "model-empty").mkdir()
+    monkeypatch.setattr(checkpoints, "DEFAULT_CHECKPOINT", assets / "model")
+    entries = checkpoints.scan(tmp_path / "no-models-folder")
+    assert [e.key for e in entries] == ["shipped", "shipped/fast"]
+    assert entries[1].usable and "fast-model" in entries[1].label and "shipped/fast" in entries[1].label
+    assert "shipped with the app (`assets/model-fast`)" in checkpoints.card_markdown(entries[1])
+    assert "(`assets/model`)" in checkpoints.card_markdown(entries[0])
+
+
 def test_a_checkpoint_given_elsewhere_is_listed_once(shared_data, tmp_path):
     elsewhere = make_checkpoint(tmp_path / "elsewhere", "cli-model")
     keys = [e.key for e in Workbench(ModelHolder(str(elsewhere)), shared_data).checkpoints()]

@@ -1,4 +1,5 @@
-"""The checkpoints the app can switch between: the shipped one, every checkpoint folder inside the
+"""The checkpoints the app can switch between: the shipped default (`assets/model`), the other
+shipped ones (`assets/model-NAME`, listed as `shipped/NAME`), every checkpoint folder inside the
 data folder's `models/`, and the one given with `--checkpoint`. Pure listing and card text; the
 loading itself is ModelHolder.switch (service.py).
 
@@ -18,6 +19,7 @@ from core.checkpoint import (CARD_FILE, DEFAULT_CHECKPOINT, MODEL_FILE, PICKLE_S
 from core.types import error_line
 
 SHIPPED = "shipped"
+SHIPPED_MORE = "model-"        # assets/model-NAME: another shipped checkpoint, key "shipped/NAME"
 GIVEN = "checkpoint"           # the key of a --checkpoint folder outside models/
 MODELS_PREFIX = "models/"
 MAX_LISTED = 200               # a models folder with more sub-folders is cut here (said in the listing)
@@ -28,7 +30,7 @@ METRIC_SPLITS = ("dev", "test")
 class Entry:
     """One checkpoint folder as the picker lists it."""
 
-    key: str                   # what the picker and /use_model take: "shipped", "models/NAME", "checkpoint"
+    key: str                   # what the picker and /use_model take: "shipped", "shipped/NAME", "models/NAME", "checkpoint"
     folder: Path
     source: str                # "shipped", "models folder", "--checkpoint"
     card: ModelCard | None = None
@@ -58,10 +60,14 @@ class Entry:
 
 
 def scan(models_dir: Path, given: str | Path | None = None) -> list[Entry]:
-    """Shipped checkpoint first, then the folders of `models_dir` by name, then `given` if elsewhere."""
+    """Shipped checkpoints first (the default, then the others by name), then the folders of
+    `models_dir` by name, then `given` if elsewhere."""
     entries: list[Entry] = []
     if (DEFAULT_CHECKPOINT / CARD_FILE).is_file():
         entries.append(_entry(SHIPPED, DEFAULT_CHECKPOINT, "shipped"))
+    for folder in sorted(DEFAULT_CHECKPOINT.parent.glob(SHIPPED_MORE + "*")):
+        if (folder / CARD_FILE).is_file():
+            entries.append(_entry(f"{SHIPPED}/{folder.name[len(SHIPPED_MORE):]}", folder, "shipped"))
     if models_dir.is_dir():
         folders = sorted((p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=lambda p: p.name.lower())
@@ -114,7 +120,7 @@ def card_markdown(entry: Entry | None, current: bool = False) -> str:
     """The card in readable form for the page."""
     if entry is None:
         return "*No checkpoint selected.*"
-    where = {"shipped": "shipped with the app (`assets/model`)", "--checkpoint": "given with `--checkpoint`"}
+    where = {"shipped": f"shipped with the app (`assets/{entry.folder.name}`)", "--checkpoint": "given with `--checkpoint`"}
     place = where.get(entry.source, f"`{entry.key}` in the data folder")
     if entry.problem:
         return f"#### ⚠ {entry.folder.name}\n{place}  \n**Cannot be used:** {entry.problem}"
