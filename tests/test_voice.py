@@ -189,3 +189,24 @@ def test_the_loops_small_data_voice_is_a_closed_form_ridge_chosen_by_held_out_di
     few, none = late_voice(model, torch.from_numpy(x[:2]), torch.ones(2, dtype=torch.bool), torch.from_numpy(y[:2]),
                            torch.from_numpy(s[:2]))
     assert few is model and none is None
+
+
+def test_training_only_augmentation_changes_speed_or_adds_noise_at_the_stated_level():
+    """train.voice --augment: a clip played at 0.9 or 1.1 speed lasts 1/0.9 or 1/1.1 as long; noise
+    sits NOISE_SNR_DB below the clip's power; an unknown kind is refused."""
+    from train import voice_states as vs
+    t = np.arange(16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(8):
+        faster_or_slower, what = vs.perturb(audio, "speed", rng)
+        factor = float(what.removeprefix("speed"))
+        assert factor in vs.SPEEDS and abs(len(faster_or_slower) - len(audio) / factor) <= 1
+        lengths.add(len(faster_or_slower))
+    assert len(lengths) == 2                       # both speeds are drawn
+    noisy, _ = vs.perturb(audio, "noise", rng)
+    snr = 10 * np.log10(np.mean(audio.astype(np.float64) ** 2) / np.mean((noisy - audio).astype(np.float64) ** 2))
+    assert abs(snr - vs.NOISE_SNR_DB) < 0.5 and noisy.dtype == np.float32
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        vs.perturb(audio, "pitch", rng)

@@ -5,7 +5,9 @@
 1. Voice features of the RAVDESS clips (actors 09-24) as the app hears utterances: each actor's
    clips laid into 28-s windows, each window through Whisper's encoder once, each clip's states cut
    out and pooled (train.ravdess.window_features, core.voice), and each clip alone in its own
-   window; cached. --exclude leaves actors out. Calm is dropped from training by default (--calm
+   window; cached. --augment adds training-only rows: each clip heard alone once more, played
+   faster or slower (speed) or under noise (noise; train.voice_states.perturb); they are never
+   scored. --exclude leaves actors out. Calm is dropped from training by default (--calm
    drop; --calm neutral folds it into neutral): measured by the same CV, dropping it lifts the
    7-class accuracy by about 2 points (calm and neutral, sad voices blur together).
 2. Actor-independent cross-validation: 8 folds, each holding out 2 whole actors. Each fold trains
@@ -188,10 +190,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--contexts", default="windows,clips",
                    help="how the clips are heard in training: windows (28-s windows of one actor's clips, as "
                         "utterances of a video), clips (each alone, as a one-utterance file), or both")
+    p.add_argument("--augment", default="",
+                   help="training-only copies of the clips heard alone: speed (0.9 or 1.1), noise (20 dB SNR), "
+                        "or both (speed,noise); never scored")
     p.add_argument("--calm", choices=("drop", "neutral"), default="drop",
                    help="RAVDESS calm (no MELD label): left out of training, or trained as neutral")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    augment = [k.strip() for k in args.augment.split(",") if k.strip()]
+    if set(augment) - {"speed", "noise"}:
+        p.error(f"--augment: unknown {sorted(set(augment) - {'speed', 'noise'})} (speed, noise)")
     torch.set_num_threads(args.threads)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)   # noqa: E731
     from core.transcribe import load_whisper
@@ -205,6 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     clips = [clips[i] for i in used]
     if "clips" in args.contexts.split(","):       # each clip heard alone, as train.features and a one-utterance file
         views["clips"] = ravdess.clip_features(clips, whisper)
+    scored_views = list(views)
+    for kind in augment:                          # training rows only, never scored
+        from core.voice import pool
+        from .voice_states import augmented_clip_states
+        views[kind] = np.stack([pool(torch.from_numpy(st)) for st in augmented_clip_states(clips, whisper, kind)])
     view_of = np.concatenate([[name] * len(clips) for name in views])
     x = np.concatenate(list(views.values()))
     clips = clips * len(views)
@@ -212,24 +225,26 @@ def main(argv: list[str] | None = None) -> dict:
     s = np.array([c.sentiment for c in clips])
     actor = np.array([c.actor for c in clips])
     calm = np.array([c.calm for c in clips])
+    scored = np.isin(view_of, scored_views)
     base = ck.load_checkpoint(args.checkpoint)
     config = ModelConfig.from_dict({**base.model.config.to_dict(), "late": ["audio"]})
 
     results = []
     for recipe in RECIPES:
         emo, _ = cross_validate(config, x, y, s, actor, recipe)
-        pred = emo.argmax(-1).numpy()
-        acc7 = 100.0 * float((pred[~calm] == y[~calm]).mean())
-        by_view = {v: round(100.0 * float((pred[~calm & (view_of == v)] == y[~calm & (view_of == v)]).mean()), 1)
-                   for v in views}
+        emo, pred = emo[torch.from_numpy(scored)], emo[torch.from_numpy(scored)].argmax(-1).numpy()
+        acc7 = 100.0 * float((pred[~calm[scored]] == y[scored][~calm[scored]]).mean())
+        by_view = {v: round(100.0 * float((pred[k] == y[scored][k]).mean()), 1)
+                   for v in scored_views for k in [~calm[scored] & (view_of[scored] == v)]}
         results.append((acc7, recipe, emo, by_view))
         log(f"recipe {recipe}: held-out actors, 7 classes (calm left out) {acc7:.1f} % {by_view}, "
-            f"calm as neutral {100.0 * float((pred == y).mean()):.1f} %")
+            f"calm as neutral {100.0 * float((pred == y[scored]).mean()):.1f} %")
     acc7, recipe, emo, by_view = max(results, key=lambda r: r[0])
     pred = emo.argmax(-1).numpy()
-    t = temperature(emo, y)
+    ys, calm_s, view_s = y[scored], calm[scored], view_of[scored]       # the scored rows (no augmented copy)
+    t = temperature(emo, ys)
     calibrated = emo / t
-    checks = fusion_checks(base, calibrated, y, args.meld_dev)
+    checks = fusion_checks(base, calibrated, ys, args.meld_dev)
     weight = max(WEIGHTS, key=lambda w: min(v for v in checks[w].values() if isinstance(v, float)))
     log(f"kept {recipe}: {acc7:.1f} %; temperature {t:.2f}; fusion checks by weight {json.dumps(checks)}; "
         f"weight {weight}")
@@ -257,15 +272,16 @@ def main(argv: list[str] | None = None) -> dict:
         "recipe": recipe, "temperature": round(t, 3),
         "cross_validation": {"folds": FOLDS, "held_out_per_fold": "2 whole actors",
                              "accuracy_7_classes_calm_left_out": round(acc7, 1),
-                             "accuracy_with_calm_as_neutral": round(100.0 * float((pred == y).mean()), 1)
+                             "accuracy_with_calm_as_neutral": round(100.0 * float((pred == ys).mean()), 1)
                              if calm.any() else None,
                              "accuracy_by_context": by_view,
-                             "per_class_by_context": {v: per_class(pred[~calm & (view_of == v)], y[~calm & (view_of == v)])
-                                                      for v in views},
-                             "per_class": per_class(pred[~calm], y[~calm]),
+                             "per_class_by_context": {v: per_class(pred[~calm_s & (view_s == v)], ys[~calm_s & (view_s == v)])
+                                                      for v in scored_views},
+                             "per_class": per_class(pred[~calm_s], ys[~calm_s]),
                              "recipes": [{"recipe": r, "accuracy": round(a, 1), "by_context": b}
                                          for a, r, _, b in results]},
-        "contexts": list(views),
+        "contexts": scored_views,
+        **({"augmented_training_rows": [v for v in views if v not in scored_views]} if augment else {}),
     }
     card.data["fusion_how"] = (
         "Late fusion (core.model.late_fuse): the text model (MELD) and the voice head (RAVDESS) learned apart, "

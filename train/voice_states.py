@@ -26,6 +26,8 @@ from .ravdess import VoiceClip, states_in_windows
 
 WINDOW_SECONDS = 28.0
 GAP = 0.6
+SPEEDS = (0.9, 1.1)             # training-only augmentation: each clip played at one of these speeds ...
+NOISE_SNR_DB = 20.0             # ... or under white noise at this signal-to-noise ratio
 
 
 def _cache_path(kind: str, clips: list[VoiceClip], model, cache_dir, settings: str) -> Path:
@@ -66,6 +68,46 @@ def clip_states(clips: list[VoiceClip], model, cache_dir: str | Path | None = No
         cached = _load(path)
         if cached is None:
             audio = media.load_audio(clip.path)
+            start, end = voice.speech_span(audio)
+            cached = [voice.encode_window(model, audio, start, end).span(start, end).numpy().astype(np.float16)]
+            _save(path, cached)
+        out.append(cached[0])
+    return out
+
+
+def perturb(audio: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A training-only copy of a clip's audio and what was done: `speed` plays it at one of SPEEDS
+    (resampled, so pitch moves with tempo: another voice of the same utterance), `noise` adds white
+    noise at NOISE_SNR_DB dB below the clip's power."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+    audio = np.asarray(audio, np.float32)
+    if kind == "speed":
+        factor = float(rng.choice(SPEEDS))
+        ratio = Fraction(factor).limit_denominator(20)
+        return resample_poly(audio, ratio.denominator, ratio.numerator).astype(np.float32), f"speed{factor:g}"
+    if kind == "noise":
+        power = float(np.mean(audio.astype(np.float64) ** 2)) or 1e-8
+        noise = rng.standard_normal(len(audio)) * np.sqrt(power / 10 ** (NOISE_SNR_DB / 10))
+        return (audio + noise).astype(np.float32), f"noise{NOISE_SNR_DB:g}dB-{int(rng.integers(1 << 30))}"
+    raise ValueError(f"unknown augmentation {kind!r} (speed, noise)")
+
+
+def augmented_clip_states(clips: list[VoiceClip], model, kind: str, seed: int = 0,
+                          cache_dir: str | Path | None = None, quiet: bool = False) -> list[np.ndarray]:
+    """Per clip, [T, d] float16 states of a perturbed copy (perturb: `kind`, seeded per clip list)
+    heard alone, as clip_states hears the clip itself; cached per clip and perturbation."""
+    from tqdm import tqdm
+
+    from core import media, voice
+    rng = np.random.default_rng(seed)
+    out = []
+    for clip in tqdm(clips, desc=f"voice states, clips alone, {kind}", unit="clip", disable=quiet, file=sys.stderr):
+        audio, done = perturb(media.load_audio(clip.path), kind, rng)
+        path = _cache_path("alone", [clip], model, cache_dir, f"{clip.path.stat().st_size}-{done}-{seed}")
+        cached = _load(path)
+        if cached is None:
             start, end = voice.speech_span(audio)
             cached = [voice.encode_window(model, audio, start, end).span(start, end).numpy().astype(np.float16)]
             _save(path, cached)
