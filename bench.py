@@ -1,4 +1,4 @@
-"""Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR]`.
+"""Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR] [--checkpoint DIR]`.
 
 `python -m bench --vs-faster-whisper [--encoders bf16-top,bf16]`: only our full analysis side by side
 with faster-whisper's transcript alone (tools/vs_faster_whisper.py), and with other Whisper encoder
@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --vs-faster-whisper: also time these Whisper encoder precisions "
                              "(comma-separated: bf16-top, bf16)")
     parser.add_argument("--keep", help="keep the generated media in this folder")
+    parser.add_argument("--checkpoint", default=None,
+                        help="analyse with this checkpoint folder (default: the shipped assets/model; "
+                             "e.g. assets/model-minilm, the faster text model)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.batch = QUICK_SECONDS, min(args.batch, 3)
@@ -251,14 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.vs_faster_whisper:
         from tools.vs_faster_whisper import YardstickError, compare
         try:
-            compare(video, spoken, encoders=tuple(k for k in args.encoders.split(",") if k.strip()))
+            compare(video, spoken, encoders=tuple(k for k in args.encoders.split(",") if k.strip()),
+                    checkpoint=args.checkpoint)
         except YardstickError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
 
     t0 = time.perf_counter()
-    models = load_models()
+    models = load_models(args.checkpoint)
     load_s = time.perf_counter() - t0
     analyze(video, models, use_cache=False)      # warm-up: first-call costs are not per-video costs
     t0 = time.perf_counter()

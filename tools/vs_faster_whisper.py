@@ -1,6 +1,6 @@
 """Our full analysis side by side with faster-whisper's transcript alone, on the same machine, in one run.
 
-    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT] [--repeats 3] [--encoders bf16-top,bf16]
+    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT] [--repeats 3] [--encoders bf16-top,bf16] [--checkpoint DIR]
     python -m bench --vs-faster-whisper        # the same on the benchmark's talking video
 
 faster-whisper 1.2.1 is a yardstick, never a dependency of the project: it is installed into its own
@@ -179,7 +179,8 @@ def _ours(video: Path, models, whisper_model, env: dict[str, str]):
     return seconds, result, parts
 
 
-def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, encoders: tuple[str, ...] = ()) -> dict:
+def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, encoders: tuple[str, ...] = (),
+            checkpoint: str | None = None) -> dict:
     """Alternate our analysis and faster-whisper's transcript of `video` (and, for each of `encoders`,
     our analysis with that encoder precision: "bf16-top", "bf16"; core.whisper_batch.encoder_precision);
     print the medians."""
@@ -189,7 +190,7 @@ def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, enco
 
     folder = home()
     fw = FasterWhisper(ensure_venv(folder), ct2_model(folder))
-    models = load_models()
+    models = load_models(checkpoint)
     whisper_model = load_whisper(models.whisper_name, device=models.device)
     variants = {"ours": {ENCODER_ENV: DEFAULT_ENCODER}}
     for kind in encoders:
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video", type=Path)
     parser.add_argument("--spoken", help="the words spoken in the video, for the word error rates")
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--checkpoint", default=None, help="our checkpoint folder (default: the shipped assets/model)")
     parser.add_argument("--encoders", default="",
                         help="also time our analysis with these Whisper encoder precisions, comma-separated: "
                              "bf16-top (the blocks above the voice's in bfloat16), bf16 (all of it)")
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"error: unknown encoder precision: {', '.join(unknown)} (bf16-top, bf16)", file=sys.stderr)
             return 2
-        compare(args.video, args.spoken, args.repeats, kinds)
+        compare(args.video, args.spoken, args.repeats, kinds, args.checkpoint)
     except YardstickError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
