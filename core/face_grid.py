@@ -6,8 +6,8 @@ yet. So the pipeline reads a frame every GRID_STEP seconds of the video and runs
 detector on it (OpenCV, which releases the GIL) while Whisper works. When the transcript is ready,
 each utterance takes the grid frames nearest to the FACE_FRAMES instants it would have sampled
 (encoders.sample_times), so a long utterance still pools 6 frames spread across it and a short
-one the 1 to 3 frames it spans. The face net runs in the background too, on each grid frame's
-crop as it is found (CLASSIFY_BATCH at a time), so after the transcript an utterance's face is
+one the 1 to 3 frames it spans. The face net runs in the background too, on every grid frame's
+crop once all are found (CLASSIFY_BATCH at a time), so after the transcript an utterance's face is
 only the mean of its frames' outputs, as core.face.pool_crops would compute it. Training reads a
 clip's faces at the same instants (pooled_times, used by train.features).
 
