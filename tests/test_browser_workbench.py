@@ -401,3 +401,20 @@ def test_webcam_recording_is_analysed(browser, server, media_dir, three_sentence
         assert re.search(r"door|weather|window", p.locator("#transcript").inner_text(), re.I)
     finally:
         b.close()
+
+
+def test_both_shipped_models_are_offered_and_a_pick_switches(page, shots):
+    """The Model picker lists the shipped MPNet model and the faster MiniLM one beside it
+    (assets/model-minilm, key shipped/minilm); picking it switches and shows its card; picking the
+    default brings it back (last in the module: a switch is for every user of the server)."""
+    from playwright.sync_api import expect
+    page.locator("#model-box").get_by_text("Model").first.click()
+    expect(page.locator("#model-status")).to_contain_text("In use: meld-text-mpnet")
+    choose(page, "model-pick", "shipped/minilm")
+    expect(page.locator("#model-status")).to_contain_text("Switched to meld-text-minilm", timeout=LONG)
+    expect(page.locator("#model-card")).to_contain_text("assets/model-minilm")
+    expect(page.locator("#model-card")).to_contain_text("Text encoder: minilm")
+    snap(page, shots, "model_picker_minilm.png")
+    choose(page, "model-pick", "mpnet")
+    expect(page.locator("#model-status")).to_contain_text("Switched to meld-text-mpnet", timeout=LONG)
+    expect(page.locator("#model-card")).to_contain_text("Text encoder: mpnet")
