@@ -251,18 +251,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     video, spoken = make_video(args.seconds, folder)
     print(f"generated {video.name} in {time.perf_counter() - t0:.1f} s")
+    from core.checkpoint import CheckpointError
     if args.vs_faster_whisper:
         from tools.vs_faster_whisper import YardstickError, compare
         try:
             compare(video, spoken, encoders=tuple(k for k in args.encoders.split(",") if k.strip()),
                     checkpoint=args.checkpoint)
-        except YardstickError as err:
+        except (YardstickError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
 
     t0 = time.perf_counter()
-    models = load_models(args.checkpoint)
+    try:
+        models = load_models(args.checkpoint)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     load_s = time.perf_counter() - t0
     analyze(video, models, use_cache=False)      # warm-up: first-call costs are not per-video costs
     t0 = time.perf_counter()

@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time our analysis with these Whisper encoder precisions, comma-separated: "
                              "bf16-top (the blocks above the voice's in bfloat16), bf16 (all of it)")
     args = parser.parse_args(argv)
+    from core.checkpoint import CheckpointError
     if not args.video.is_file():
         print(f"error: no such file: {args.video}", file=sys.stderr)
         return 2
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown encoder precision: {', '.join(unknown)} (bf16-top, bf16)", file=sys.stderr)
             return 2
         compare(args.video, args.spoken, args.repeats, kinds, args.checkpoint)
-    except YardstickError as err:
+    except (YardstickError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
