@@ -1,6 +1,6 @@
 """Our full analysis side by side with faster-whisper's transcript alone, on the same machine, in one run.
 
-    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT] [--repeats 3] [--encoders bf16-top,bf16] [--checkpoint DIR]
+    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT|FILE.txt] [--repeats 3] [--encoders bf16-top,bf16] [--checkpoint DIR]
     python -m bench --vs-faster-whisper        # the same on the benchmark's talking video
 
 faster-whisper 1.2.1 is a yardstick, never a dependency of the project: it is installed into its own
@@ -248,7 +248,8 @@ def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, enco
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("video", type=Path)
-    parser.add_argument("--spoken", help="the words spoken in the video, for the word error rates")
+    parser.add_argument("--spoken", help="the words spoken in the video, for the word error rates (the text, or "
+                                         "a .txt file holding it)")
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--checkpoint", default=None, help="our checkpoint folder (default: the shipped assets/model)")
     parser.add_argument("--encoders", default="",
@@ -265,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"error: unknown encoder precision: {', '.join(unknown)} (bf16-top, bf16)", file=sys.stderr)
             return 2
-        compare(args.video, args.spoken, args.repeats, kinds, args.checkpoint)
+        spoken = args.spoken
+        if spoken and spoken.endswith(".txt"):
+            try:
+                spoken = Path(spoken).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                print(f"error: --spoken: cannot read {spoken}: {err.__class__.__name__}", file=sys.stderr)
+                return 2
+        compare(args.video, spoken, args.repeats, kinds, args.checkpoint)
     except (YardstickError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

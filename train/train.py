@@ -211,7 +211,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
 
     # -- 2. the app's text encoder (with --init's tuned tensors), its top layers tuned or all frozen
     text_card = dict(init.card.text_encoder) if init else {}
-    encoder = TextEncoder(text_card.get("name", args.text_model))
+    encoder = TextEncoder(text_card.get("name", args.text_model), precision="fp32")   # training: exact
     if init:
         apply_text_state(encoder, init.text_state)
     first, tuned, trainable, tuned_layers, attention_layers = tune_setup(encoder, args.tune_layers,
