@@ -14,7 +14,8 @@
    the checkpoint's own voice branch (core.model: standardisation, projection, heads) with one
    fixed recipe per candidate in RECIPES; the recipe with the best held-out accuracy is kept. Its
    out-of-fold predictions give the accuracy per class on actors the head never heard, and a
-   temperature that calibrates the head (RAVDESS is acted: the raw head is over-confident).
+   temperature per head (emotion, sentiment: each fitted on its own out-of-fold logits) that
+   calibrates it (RAVDESS is acted: the raw head is over-confident).
 3. The fusion weight: there is no data where words and voice are labelled together, so pairs
    are built from what there is, on out-of-fold voices only:
    - flat words, emotional voice: the checkpoint's text opinion of the RAVDESS sentence ("Kids
@@ -231,22 +232,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     for recipe in RECIPES:
-        emo, _ = cross_validate(config, x, y, s, actor, recipe)
-        emo, pred = emo[torch.from_numpy(scored)], emo[torch.from_numpy(scored)].argmax(-1).numpy()
+        emo, sen = cross_validate(config, x, y, s, actor, recipe)
+        emo, sen = emo[torch.from_numpy(scored)], sen[torch.from_numpy(scored)]
+        pred = emo.argmax(-1).numpy()
         acc7 = 100.0 * float((pred[~calm[scored]] == y[scored][~calm[scored]]).mean())
         by_view = {v: round(100.0 * float((pred[k] == y[scored][k]).mean()), 1)
                    for v in scored_views for k in [~calm[scored] & (view_of[scored] == v)]}
-        results.append((acc7, recipe, emo, by_view))
+        results.append((acc7, recipe, emo, by_view, sen))
         log(f"recipe {recipe}: held-out actors, 7 classes (calm left out) {acc7:.1f} % {by_view}, "
             f"calm as neutral {100.0 * float((pred == y[scored]).mean()):.1f} %")
-    acc7, recipe, emo, by_view = max(results, key=lambda r: r[0])
+    acc7, recipe, emo, by_view, sen = max(results, key=lambda r: r[0])
     pred = emo.argmax(-1).numpy()
     ys, calm_s, view_s = y[scored], calm[scored], view_of[scored]       # the scored rows (no augmented copy)
     t = temperature(emo, ys)
+    t_sentiment = temperature(sen, s[scored])     # each head its own: one T for both left the sentiment over-sure
     calibrated = emo / t
     checks = fusion_checks(base, calibrated, ys, args.meld_dev)
     weight = max(WEIGHTS, key=lambda w: min(v for v in checks[w].values() if isinstance(v, float)))
-    log(f"kept {recipe}: {acc7:.1f} %; temperature {t:.2f}; fusion checks by weight {json.dumps(checks)}; "
+    log(f"kept {recipe}: {acc7:.1f} %; temperature {t:.3f}, sentiment {t_sentiment:.3f}; fusion checks by weight {json.dumps(checks)}; "
         f"weight {weight}")
 
     final = train_branch(config, x, y, s, recipe)
@@ -254,9 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     state = model.state_dict()
     state.update({k: v for k, v in base.model.state_dict().items() if k in state})
     state.update({k: v for k, v in final.state_dict().items() if k.startswith(ck.VOICE_PREFIXES)})
-    for head in ("emotion_by.audio", "sentiment_by.audio"):        # calibrate: logits / T
-        state[f"{head}.weight"] = state[f"{head}.weight"] / t
-        state[f"{head}.bias"] = state[f"{head}.bias"] / t
+    for head, temp in (("emotion_by.audio", t), ("sentiment_by.audio", t_sentiment)):   # calibrate: logits / T
+        state[f"{head}.weight"] = state[f"{head}.weight"] / temp
+        state[f"{head}.bias"] = state[f"{head}.bias"] / temp
     state["late_log_weight.audio"] = torch.tensor(float(np.log(weight)))
     model.load_state_dict(state)
     card = base.card
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "calm": "dropped from training" if args.calm == "drop" else f"folded into {ravdess.CALM_AS}",
         "feature": f"{FEATURE}: mean and std over the utterance of Whisper base's encoder states after block "
                    f"{LAYER}, in a 30-s window (core.voice); whisper encoder digest {encoder_digest(whisper)}",
-        "recipe": recipe, "temperature": round(t, 3),
+        "recipe": recipe, "temperature": round(t, 3), "sentiment_temperature": round(t_sentiment, 3),
         "cross_validation": {"folds": FOLDS, "held_out_per_fold": "2 whole actors",
                              "accuracy_7_classes_calm_left_out": round(acc7, 1),
                              "accuracy_with_calm_as_neutral": round(100.0 * float((pred == ys).mean()), 1)
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                       for v in scored_views},
                              "per_class": per_class(pred[~calm_s], ys[~calm_s]),
                              "recipes": [{"recipe": r, "accuracy": round(a, 1), "by_context": b}
-                                         for a, r, _, b in results]},
+                                         for a, r, _, b, _ in results]},
         "contexts": scored_views,
         **({"augmented_training_rows": [v for v in views if v not in scored_views]} if augment else {}),
     }
@@ -292,12 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{weight}. The face net's opinion is shown, not fused.")
     card.data["fusion_checks"] = checks[weight]
     card.data["fusion"] = fusion_section(model, card.trained_modalities)
-    card.notes = ("Text (MELD, with dialogue context) and voice (RAVDESS acted speech, CC BY-NC-SA 4.0, "
+    voice_note = ("Text (MELD, with dialogue context) and voice (RAVDESS acted speech, CC BY-NC-SA 4.0, "
                   "voice.safetensors) fused late; the face net's opinion is shown beside, not fused.")
+    old_note = (card.notes or "").strip()        # what the words' training wrote stays after it
+    card.notes = old_note if old_note.startswith(voice_note) else " ".join(filter(None, [voice_note, old_note]))
     ck.save_checkpoint(args.out, model, card, base.text_state)
     card = ck.load_checkpoint(args.out).card
     summary = {"voice_accuracy_held_out_actors": round(acc7, 1), "by_context": by_view, "per_class": card.data["voice"]["cross_validation"]["per_class"],
-               "temperature": round(t, 3), "fusion_weight": weight, "fusion_checks": checks[weight], "out": args.out}
+               "temperature": round(t, 3), "sentiment_temperature": round(t_sentiment, 3), "fusion_weight": weight, "fusion_checks": checks[weight], "out": args.out}
     print(json.dumps(summary))
     return summary
 
