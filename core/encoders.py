@@ -230,8 +230,8 @@ class TextEncoder(torch.nn.Module):
 def text_precision(device_type: str = "cpu") -> str:
     """The text encoder's inference precision on a device. On a CPU that computes bfloat16
     natively (AVX512-BF16, AMX), "bf16" (autocast: matmuls in bfloat16, weights and norms fp32;
-    MPNet reads 17 utterances with context in 0.58 s instead of 1.08, and MELD dev moves by
-    +0.07 / +0.09 weighted F1: README), unless $WORKBENCH_TEXT_PRECISION is "fp32"; elsewhere "fp32".
+    about half fp32's time, and MELD dev within 0.1 weighted F1 of fp32's: README, "bfloat16 on a
+    CPU"), unless $WORKBENCH_TEXT_PRECISION is "fp32"; elsewhere "fp32".
     On a GPU core.pipeline halves the encoder itself, so this says "fp32" (no autocast on top).
     Training computes in fp32 (train.train builds its encoder with precision="fp32")."""
     if device_type != "cpu":
