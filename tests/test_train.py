@@ -250,6 +250,33 @@ def test_the_shipped_recipe_runs_the_two_shipped_commands():
     assert all(train.parse_args(argv).threads == 1 for _, argv, _ in threads)
 
 
+MPNET_COMMANDS = [         # what made the shipped MPNet words: --recipe mpnet-lora16-top6, then the command on top
+    "--train T --dev D --out runs/top6 --text-model mpnet --tune-layers 0 --tune-attention 0 --lora-rank 16 "
+    "--lora-layers 6 --encoder-lr 5e-4 --context-turns 3 --context-ahead 1 --ema 0.998 --epochs 3 --threads 2 --seed 2",
+    "--train T --dev D --out runs/more --init runs/top6 --tune-layers 0 --tune-attention 0 --lora-rank 16 "
+    "--lora-layers 6 --encoder-lr 1e-4 --lr 1e-4 --context-turns 3 --context-ahead 1 --ema 0.998 --epochs 1 "
+    "--threads 2 --seed 2",
+]
+
+
+def test_the_shipped_mpnet_recipe_runs_the_two_commands_that_made_it():
+    from train import recipe, train
+    args = train.parse_args("--train T --dev D --out runs/mpnet --recipe mpnet-lora16-top6-more --seed 2".split())
+    plan = recipe.stage_argvs(train.build_parser(), args)
+    assert [s.name for s, _, _ in plan] == ["lora16", "more"]
+    for (_, argv, _), command in zip(plan, MPNET_COMMANDS):
+        got, want = vars(train.parse_args(argv)), vars(train.parse_args(command.split()))
+        assert {k: v for k, v in got.items() if k not in PATHS} == {k: v for k, v in want.items() if k not in PATHS}
+    assert plan[1][1][plan[1][1].index("--init") + 1] == str(Path("runs/mpnet/lora16/checkpoint"))
+
+
+def test_a_run_from_an_mpnet_checkpoint_is_named_after_mpnet_not_the_default_encoder():
+    from train import card, train
+    args = train.parse_args("--train T --dev D --out runs/more --init runs/top6 --context-ahead 1".split())
+    assert card.default_name(args, ["text"], False, "mpnet") == "meld-text-mpnet-ctx3+1"
+    assert card.default_name(args, ["text"], False) == f"meld-text-{args.text_model}-ctx3+1"
+
+
 def _recipe(tmp_path, name, *extra):
     from train import train
     threads = torch.get_num_threads()

@@ -69,10 +69,12 @@ def build_card(args, *, name: str, text: dict, trained: list[str], model, data: 
     return card
 
 
-def default_name(args, trained: list[str], clips: bool) -> str:
+def default_name(args, trained: list[str], clips: bool, text_model: str | None = None) -> str:
+    """--name, else a name from what was trained: `text_model` is the encoder really used (an --init
+    checkpoint's, which --text-model does not override), else --text-model."""
     if args.name:
         return args.name
     if clips:
         return f"clips-{'-'.join(trained)}-{Path(args.out).resolve().name}"
-    return (f"meld-text-{args.text_model}-ctx{args.context_turns}"
+    return (f"meld-text-{text_model or args.text_model}-ctx{args.context_turns}"
             + (f"+{args.context_ahead}" if args.context_ahead else ""))

@@ -313,7 +313,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     # -- 6. save the kept weights (with --init: its tuned text tensors plus this run's), then the card
     text_state = lora.combine(init.text_state if init else {}, {k: v.cpu() for k, v in lora.export(trainable, lora_scale).items()})
     card = cards.build_card(
-        args, name=cards.default_name(args, trained, clips),
+        args, name=cards.default_name(args, trained, clips, encoder.name),
         text=cards.text_section(text_card, args.text_model, encoder, context, text_state, tuned_layers,
                                 attention_layers),
         trained=sorted(set(trained) | (set(init.card.trained_modalities) & set(model.config.modalities)
