@@ -230,14 +230,21 @@ SHIPPED_COMMANDS = [       # the README's two commands that made the shipped tex
 PATHS = ("out", "tb", "init", "recipe")
 
 
-def test_the_shipped_recipe_runs_the_two_shipped_commands():
+def _plan_runs(name: str, out: str, stages: list[str], commands: list[str]) -> list:
+    """The stages recipe `name` expands to, after checking each stage's options are `commands`'."""
     from train import recipe, train
-    args = train.parse_args("--train T --dev D --out runs/minilm --recipe minilm-top2-lora16 --seed 2".split())
+    args = train.parse_args(f"--train T --dev D --out {out} --recipe {name} --seed 2".split())
     plan = recipe.stage_argvs(train.build_parser(), args)
-    assert [s.name for s, _, _ in plan] == ["top2", "lora16"]
-    for (_, argv, folder), command in zip(plan, SHIPPED_COMMANDS):
+    assert [s.name for s, _, _ in plan] == stages
+    for (_, argv, _), command in zip(plan, commands):
         got, want = vars(train.parse_args(argv)), vars(train.parse_args(command.split()))
         assert {k: v for k, v in got.items() if k not in PATHS} == {k: v for k, v in want.items() if k not in PATHS}
+    return plan
+
+
+def test_the_shipped_recipe_runs_the_two_shipped_commands():
+    from train import recipe, train
+    plan = _plan_runs("minilm-top2-lora16", "runs/minilm", ["top2", "lora16"], SHIPPED_COMMANDS)
     assert plan[0][1][plan[0][1].index("--out") + 1] == str(Path("runs/minilm/top2/checkpoint"))
     assert plan[1][1][plan[1][1].index("--init") + 1] == str(Path("runs/minilm/top2/checkpoint"))
     assert plan[1][1][plan[1][1].index("--out") + 1] == "runs/minilm"
@@ -260,13 +267,7 @@ MPNET_COMMANDS = [         # what made the shipped MPNet words: --recipe mpnet-l
 
 
 def test_the_shipped_mpnet_recipe_runs_the_two_commands_that_made_it():
-    from train import recipe, train
-    args = train.parse_args("--train T --dev D --out runs/mpnet --recipe mpnet-lora16-top6-more --seed 2".split())
-    plan = recipe.stage_argvs(train.build_parser(), args)
-    assert [s.name for s, _, _ in plan] == ["lora16", "more"]
-    for (_, argv, _), command in zip(plan, MPNET_COMMANDS):
-        got, want = vars(train.parse_args(argv)), vars(train.parse_args(command.split()))
-        assert {k: v for k, v in got.items() if k not in PATHS} == {k: v for k, v in want.items() if k not in PATHS}
+    plan = _plan_runs("mpnet-lora16-top6-more", "runs/mpnet", ["lora16", "more"], MPNET_COMMANDS)
     assert plan[1][1][plan[1][1].index("--init") + 1] == str(Path("runs/mpnet/lora16/checkpoint"))
 
 
