@@ -239,7 +239,8 @@ def text_precision(device_type: str = "cpu") -> str:
     wanted = os.environ.get(TEXT_PRECISION_ENV, "bf16").strip().lower() or "bf16"
     if wanted != "bf16":
         return "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    from .precision import native_bf16
+    return "bf16" if native_bf16() else "fp32"
 
 
 @lru_cache(maxsize=4)

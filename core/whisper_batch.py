@@ -227,7 +227,8 @@ def encoder_precision(device_type: str = "cpu") -> str:
     wanted = os.environ.get(ENCODER_ENV, DEFAULT_ENCODER).strip().lower()
     if wanted not in ("bf16", "bf16-top"):
         return "fp32"
-    return wanted if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    from .precision import native_bf16
+    return wanted if native_bf16() else "fp32"
 
 
 def run_encoder_top_bf16(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 from core import checkpoint as ck
 from core import encoders
 from core.model import EmotionModel, ModelConfig
+from core.precision import native_bf16
 
 
 def _inputs(batch: int, seed: int = 0) -> dict:
@@ -106,7 +107,7 @@ def test_text_encoder_meaningful_and_context_aware(text_encoder):
 
 def test_text_precision_is_bf16_on_a_cpu_that_computes_it_natively_and_fp32_when_asked(monkeypatch):
     monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = native_bf16()
     assert encoders.text_precision("cpu") == ("bf16" if native else "fp32")
     assert encoders.text_precision("cuda") == "fp32"         # a GPU halves the encoder itself instead
     for value in ("fp32", "FP32", "nonsense"):
@@ -118,7 +119,7 @@ def test_text_precision_is_bf16_on_a_cpu_that_computes_it_natively_and_fp32_when
 def test_bf16_text_vectors_stay_close_to_fp32(monkeypatch):
     """What the app reads on a bf16 CPU (autocast) is the fp32 encoder's reading, a little rounded:
     the same nearest neighbours, cosine above 0.995 (MELD dev moves by < 0.1 F1: README)."""
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_bf16():
         pytest.skip("this CPU has no native bfloat16: the text encoder runs in fp32 here")
     monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
     texts = ["I am so happy for you!", "Get out of my house, I hate you!", "Okay.", "Really?"]
@@ -210,3 +211,22 @@ def test_video_encoder_refuses_without_kinetics_weights(tmp_path):
     save_file({"x": torch.zeros(1)}, str(bad))
     with pytest.raises(encoders.EncoderUnavailable, match="do not load"):
         encoders.VideoEncoder(str(bad))
+
+
+def test_a_torch_that_cannot_say_whether_the_cpu_has_bf16_runs_fp32(monkeypatch):
+    """The question is a private torch API: where it is missing, the answer is "no", not a crash."""
+    from core import precision
+
+    class NoAnswer:
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", NoAnswer())
+    precision.native_bf16.cache_clear()
+    try:
+        assert precision.native_bf16() is False
+        monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
+        assert encoders.text_precision("cpu") == "fp32"
+    finally:
+        monkeypatch.undo()
+        precision.native_bf16.cache_clear()

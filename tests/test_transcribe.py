@@ -16,6 +16,7 @@ from core import transcribe as tr
 from core import utterances as cut
 from core import whisper_batch as wb
 from core import whisper_convert as wc
+from core.precision import native_bf16
 from core.types import Utterance
 from tests import mediagen
 
@@ -423,7 +424,7 @@ def test_bf16_encoder_is_opt_in_and_hears_the_same_words(model, tmp_path, monkey
     monkeypatch.delenv(wb.ENCODER_ENV, raising=False)
     assert wb.encoder_precision("cpu") == "fp32" and wb.encoder_precision("cuda") == "fp16"
     monkeypatch.setenv(wb.ENCODER_ENV, "bf16")
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_bf16():
         assert wb.encoder_precision("cpu") == "fp32"
         pytest.skip("this CPU has no native bfloat16: the encoder stays fp32")
     if not mediagen.have_espeak():
@@ -444,7 +445,7 @@ def test_bf16_top_encoder_keeps_the_voice_states_exactly(model, monkeypatch):
     bfloat16, so the states the voice head reads are the fp32 ones bit for bit."""
     from core import voice
     monkeypatch.setenv(wb.ENCODER_ENV, "bf16-top")
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = native_bf16()
     assert wb.encoder_precision("cpu") == ("bf16-top" if native else "fp32")
     x = torch.randn(1, model.dims.n_mels, 3000)
     with torch.no_grad():
