@@ -31,7 +31,8 @@ TEXT_FILE = "text_encoder.safetensors"
 # trained on RAVDESS are CC BY-NC-SA 4.0): its own file, with the notice beside it
 VOICE_FILE = "voice.safetensors"
 VOICE_LICENSE_FILE = "LICENSE-voice.txt"
-VOICE_PREFIXES = ("encoders.audio.", "emotion_by.audio.", "sentiment_by.audio.", "late_log_weight.audio")
+VOICE_PREFIXES = ("encoders.audio.", "emotion_by.audio.", "sentiment_by.audio.", "late_log_weight.audio",
+                  "familiarity.")
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "model"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
@@ -189,6 +190,7 @@ def load_or_untrained(folder: str | Path | None = None) -> Checkpoint:
 
 MAX_DIM = 16384     # no shipped or trainable layer is anywhere near this wide
 MAX_PARAMETERS = 20_000_000    # ~80 MB of float32; the shipped fusion model is far smaller
+MAX_FAMILIARITY = 256          # principal directions of the voice's familiarity (core.familiarity)
 
 
 def parameter_count(config: ModelConfig) -> int:
@@ -208,6 +210,10 @@ def _sane(config: ModelConfig) -> ModelConfig:
         if name == "dropout":
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"model.dropout {value!r} is not in [0, 1)")
+        elif name == "voice_familiarity":           # 0: off; a [K, audio_dim] buffer, so K stays small
+            top = min(config.audio_dim, MAX_FAMILIARITY)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                raise ValueError(f"model.voice_familiarity {value!r} is not a whole number in 0..{top}")
         elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
             raise ValueError(f"model.{name} {value!r} is not a whole number in 1..{MAX_DIM}")
     count = parameter_count(config)

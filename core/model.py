@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM
+from .familiarity import Familiarity
 from .labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 HIDDEN = 128
@@ -40,6 +41,8 @@ class ModelConfig:
     n_emotions: int = len(EMOTIONS)
     n_sentiments: int = len(SENTIMENTS)
     late: tuple[str, ...] = ()         # modalities fused late (late_fuse), not through the fusion layer
+    voice_familiarity: int = 0         # principal directions of the voice's training features kept to
+                                       # judge how familiar a voice is (core.familiarity); 0: off
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,6 +96,8 @@ class ModelOutput:
     emotion_logits: torch.Tensor                         # [B, 7]
     sentiment_logits: torch.Tensor                       # [B, 3]
     modality_logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    late_share: dict[str, torch.Tensor] = field(default_factory=dict)   # [B] 0..1: how much of its late
+                                                                        # weight each row's opinion got
 
 
 class EmotionModel(nn.Module):
@@ -122,6 +127,8 @@ class EmotionModel(nn.Module):
         self.sentiment_head = nn.Linear(config.fusion, config.n_sentiments)
         # log of each late modality's weight in late_fuse (0: weight 1)
         self.late_log_weight = nn.ParameterDict({m: nn.Parameter(torch.zeros(())) for m in config.late})
+        if config.voice_familiarity and "audio" in config.modalities:
+            self.familiarity = Familiarity(config.audio_dim, config.voice_familiarity)
 
     def late_weights(self) -> dict[str, float]:
         """The weight of each late-fused modality (the card shows them)."""
@@ -135,7 +142,7 @@ class EmotionModel(nn.Module):
         """
         batch = next(iter(inputs.values())).shape[0]
         device = next(self.parameters()).device
-        parts, per_modality, late = [], {}, {}
+        parts, per_modality, late, share = [], {}, {}, {}
         for m in self.config.modalities:
             if m not in inputs:
                 parts.append(torch.zeros(batch, self.config.hidden, device=device))
@@ -145,15 +152,20 @@ class EmotionModel(nn.Module):
             keep = torch.ones(batch, device=device) if mask is None or m not in mask \
                 else mask[m].to(device=device, dtype=h.dtype)
             late[m] = keep
+            if m in self.config.late:
+                share[m] = keep
+                if m == "audio" and hasattr(self, "familiarity"):   # an unfamiliar voice counts less
+                    with torch.no_grad():
+                        share[m] = keep * self.familiarity(self.encoders[m][0](inputs[m]))[1].to(keep.dtype)
             parts.append(h * keep.unsqueeze(-1) * (0.0 if m in self.config.late else 1.0))
         fused = self.fusion(torch.cat(parts, dim=-1))
         emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
-        opinions = [(per_modality[m], late[m], self.late_log_weight[m].exp()) for m in self.config.late
+        opinions = [(per_modality[m], share[m], self.late_log_weight[m].exp()) for m in self.config.late
                     if m in per_modality]
         if opinions:
             emotion = late_fuse(emotion, [(e, k, w) for (e, _), k, w in opinions], EMOTIONS.index("neutral"))
             sentiment = late_fuse(sentiment, [(s, k, w) for (_, s), k, w in opinions], SENTIMENTS.index("neutral"))
-        return ModelOutput(emotion, sentiment, per_modality)
+        return ModelOutput(emotion, sentiment, per_modality, share)
 
 
 def late_fuse(logits: torch.Tensor, opinions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],

@@ -39,6 +39,7 @@ FRAME_SIDE = 480          # frames are read at most this large (face detection t
 WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
 VOICE_WHISPER = "base"    # the Whisper whose encoder states the voice branch learned on (core.voice)
+UNFAMILIAR_VOICE = "sounds unlike the voices it learned from"   # core.familiarity
 VOICE_FROM_WINDOWS = True  # read voices from transcription's window states (else: a window per utterance)
 
 
@@ -342,14 +343,16 @@ def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=
     sen = out.sentiment_logits.softmax(-1).cpu().tolist()
     heads = {m: (e.softmax(-1).cpu().tolist(), s.softmax(-1).cpu().tolist())
              for m, (e, s) in out.modality_logits.items()}
+    voice_share = out.late_share["audio"].cpu().tolist() if "audio" in out.late_share else [1.0] * n
     for i, pred in enumerate(preds):
         pred.emotion_probs, pred.sentiment_probs = emo[i], sen[i]
         pred.opinions = [
             _head_opinion("text", heads, i, True, "", trained, use),
             _face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
             ModalityOpinion("audio", audio_ok[i], note=models.voice_refused) if models.voice_refused else
-            _head_opinion("audio", heads, i, audio_ok[i],
-                          "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
+            _with_share(_head_opinion("audio", heads, i, audio_ok[i],
+                                      "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
+                        voice_share[i]),
             _head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]
             else ModalityOpinion("video", False, note=_video_note(models)),
         ]
@@ -365,6 +368,20 @@ def _head_opinion(m, heads, i, present, why_absent, trained, use) -> ModalityOpi
                                used_in_fusion=use(m))
     e, s = heads[m]
     return ModalityOpinion(m, True, e[i], s[i], note="", used_in_fusion=True)
+
+
+def _with_share(opinion: ModalityOpinion, share: float) -> ModalityOpinion:
+    """Mark a voice that fusion counted less because it sounds unlike the voices its head learned
+    from (core.familiarity)."""
+    if not (opinion.present and opinion.used_in_fusion and opinion.emotion_probs) or share >= 0.995:
+        return opinion
+    opinion.fusion_share = round(float(share), 3)
+    if share <= 0.005:
+        opinion.used_in_fusion = False
+        opinion.note = UNFAMILIAR_VOICE + ": not counted"
+    else:
+        opinion.note = f"{UNFAMILIAR_VOICE}: counted at {share:.0%}"
+    return opinion
 
 
 def _face_opinion(face, ok: bool, fused: bool) -> ModalityOpinion:

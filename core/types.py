@@ -71,6 +71,7 @@ class ModalityOpinion(_TopLabels):
     sentiment_probs: list[float] = field(default_factory=list)
     note: str = ""
     used_in_fusion: bool = False
+    fusion_share: float = 1.0    # 0..1: how much of its fusion weight it got (an unfamiliar voice: less)
 
 
 @dataclass

@@ -135,7 +135,8 @@ def response(analysis: Analysis) -> dict:
                                         "emotion_probs": labelled(o.emotion_probs, EMOTIONS),
                                         "sentiment": o.sentiment,
                                         "sentiment_probs": labelled(o.sentiment_probs, SENTIMENTS),
-                                        "used_in_fusion": o.used_in_fusion, "note": o.note}
+                                        "used_in_fusion": o.used_in_fusion, "fusion_share": o.fusion_share,
+                                        "note": o.note}
                            for o in p.opinions},
             "error": p.error})
     return {"source": analysis.source, "duration": analysis.media.duration, "model": analysis.model,

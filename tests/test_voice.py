@@ -78,6 +78,7 @@ def test_flat_words_in_an_emotional_voice_follow_the_voice(models):
         p = result.utterances[0]
         voice = p.opinion("audio")
         assert voice.present and voice.used_in_fusion and len(voice.emotion_probs) == 7
+        assert voice.fusion_share > 0.9, (clip.path.name, voice.note)     # an unheard actor is a familiar voice
         hits_voice += voice.emotion == EMOTIONS[clip.emotion]
         hits_fused += p.emotion == EMOTIONS[clip.emotion]
     # 14 clips, chance 2. Measured with the block-3 ridge head: 9 fused, 9 voice (the block-4 head:
@@ -89,13 +90,43 @@ def test_flat_words_in_an_emotional_voice_follow_the_voice(models):
 @pytest.mark.parametrize("words, label", [("Get out of my house, I hate you!", "anger"),
                                           ("I am so happy for you!", "joy")])
 def test_emotional_words_in_a_flat_voice_follow_the_words(words, label, models, tmp_path):
+    """A speech synthesiser's flat voice under emotional words. Its voice sounds unlike any the
+    voice head learned from (core.familiarity), so fusion counts it less or not at all; its own
+    opinion is still shown. The same words over a familiar flat voice: the next test."""
     from core.pipeline import analyze
     if not mediagen.have_espeak():
         pytest.fail("espeak-ng is required: apt-get install espeak-ng")
     wav = mediagen.speak(words, tmp_path / "flat.wav")
     result = analyze(wav, models, use_cache=False)
     assert [p.emotion for p in result.utterances] == [label], [(p.utterance.text, p.emotion) for p in result.utterances]
-    assert result.utterances[0].opinion("audio").used_in_fusion
+    voice = result.utterances[0].opinion("audio")
+    assert voice.present and len(voice.emotion_probs) == 7
+    assert voice.fusion_share < 1.0 and "sounds unlike the voices it learned from" in voice.note, voice
+
+
+@needs_ravdess
+@pytest.mark.parametrize("words, label", [("Get out of my house, I hate you!", "anger"),
+                                          ("I am so happy for you!", "joy")])
+def test_emotional_words_over_a_familiar_flat_voice_follow_the_words(words, label, models, tmp_path):
+    """The same words with the voice of an unheard actor's neutral clip (a human voice the gate
+    counts fully): the fused label still follows the words. Features joined at the model, as
+    core.pipeline joins them (model_batch)."""
+    from core.encoders import build_contexts
+    from core.model import model_batch
+    from core.transcribe import load_whisper
+    neutral = [c for c in held_out_clips(1) if EMOTIONS[c.emotion] == "neutral"]
+    voices = torch.from_numpy(ravdess.clip_features(neutral, load_whisper("base", device="cpu"),
+                                                    cache_dir=tmp_path, quiet=True))
+    model = models.checkpoint.model
+    n = len(neutral)
+    text = models.text_encoder.encode([words] * n, build_contexts([words], *models.card.context) * n)
+    inputs, mask = model_batch(model.config, {"text": text, "audio": voices},
+                               {"text": torch.ones(n, dtype=torch.bool), "audio": torch.ones(n, dtype=torch.bool)},
+                               lambda m: True)
+    with torch.no_grad():
+        out = model(inputs, mask)
+    assert out.late_share["audio"].tolist() == [1.0] * n                       # counted fully
+    assert [EMOTIONS[i] for i in out.emotion_logits.argmax(-1).tolist()] == [label] * n
 
 
 @needs_ravdess

@@ -452,6 +452,24 @@ def test_the_detail_says_in_plain_words_what_decided():
     assert "The voice says **anger**, the words say **neutral**." in text
 
 
+def test_the_detail_says_when_an_unfamiliar_voice_counted_less_or_not_at_all():
+    s = make_session()
+    text = {"modality": "text", "present": True, "used_in_fusion": True, "emotion_probs": [0, 0, 0, 1, 0, 0, 0]}
+    voice = {"modality": "audio", "present": True, "used_in_fusion": True, "emotion_probs": [1, 0, 0, 0, 0, 0, 0],
+             "fusion_share": 0.41, "note": "sounds unlike the voices it learned from: counted at 41%"}
+    s.rows[0].opinions = [text, voice]
+    shown = views.detail_markdown(s, 0)
+    assert "The voice counted at 41% of its weight: it sounds unlike the voices the voice model learned from" in shown
+    voice_row = next(line for line in shown.splitlines() if line.startswith("| Voice"))
+    assert "counted at 41%" in voice_row and "**anger**" in voice_row      # its own opinion is still shown
+    s.rows[0].opinions = [text, {**voice, "used_in_fusion": False, "fusion_share": 0.0}]
+    shown = views.detail_markdown(s, 0)
+    assert "**Decided from** the words." in shown and "The voice was set aside" in shown
+    assert "The voice says **anger**" not in shown        # it did not take part
+    s.rows[0].opinions = [text, {**voice, "fusion_share": 1.0}]
+    assert "counted" not in views.decided_line(s.rows[0].opinions)
+
+
 def test_a_long_session_is_shown_a_page_at_a_time_around_the_selection():
     """20,000 rows redrawn on every edit took seconds (18 s for the chart alone): the table lists the
     page of 500 holding the selected row and the chart draws the 300 utterances around it."""

@@ -40,6 +40,11 @@ def fusion_section(model, trained: list[str], init=None) -> dict:
                       + ("; then core.model.late_fuse joins the own heads of " + ", ".join(late)
                          + " (neutral = no evidence: neutral only if every modality finds it so; the emotion is "
                            "the weighted pool of what each finds beyond neutral)" if late else ""))}
+    gate = getattr(model, "familiarity", None)
+    if gate is not None and "audio" in late and bool(torch.isfinite(gate.full)):
+        out["unfamiliar_voice"] = (f"the voice's late weight is scaled down as its feature lies outside the training "
+                                   f"voices' top {gate.basis.shape[0]} principal directions (core.familiarity): full "
+                                   f"up to distance {float(gate.full):.3f}, none from {float(gate.none):.3f}")
     if init is not None and init.card.data.get("fusion_how"):
         out["how_built"] = init.card.data["fusion_how"]
     return out

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from core import checkpoint as ck
+from core import familiarity
 from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel, ModelConfig, late_fuse
 
@@ -148,8 +149,10 @@ def text_logits(checkpoint: ck.Checkpoint, texts: list[str], contexts: list[str]
     return out.emotion_logits
 
 
-def fusion_checks(checkpoint, voice_emo: torch.Tensor, y: np.ndarray, meld_dev: str | None) -> dict:
-    """Worse-of-two accuracy per late weight on the paired checks (see the module docstring)."""
+def fusion_checks(checkpoint, voice_emo: torch.Tensor, y: np.ndarray, meld_dev: str | None,
+                  share: torch.Tensor | None = None) -> dict:
+    """Worse-of-two accuracy per late weight on the paired checks (see the module docstring).
+    share [N]: each voice's part of the weight (core.familiarity; default: all 1)."""
     neutral = EMOTIONS.index("neutral")
     flat = text_logits(checkpoint, [SENTENCE]).expand(len(y), -1)
     emotional_words = None
@@ -161,17 +164,19 @@ def fusion_checks(checkpoint, voice_emo: torch.Tensor, y: np.ndarray, meld_dev: 
         gold = torch.tensor([e.emotion for e in split.examples])
         keep = (words.argmax(-1) != neutral) & (gold != neutral) & (words.argmax(-1) == gold)
         emotional_words = words[keep]
+    share = torch.ones(len(y)) if share is None else share.float()
     flat_voices = voice_emo[torch.from_numpy(y == neutral)]
+    flat_shares = share[torch.from_numpy(y == neutral)]
     rows = {}
     for w in WEIGHTS:
         weight = torch.tensor(float(w))
-        fused = late_fuse(flat, [(voice_emo, torch.ones(len(y)), weight)], neutral).argmax(-1).numpy()
+        fused = late_fuse(flat, [(voice_emo, share, weight)], neutral).argmax(-1).numpy()
         follows_voice = float((fused == y).mean())
         follows_words = None
         if emotional_words is not None and len(emotional_words):
             g = torch.Generator().manual_seed(0)
-            pick = flat_voices[torch.randint(len(flat_voices), (len(emotional_words),), generator=g)]
-            f = late_fuse(emotional_words, [(pick, torch.ones(len(pick)), weight)], neutral).argmax(-1)
+            chosen = torch.randint(len(flat_voices), (len(emotional_words),), generator=g)
+            f = late_fuse(emotional_words, [(flat_voices[chosen], flat_shares[chosen], weight)], neutral).argmax(-1)
             follows_words = float((f == emotional_words.argmax(-1)).float().mean())
         rows[w] = {"flat_words_emotional_voice": round(100 * follows_voice, 1),
                    "emotional_words_flat_voice": None if follows_words is None else round(100 * follows_words, 1),
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     calm = np.array([c.calm for c in clips])
     scored = np.isin(view_of, scored_views)
     base = ck.load_checkpoint(args.checkpoint)
-    config = ModelConfig.from_dict({**base.model.config.to_dict(), "late": ["audio"]})
+    config = ModelConfig.from_dict({**base.model.config.to_dict(), "late": ["audio"],
+                                    "voice_familiarity": familiarity.COMPONENTS})
 
     results = []
     for recipe in RECIPES:
@@ -247,7 +253,15 @@ def main(argv: list[str] | None = None) -> dict:
     t = temperature(emo, ys)
     t_sentiment = temperature(sen, s[scored])     # each head its own: one T for both left the sentiment over-sure
     calibrated = emo / t
-    checks = fusion_checks(base, calibrated, ys, args.meld_dev)
+    # how far an unheard actor's voice lies from the training voices (core.familiarity): the
+    # distances up to the 99th percentile count fully, NONE_RATIO times that not at all
+    held_dist = familiarity.held_out_distances(x[scored], actor[scored])
+    full = float(np.percentile(held_dist[~calm_s], familiarity.FULL_QUANTILE))
+    none = full * familiarity.NONE_RATIO
+    share = familiarity.reliance(torch.from_numpy(held_dist), full, none)
+    log(f"familiarity: held-out distances median {np.median(held_dist):.3f}, p99 {full:.3f} (full), none at "
+        f"{none:.3f}; {100 * float((share < 1).float().mean()):.1f} % of held-out voices counted less")
+    checks = fusion_checks(base, calibrated, ys, args.meld_dev, share)
     weight = max(WEIGHTS, key=lambda w: min(v for v in checks[w].values() if isinstance(v, float)))
     log(f"kept {recipe}: {acc7:.1f} %; temperature {t:.3f}, sentiment {t_sentiment:.3f}; fusion checks by weight {json.dumps(checks)}; "
         f"weight {weight}")
@@ -262,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
         state[f"{head}.bias"] = state[f"{head}.bias"] / temp
     state["late_log_weight.audio"] = torch.tensor(float(np.log(weight)))
     model.load_state_dict(state)
+    scaler = voice_branch(model)["encoder"][0]
+    z = (x - scaler.mean.numpy()) / scaler.std.numpy()
+    model.familiarity.set(familiarity.fit_basis(z[scored]), full, none)
     card = base.card
     card.trained_modalities = sorted(set(card.trained_modalities) | {"audio"}, key=["text", "face", "audio",
                                                                                    "video"].index)
@@ -284,6 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
                              "recipes": [{"recipe": r, "accuracy": round(a, 1), "by_context": b}
                                          for a, r, _, b, _ in results]},
         "contexts": scored_views,
+        "familiarity": {
+            "what": "how far a voice feature lies outside the top principal directions of the training voices "
+                    "(core.familiarity); its late-fusion weight is scaled by 1 up to 'full', 0 from 'none', "
+                    "linear between; the voice's own opinion is still shown",
+            "components": familiarity.COMPONENTS, "full": round(full, 4), "none": round(none, 4),
+            "held_out_actor_distances": {"median": round(float(np.median(held_dist)), 4),
+                                         "p99": round(full, 4), "max": round(float(held_dist.max()), 4)},
+            "held_out_voices_counted_less_pct": round(100 * float((share < 1).float().mean()), 1)},
         **({"augmented_training_rows": [v for v in views if v not in scored_views]} if augment else {}),
     }
     card.data["fusion_how"] = (

@@ -221,8 +221,12 @@ def detail_markdown(session: Session | None, position: int | None) -> str:
 
 
 def decided_line(opinions: list[dict]) -> str:
-    """In plain words: which modalities decided this utterance, and where the voice and the words differ."""
+    """In plain words: which modalities decided this utterance, where the voice and the words
+    differ, and whether an unfamiliar-sounding voice was counted less."""
     used = [o for o in opinions if o.get("used_in_fusion") and o.get("present")]
+    voice = next((o for o in opinions if o.get("modality") == "audio" and o.get("present")
+                  and o.get("emotion_probs")), None)
+    share = float(voice.get("fusion_share", 1.0)) if voice else 1.0
     if not used:
         return ""
     names = [PLAIN_NAMES.get(o["modality"], o["modality"]) for o in used]
@@ -231,6 +235,10 @@ def decided_line(opinions: list[dict]) -> str:
            for o in used if o.get("emotion_probs")}
     if "text" in top and "audio" in top and top["text"] != top["audio"]:
         line += f" The voice says **{top['audio']}**, the words say **{top['text']}**."
+    if voice is not None and share < 0.995:
+        counted = "was set aside" if share <= 0.005 else f"counted at {share:.0%} of its weight"
+        line += (f" The voice {counted}: it sounds unlike the voices the voice model learned from "
+                 "(a synthetic voice, music or noise?).")
     return line
 
 
