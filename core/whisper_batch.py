@@ -5,7 +5,9 @@ decoded again from its last timestamp, and word timestamps run the encoder a sec
 speech is cut in its pauses into windows of at most 30 s, the encoder runs once per window (a few
 windows per batch), the greedy decoder steps through the whole batch at once, and the word
 alignment reuses the encoder's output. A window whose text looks wrong (too repetitive or too
-improbable) is decoded again by sampling at rising temperatures, as openai-whisper does. The
+improbable) is decoded again by sampling at rising temperatures, as openai-whisper does; when every
+temperature fails, the most probable attempt is kept (not openai-whisper's last, a sample at
+temperature 1.0: faster-whisper's choice, and under noise it halves what the retries cost). The
 segments come back in openai-whisper's format ("seek", "start", "end", "text", "tokens", "words",
 "avg_logprob", "no_speech_prob", ...), times in seconds from the start of the audio.
 
@@ -42,7 +44,7 @@ BATCH_CUDA = 16
 LOGPROB_THRESHOLD = -1.0          # openai-whisper's defaults for retrying a window (and 2.4 for
                                   # the compression ratio: core.repetition)
 NO_SPEECH_THRESHOLD = 0.6
-ENCODER_ENV = "WORKBENCH_WHISPER_ENCODER"   # "fp32", "bf16-top" or "bf16" (encoder_precision)
+ENCODER_ENV = "WORKBENCH_WHISPER_ENCODER"   # "fp32", "bf16-top", "bf16-bottom" or "bf16" (encoder_precision)
 DEFAULT_ENCODER = "fp32"
 
 
@@ -126,12 +128,16 @@ def _silence(result) -> bool:
     return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
+def _looping(result, repeated: bool = False) -> bool:
+    """Too repetitive to be speech, unless it is speech said again (`repeated`)."""
+    return result.compression_ratio > COMPRESSION_RATIO_THRESHOLD and not repeated
+
+
 def _needs_retry(result, speech: bool = False, repeated: bool = False) -> bool:
     """openai-whisper's fallback rule: too repetitive or too improbable, unless it is silence (which
     it is not when a voice-activity detector found speech in the window: `speech`). Repetitive
     text that is speech said again (`repeated`: core.repetition.said_again) is not a loop."""
-    looping = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD and not repeated
-    bad = looping or result.avg_logprob < LOGPROB_THRESHOLD
+    bad = _looping(result, repeated) or result.avg_logprob < LOGPROB_THRESHOLD
     return bad and (speech or not _silence(result))
 
 
@@ -147,6 +153,7 @@ def _decode(model, features: torch.Tensor, language: str, temperatures: tuple[fl
 
     results = model.decode(features, DecodingOptions(language=language, temperature=temperatures[0],
                                                      fp16=fp16))
+    attempts = [[r] for r in results]
     for t in temperatures[1:]:
         redo = [i for i, r in enumerate(results) if _needs_retry(r, speech, repeated(i, r))]
         if not redo:
@@ -154,6 +161,10 @@ def _decode(model, features: torch.Tensor, language: str, temperatures: tuple[fl
         again = model.decode(features[redo], DecodingOptions(language=language, temperature=t, fp16=fp16))
         for i, r in zip(redo, again):
             results[i] = r
+            attempts[i].append(r)
+    for i, tried in enumerate(attempts):     # every attempt failed: keep the most probable, not the last
+        if len(tried) > 1 and _needs_retry(results[i], speech, repeated(i, results[i])):
+            results[i] = max(tried, key=lambda r: (not _looping(r, repeated(i, r)), r.avg_logprob))
     return results
 
 
@@ -225,10 +236,29 @@ def encoder_precision(device_type: str = "cpu") -> str:
     if device_type != "cpu":
         return "fp16"
     wanted = os.environ.get(ENCODER_ENV, DEFAULT_ENCODER).strip().lower()
-    if wanted not in ("bf16", "bf16-top"):
+    if wanted not in ("bf16", "bf16-top", "bf16-bottom"):
         return "fp32"
     from .precision import native_bf16
     return wanted if native_bf16() else "fp32"
+
+
+def run_encoder_split_bf16(encoder, x: torch.Tensor, top: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """core.voice.run_encoder with one side of its LAYER in bfloat16 (autocast): the blocks above
+    it (top) or the convolutions and blocks up to it (bottom); the other side in fp32. Returns
+    (final states fp32, voice states)."""
+    from .voice import LAYER
+    with torch.autocast("cpu", dtype=torch.bfloat16) if not top else nullcontext():
+        x = torch.nn.functional.gelu(encoder.conv1(x))
+        x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+        x = (x + encoder.positional_embedding).to(x.dtype)
+        kept = x
+        for block in encoder.blocks[:LAYER + 1]:
+            x = block(x)
+        kept = x = x.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if top else nullcontext():
+        for block in encoder.blocks[LAYER + 1:]:
+            x = block(x)
+    return encoder.ln_post(x.float()).float(), kept
 
 
 def run_encoder_top_bf16(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +283,8 @@ def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
     kind = encoder_precision(model.device.type)
     if kind == "bf16-top":
         features, states = run_encoder_top_bf16(model.encoder, x)
+    elif kind == "bf16-bottom":
+        features, states = run_encoder_split_bf16(model.encoder, x, top=False)
     else:
         with torch.autocast("cpu", dtype=torch.bfloat16) if kind == "bf16" else nullcontext():
             features, states = _encoder_states(model, x)

@@ -110,6 +110,38 @@ def test_needs_retry_keeps_openai_whisper_rule_without_a_judge():
     assert wb._needs_retry(R(), speech=True, repeated=True)
 
 
+def test_when_every_temperature_fails_the_most_probable_attempt_is_kept():
+    """openai-whisper keeps the last attempt (a sample at temperature 1.0: under pink noise here,
+    average log-probability -3.1, words made up); like faster-whisper, the most probable is kept,
+    and an attempt that passes is kept as soon as it comes."""
+    from types import SimpleNamespace as R
+
+    import torch
+    script = {0.0: [-1.3, -1.5], 0.2: [-2.0, -0.4], 0.4: [-1.1], 0.6: [-2.5], 0.8: [-2.9], 1.0: [-3.1]}
+    asked = []
+
+    class Model:
+        def decode(self, features, options):
+            asked.append((options.temperature, len(features)))
+            return [R(avg_logprob=lp, compression_ratio=1.2, no_speech_prob=0.01, temperature=options.temperature,
+                      text="words") for lp in script[options.temperature]]
+    got = wb._decode(Model(), torch.zeros(2, 3), "en", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), False, speech=True)
+    assert [(r.temperature, r.avg_logprob) for r in got] == [(0.4, -1.1), (0.2, -0.4)]
+    assert asked == [(0.0, 2), (0.2, 2), (0.4, 1), (0.6, 1), (0.8, 1), (1.0, 1)]
+    # a looping attempt loses to any that is not, however probable it looks
+    script.update({0.0: [-1.2], 0.2: [-1.4], 0.4: [-2.0], 0.6: [-2.0], 0.8: [-2.0], 1.0: [-2.0]})
+    real = Model.decode
+
+    def loop_first(self, features, options):
+        out = real(self, features, options)
+        if options.temperature == 0.0:
+            out[0].compression_ratio = 3.5
+        return out
+    Model.decode = loop_first
+    got = wb._decode(Model(), torch.zeros(1, 3), "en", (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), False, speech=True)
+    assert (got[0].temperature, got[0].avg_logprob) == (0.2, -1.4)
+
+
 def test_one_sentence_fourteen_times_is_transcribed_without_a_fallback(model, monkeypatch):
     """14 RAVDESS actors (09-24) saying "Kids are talking by the door", 68 s with 1-s pauses: the
     window-wide repetition check used to take it for a loop and decode it again, hotter."""

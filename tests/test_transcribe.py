@@ -456,6 +456,21 @@ def test_bf16_top_encoder_keeps_the_voice_states_exactly(model, monkeypatch):
     assert (final - fp32_final).norm() / fp32_final.norm() < 0.05
 
 
+def test_bf16_bottom_encoder_is_close_to_fp32_and_selectable(model, monkeypatch):
+    """$WORKBENCH_WHISPER_ENCODER=bf16-bottom (measured, not the default: README): the convolutions
+    and the blocks up to the voice's in bfloat16, the blocks above in fp32."""
+    from core import voice
+    monkeypatch.setenv(wb.ENCODER_ENV, "bf16-bottom")
+    assert wb.encoder_precision("cpu") == ("bf16-bottom" if native_bf16() else "fp32")
+    x = torch.randn(1, model.dims.n_mels, 3000)
+    with torch.no_grad():
+        final, kept = wb.run_encoder_split_bf16(model.encoder, x, top=False)
+        fp32_final, fp32_kept = voice.run_encoder(model.encoder, x)
+    assert final.dtype == kept.dtype == torch.float32
+    assert 0 < (kept - fp32_kept).norm() / fp32_kept.norm() < 0.05
+    assert (final - fp32_final).norm() / fp32_final.norm() < 0.05
+
+
 def test_int8_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(wb.INT8_ENV, "0")
     fresh = tr._load_model("base", "cpu")

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         kinds = tuple(k.strip() for k in args.encoders.split(",") if k.strip())
-        unknown = [k for k in kinds if k not in ("bf16", "bf16-top", "fp32")]
+        unknown = [k for k in kinds if k not in ("bf16", "bf16-top", "bf16-bottom", "fp32")]
         if unknown:
             print(f"error: unknown encoder precision: {', '.join(unknown)} (bf16-top, bf16)", file=sys.stderr)
             return 2
