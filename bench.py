@@ -1,6 +1,6 @@
 """Benchmark: `python -m bench [--seconds 60 | --quick] [--batch 10] [--jobs 2] [--no-app] [--keep DIR] [--checkpoint DIR]`.
 
-`python -m bench --vs-faster-whisper [--encoders bf16-top,bf16]`: only our full analysis side by side
+`python -m bench --vs-faster-whisper [--encoders bf16-top,bf16-bottom,bf16]`: only our full analysis side by side
 with faster-whisper's transcript alone (tools/vs_faster_whisper.py), and with other Whisper encoder
 precisions when asked.
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                              "transcript alone (tools/vs_faster_whisper.py; installs it in its own venv)")
     parser.add_argument("--encoders", default="",
                         help="with --vs-faster-whisper: also time these Whisper encoder precisions "
-                             "(comma-separated: bf16-top, bf16)")
+                             "(comma-separated: bf16-top, bf16-bottom, bf16)")
     parser.add_argument("--keep", help="keep the generated media in this folder")
     parser.add_argument("--checkpoint", default=None,
                         help="analyse with this checkpoint folder (default: the shipped assets/model; "

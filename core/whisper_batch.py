@@ -14,8 +14,8 @@ segments come back in openai-whisper's format ("seek", "start", "end", "text", "
 On a CPU the decoder runs in dynamic int8 (speed_up_decoder; $WORKBENCH_WHISPER_INT8=0 keeps it
 fp32): decoding steps are memory-bound there, and the benchmark's transcript is word for word the
 same as in fp32 (bench.py prints the word error rate beside the time). The encoder stays fp32
-unless $WORKBENCH_WHISPER_ENCODER=bf16 (encoder_precision): about 1.5x faster on a CPU with native
-bfloat16, but the voice head reads its states.
+unless $WORKBENCH_WHISPER_ENCODER says bf16, bf16-top or bf16-bottom (encoder_precision): faster on
+a CPU with native bfloat16, but each loses words under noise (README, "Fourth round").
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ def _encoder_states(model, x: torch.Tensor):
 def encoder_precision(device_type: str = "cpu") -> str:
     """The Whisper encoder's precision on a device: "fp16" on a GPU. On a CPU, per
     $WORKBENCH_WHISPER_ENCODER: "fp32"; "bf16-top", the blocks above the voice's block (core.voice
-    LAYER) in bfloat16, so that the states the voice head reads stay exactly fp32; or "bf16", all of
-    it (about 1.5x faster, but it moves the voice's states). Either bf16 only where the CPU computes
+    LAYER) in bfloat16, so that the states the voice head reads stay exactly fp32; "bf16-bottom",
+    the blocks up to it; or "bf16", all of it (about 1.5x faster, but it moves the voice's states). Either bf16 only where the CPU computes
     in bfloat16 natively (AVX512-BF16, AMX); elsewhere "fp32"."""
     if device_type != "cpu":
         return "fp16"

@@ -1,6 +1,6 @@
 """Our full analysis side by side with faster-whisper's transcript alone, on the same machine, in one run.
 
-    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT|FILE.txt] [--repeats 3] [--encoders bf16-top,bf16] [--checkpoint DIR]
+    python -m tools.vs_faster_whisper VIDEO [--spoken TEXT|FILE.txt] [--repeats 3] [--encoders bf16-top,bf16-bottom,bf16] [--checkpoint DIR]
     python -m bench --vs-faster-whisper        # the same on the benchmark's talking video
 
 faster-whisper 1.2.1 is a yardstick, never a dependency of the project: it is installed into its own
@@ -182,7 +182,7 @@ def _ours(video: Path, models, whisper_model, env: dict[str, str]):
 def compare(video: Path, spoken: str | None = None, repeats: int = REPEATS, encoders: tuple[str, ...] = (),
             checkpoint: str | None = None) -> dict:
     """Alternate our analysis and faster-whisper's transcript of `video` (and, for each of `encoders`,
-    our analysis with that encoder precision: "bf16-top", "bf16"; core.whisper_batch.encoder_precision);
+    our analysis with that encoder precision: "bf16-top", "bf16-bottom", "bf16"; core.whisper_batch.encoder_precision);
     print the medians."""
     from core.pipeline import STAGES, load_models
     from core.transcribe import load_whisper, word_error_rate
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="our checkpoint folder (default: the shipped assets/model)")
     parser.add_argument("--encoders", default="",
                         help="also time our analysis with these Whisper encoder precisions, comma-separated: "
-                             "bf16-top (the blocks above the voice's in bfloat16), bf16 (all of it)")
+                             "bf16-top (the blocks above the voice's in bfloat16), bf16-bottom (those up to it), bf16 (all of it)")
     args = parser.parse_args(argv)
     from core.checkpoint import CheckpointError
     if not args.video.is_file():
