@@ -34,7 +34,8 @@ from .writes import os_error_line
 
 MEDIA_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".wav", ".mp3", ".m4a", ".ogg", ".flac"}
 CSV_COLUMNS = ["id", "start", "end", "text", "emotion", "emotion_confidence", "sentiment",
-               "sentiment_confidence", "face_emotion", "face_confidence", "error"]
+               "sentiment_confidence", "face_emotion", "face_confidence", "voice_emotion", "voice_confidence",
+               "voice_counted", "error"]
 ENGINES = ("local", "ray")
 STAMP_KEY = "batch"             # NAME.json's record of what made it: {"sha256": file, "models": signature}
 MAX_STAMPED_JSON = 64 << 20     # a NAME.json bigger than this is not read back for resuming
@@ -90,12 +91,16 @@ def analysis_rows(analysis: Analysis) -> list[list]:
     """One flat row per utterance (CSV_COLUMNS): what a spreadsheet user wants to see."""
     rows = []
     for p in analysis.utterances:
-        face = p.opinion("face")
+        face, voice = p.opinion("face"), p.opinion("audio")
         face_ok = face is not None and face.present
+        voice_ok = voice is not None and voice.present and bool(voice.emotion_probs)
         rows.append([p.index, round(p.utterance.start, 3), round(p.utterance.end, 3), p.utterance.text,
                      p.emotion, round(p.confidence, 4), p.sentiment,
                      round(max(p.sentiment_probs), 4) if p.sentiment_probs else None,
                      face.emotion if face_ok else "", round(max(face.emotion_probs), 4) if face_ok else None,
+                     voice.emotion if voice_ok else "", round(max(voice.emotion_probs), 4) if voice_ok else None,
+                     # the voice's share of its fusion weight (core.familiarity); 0 when it was not fused
+                     (round(voice.fusion_share, 3) if voice.used_in_fusion else 0.0) if voice_ok else None,
                      p.error])
     return rows
 

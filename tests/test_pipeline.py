@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from core import encoders, face_grid, pipeline
+from core.labels import EMOTIONS
 from core.types import Analysis
 from tests import mediagen
 from tests.conftest import THREE_SENTENCES
@@ -105,7 +106,13 @@ def test_batch_folder_writes_json_and_csv_per_video(talking_video, media_dir, tm
     assert "1 analysed, 1 failed" in proc.stdout and "broken.mp4" in proc.stdout
     table = pd.read_csv(tmp_path / "out" / "a.csv")
     assert len(table) == 3 and "door" in table.loc[0, "text"].lower()
-    assert json.loads((tmp_path / "out" / "a.json").read_text())["utterances"][2]["emotion"]
+    saved = json.loads((tmp_path / "out" / "a.json").read_text())["utterances"]
+    assert saved[2]["emotion"]
+    # the voice's opinion and how much fusion counted it (a synthetic voice: less than fully)
+    voices = [next(o for o in u["opinions"] if o["modality"] == "audio") for u in saved]
+    assert list(table["voice_emotion"]) == [max(zip(v["emotion_probs"], EMOTIONS))[1] for v in voices]
+    assert list(table["voice_counted"]) == [round(v["fusion_share"], 3) if v["used_in_fusion"] else 0.0 for v in voices]
+    assert all(0.0 <= c < 1.0 for c in table["voice_counted"])
 
 
 def test_a_gpu_is_picked_when_there_is_one(monkeypatch):
