@@ -13,7 +13,8 @@ outside them is unfamiliar:
 
 and its weight in late fusion (core.model.late_fuse) falls from 1 to 0 as the distance goes from
 `full` (the 99th percentile of held-out actors' distances in training: a voice as familiar as
-99 % of unheard actors counts fully) to `none` (chosen on degraded held-out speech, train.voice).
+99 % of unheard actors counts fully) to `none` (NONE_RATIO times that: held-out speech degraded
+that far is right little more often than chance; README, "An unfamiliar voice counts less").
 The voice's own opinion is still shown, with a note; only its say in the fused label shrinks.
 """
 
@@ -32,7 +33,7 @@ class Familiarity(nn.Module):
     """Buffers: basis [K, d] (orthonormal rows), full and none (distance thresholds).
 
     forward(z) takes standardised features [B, d] and returns (distance [B], weight [B] in 0..1).
-    Until fitted (basis all zero) every voice counts fully."""
+    Until fitted (thresholds infinite) every voice counts fully."""
 
     def __init__(self, dim: int, components: int = COMPONENTS):
         super().__init__()

@@ -142,7 +142,7 @@ class EmotionModel(nn.Module):
         """
         batch = next(iter(inputs.values())).shape[0]
         device = next(self.parameters()).device
-        parts, per_modality, late, share = [], {}, {}, {}
+        parts, per_modality, share = [], {}, {}
         for m in self.config.modalities:
             if m not in inputs:
                 parts.append(torch.zeros(batch, self.config.hidden, device=device))
@@ -151,7 +151,6 @@ class EmotionModel(nn.Module):
             per_modality[m] = (self.emotion_by[m](h), self.sentiment_by[m](h))
             keep = torch.ones(batch, device=device) if mask is None or m not in mask \
                 else mask[m].to(device=device, dtype=h.dtype)
-            late[m] = keep
             if m in self.config.late:
                 share[m] = keep
                 if m == "audio" and hasattr(self, "familiarity"):   # an unfamiliar voice counts less
