@@ -24,9 +24,12 @@
    - emotional words, flat voice: MELD dev utterances whose words the text model reads as an
      emotion, each with the voice of a held-out neutral RAVDESS clip; the fused label should be
      the words' label.
-   The weight in WEIGHTS with the best worse-of-the-two is kept.
+   The weight in WEIGHTS with the best worse-of-the-two is kept. Each held-out voice counts in
+   these pairs as the app would count it (core.familiarity): fully up to the 99th percentile of
+   the held-out actors' distances from the training voices, not at all from NONE_RATIO times that.
 4. The head is trained once more on all 16 actors, calibrated, and written into the checkpoint as
-   a late-fused modality (core.model.late_fuse) with that weight; the voice tensors go to their
+   a late-fused modality (core.model.late_fuse) with that weight and the familiarity gate (the
+   training voices' principal directions and the two distances); the voice tensors go to their
    own file (voice.safetensors) with the licence notice beside it (CC BY-NC-SA 4.0), and the card
    records all of the above. The last stdout line is one JSON object.
 """
