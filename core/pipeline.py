@@ -24,7 +24,7 @@ import torch
 from . import cache, encoders, face_grid, media, voice
 from .checkpoint import Checkpoint, load_or_untrained
 from .model import model_batch
-from .labels import sentiment_from_emotions
+from .opinions import face_opinion, head_opinion, with_share
 from .threads import one_cpu_thread
 from .transcribe import load_whisper, transcribe
 from .whisper_batch import capture_states
@@ -39,7 +39,6 @@ FRAME_SIDE = 480          # frames are read at most this large (face detection t
 WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
 VOICE_WHISPER = "base"    # the Whisper whose encoder states the voice branch learned on (core.voice)
-UNFAMILIAR_VOICE = "sounds unlike the voices it learned from"   # core.familiarity
 VOICE_FROM_WINDOWS = True  # read voices from transcription's window states (else: a window per utterance)
 
 
@@ -347,52 +346,15 @@ def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=
     for i, pred in enumerate(preds):
         pred.emotion_probs, pred.sentiment_probs = emo[i], sen[i]
         pred.opinions = [
-            _head_opinion("text", heads, i, True, "", trained, use),
-            _face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
+            head_opinion("text", heads, i, True, "", trained, use),
+            face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
             ModalityOpinion("audio", audio_ok[i], note=models.voice_refused) if models.voice_refused else
-            _with_share(_head_opinion("audio", heads, i, audio_ok[i],
+            with_share(head_opinion("audio", heads, i, audio_ok[i],
                                       "" if audio_ok[i] else "silent: no voice under this utterance", trained, use),
                         voice_share[i]),
-            _head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]
+            head_opinion("video", heads, i, True, "", trained, use) if video_ok[i]
             else ModalityOpinion("video", False, note=_video_note(models)),
         ]
-
-
-def _head_opinion(m, heads, i, present, why_absent, trained, use) -> ModalityOpinion:
-    if not present:
-        return ModalityOpinion(m, False, note=why_absent)
-    if m not in heads:
-        return ModalityOpinion(m, True, note="this checkpoint has no input for this modality")
-    if m not in trained:
-        return ModalityOpinion(m, True, note="head untrained in this checkpoint: opinion not shown",
-                               used_in_fusion=use(m))
-    e, s = heads[m]
-    return ModalityOpinion(m, True, e[i], s[i], note="", used_in_fusion=True)
-
-
-def _with_share(opinion: ModalityOpinion, share: float) -> ModalityOpinion:
-    """Mark a voice that fusion counted less because it sounds unlike the voices its head learned
-    from (core.familiarity)."""
-    if not (opinion.present and opinion.used_in_fusion and opinion.emotion_probs) or share >= 0.995:
-        return opinion
-    opinion.fusion_share = round(float(share), 3)
-    if share <= 0.005:
-        opinion.used_in_fusion = False
-        opinion.note = UNFAMILIAR_VOICE + ": not counted"
-    else:
-        opinion.note = f"{UNFAMILIAR_VOICE}: counted at {share:.0%}"
-    return opinion
-
-
-def _face_opinion(face, ok: bool, fused: bool) -> ModalityOpinion:
-    if face is None:
-        return ModalityOpinion("face", False, note="no video")
-    if not ok:
-        return ModalityOpinion("face", False, note=f"no face found in {face.frames_seen} frames")
-    probs = list(face.emotion_probs)
-    return ModalityOpinion("face", True, probs, sentiment_from_emotions(probs),
-                           note=f"pretrained FER2013 net, face in {face.frames_with_face}/{face.frames_seen} frames",
-                           used_in_fusion=fused)
 
 
 def _video_note(models: Models) -> str:
