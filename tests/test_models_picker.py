@@ -91,6 +91,10 @@ def test_card_summary_is_readable(shared_data):
                                                          "shipped"))
     dev = ck.read_card(ck.DEFAULT_CHECKPOINT).metrics["dev"]
     assert "Trained on:** text" in shipped
+    gate = ck.read_card(ck.DEFAULT_CHECKPOINT).data["voice"]["familiarity"]
+    assert (f"Voice:** counted fully up to familiarity distance {gate['full']:.2f}, not at all from "
+            f"{gate['none']:.2f}") in shipped
+    assert "Voice:**" not in text                        # a card without the gate says nothing about it
     assert f"Dev weighted F1:** emotion {dev['emotion_weighted_f1']:.2f}" in shipped
 
 

@@ -108,7 +108,11 @@ def card_facts(card: ModelCard) -> dict[str, Any]:
             kept = {k: m[k] for k in ("emotion_weighted_f1", "sentiment_weighted_f1") if _is_num(m.get(k))}
             if kept:
                 metrics[split] = kept
-    return {"name": card.name, "trained_modalities": list(card.trained_modalities),
+    voice = card.data.get("voice") if isinstance(card.data.get("voice"), dict) else {}
+    gate = voice.get("familiarity") if isinstance(voice.get("familiarity"), dict) else {}
+    voice_gate = ({"full": float(gate["full"]), "none": float(gate["none"])}
+                  if _is_num(gate.get("full")) and _is_num(gate.get("none")) else None)
+    return {"name": card.name, "trained_modalities": list(card.trained_modalities), "voice_gate": voice_gate,
             "text_encoder": str(card.text_encoder.get("name", "")),
             "context_turns": _int(card.text_encoder.get("context_turns")),
             "context_ahead": _int(card.text_encoder.get("context_ahead")),
@@ -132,6 +136,9 @@ def card_markdown(entry: Entry | None, current: bool = False) -> str:
                                      f"{f['context_ahead']} following" if f["context_ahead"] else "") if p)
     if f["text_encoder"]:
         lines.append(f"- **Text encoder:** {f['text_encoder']}" + (f", {context} utterances as context" if context else ""))
+    if f["voice_gate"]:
+        lines.append(f"- **Voice:** counted fully up to familiarity distance {f['voice_gate']['full']:.2f}, "
+                     f"not at all from {f['voice_gate']['none']:.2f} (a voice unlike those it learned from counts less)")
     if f["rows"]:
         lines.append("- **Data:** " + " · ".join(f"{split} {n:,} rows" for split, n in f["rows"].items()))
     if not f["metrics"]:
