@@ -242,9 +242,10 @@ def test_the_loops_small_data_voice_is_a_closed_form_ridge_chosen_by_held_out_di
     assert few is model and none is None
 
 
-def test_training_only_augmentation_changes_speed_or_adds_noise_at_the_stated_level():
-    """train.voice --augment: a clip played at 0.9 or 1.1 speed lasts 1/0.9 or 1/1.1 as long; noise
-    sits NOISE_SNR_DB below the clip's power; an unknown kind is refused."""
+def test_training_only_augmentation_changes_speed_pitch_or_adds_noise_at_the_stated_level():
+    """train.voice --augment: a clip played at 0.9 or 1.1 speed lasts 1/0.9 or 1/1.1 as long; a
+    pitch shift moves a tone by the drawn semitones and keeps the length; noise sits NOISE_SNR_DB
+    below the clip's power; an unknown kind is refused."""
     from train import voice_states as vs
     t = np.arange(16000) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
@@ -259,5 +260,15 @@ def test_training_only_augmentation_changes_speed_or_adds_noise_at_the_stated_le
     noisy, _ = vs.perturb(audio, "noise", rng)
     snr = 10 * np.log10(np.mean(audio.astype(np.float64) ** 2) / np.mean((noisy - audio).astype(np.float64) ** 2))
     assert abs(snr - vs.NOISE_SNR_DB) < 0.5 and noisy.dtype == np.float32
+    shifts = set()
+    for _ in range(6):
+        higher_or_lower, what = vs.perturb(audio, "pitch", rng)
+        steps = int(what.removeprefix("pitch"))
+        spectrum = np.abs(np.fft.rfft(higher_or_lower[2000:-2000]))        # away from the edges
+        peak = np.fft.rfftfreq(len(higher_or_lower) - 4000, 1 / 16000)[spectrum.argmax()]
+        assert steps in vs.PITCH_STEPS and len(higher_or_lower) == len(audio)
+        assert abs(peak - 220 * 2 ** (steps / 12)) < 3                    # 246.9 or 196.0 Hz
+        shifts.add(steps)
+    assert len(shifts) == 2
     with pytest.raises(ValueError, match="unknown augmentation"):
-        vs.perturb(audio, "pitch", rng)
+        vs.perturb(audio, "echo", rng)

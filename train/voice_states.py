@@ -27,7 +27,8 @@ from .ravdess import VoiceClip, states_in_windows
 WINDOW_SECONDS = 28.0
 GAP = 0.6
 SPEEDS = (0.9, 1.1)             # training-only augmentation: each clip played at one of these speeds ...
-NOISE_SNR_DB = 20.0             # ... or under white noise at this signal-to-noise ratio
+NOISE_SNR_DB = 20.0             # ... or under white noise at this signal-to-noise ratio ...
+PITCH_STEPS = (-2, 2)           # ... or its pitch moved by this many semitones, tempo kept
 
 
 def _cache_path(kind: str, clips: list[VoiceClip], model, cache_dir, settings: str) -> Path:
@@ -78,7 +79,8 @@ def clip_states(clips: list[VoiceClip], model, cache_dir: str | Path | None = No
 def perturb(audio: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """A training-only copy of a clip's audio and what was done: `speed` plays it at one of SPEEDS
     (resampled, so pitch moves with tempo: another voice of the same utterance), `noise` adds white
-    noise at NOISE_SNR_DB dB below the clip's power."""
+    noise at NOISE_SNR_DB dB below the clip's power, `pitch` moves its pitch by one of PITCH_STEPS
+semitones and keeps its tempo (torchaudio's phase vocoder)."""
     from fractions import Fraction
 
     from scipy.signal import resample_poly
@@ -91,7 +93,31 @@ def perturb(audio: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.
         power = float(np.mean(audio.astype(np.float64) ** 2)) or 1e-8
         noise = rng.standard_normal(len(audio)) * np.sqrt(power / 10 ** (NOISE_SNR_DB / 10))
         return (audio + noise).astype(np.float32), f"noise{NOISE_SNR_DB:g}dB-{int(rng.integers(1 << 30))}"
-    raise ValueError(f"unknown augmentation {kind!r} (speed, noise)")
+    if kind == "pitch":
+        steps = int(rng.choice(PITCH_STEPS))
+        return pitch_shift(audio, steps), f"pitch{steps:+d}"
+    raise ValueError(f"unknown augmentation {kind!r} (speed, noise, pitch)")
+
+
+def pitch_shift(audio: np.ndarray, semitones: int) -> np.ndarray:
+    """`audio` (16 kHz) with its pitch moved by `semitones` and its length kept: stretched in time
+    by the phase vocoder, then resampled back (torchaudio's own pitch_shift resamples by an exact
+    ratio, 19 s for a 4-s clip here; a rational approximation within 0.1 % takes milliseconds)."""
+    from fractions import Fraction
+
+    import torch
+    import torchaudio.functional as AF
+    from scipy.signal import resample_poly
+    rate = 2.0 ** (semitones / 12.0)
+    n_fft, hop = 512, 128
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(torch.from_numpy(np.asarray(audio, np.float32)), n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0, np.pi * hop, spec.shape[-2])[..., None]
+    stretched = AF.phase_vocoder(spec, 1.0 / rate, advance)           # rate times longer, same pitch
+    longer = torch.istft(stretched, n_fft, hop, window=window).numpy()
+    ratio = Fraction(rate).limit_denominator(200)                    # back to the length: pitch x rate
+    out = resample_poly(longer, ratio.denominator, ratio.numerator).astype(np.float32)
+    return np.pad(out, (0, max(0, len(audio) - len(out))))[: len(audio)]
 
 
 def augmented_clip_states(clips: list[VoiceClip], model, kind: str, seed: int = 0,

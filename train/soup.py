@@ -1,0 +1,163 @@
+"""Average several text runs trained from one checkpoint into one model (a "model soup").
+
+    python -m train.soup --from runs/a runs/b runs/c --out runs/soup --dev ../shared/data/meld/dev_sent_emo.csv
+
+Runs that start from the same checkpoint and differ only in their seed end in nearby weights, and
+their average usually scores at least as well as the runs themselves (Wortsman et al., "Model
+soups", ICML 2022), at one model's cost. Here:
+
+- the fusion model's tensors (text projection, fusion layer, heads) are averaged, except the voice
+  branch, which must be the same in every run (it is taken as it is);
+- each LoRA-adapted layer's update is averaged exactly (mean of B_i @ A_i, in float32) and stored
+  again as one low-rank pair from its singular value decomposition, at the rank that holds the
+  update exactly (singular values under SVD_TOLERANCE of the largest dropped), or at --max-rank
+  where that is less, so that text_encoder.safetensors stays under the 10 MB a Space accepts
+  without Git LFS; what the cut loses is printed and kept in the card (`data.soup`);
+- other tuned text tensors are averaged.
+
+The card is the first run's, with data.soup saying what was averaged; with --dev the written files
+are scored again (train.evaluate) and the card's metrics.dev are those scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+
+import torch
+
+from core import checkpoint as ck
+from core.lora import A_SUFFIX, B_SUFFIX, is_lora
+
+from . import loop
+from .data import load_text_split
+from .evaluate import evaluate_split
+
+SVD_TOLERANCE = 1e-4        # singular values below this share of the largest hold nothing
+SIZE_LIMIT_MB = 9.5         # text_encoder.safetensors in fp16, below a Space's 10 MB limit
+
+
+def mean_update(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The mean of the runs' updates B_i @ A_i for one layer, in float32."""
+    return sum(b.float() @ a.float() for a, b in pairs) / len(pairs)
+
+
+def low_rank(update: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A [r, in], B [out, r], relative Frobenius error) with B @ A closest to `update` at rank r:
+    the rank that holds it up to SVD_TOLERANCE, at most max_rank."""
+    u, s, vh = torch.linalg.svd(update, full_matrices=False)
+    held = int((s > s[0] * SVD_TOLERANCE).sum()) if s.numel() and s[0] > 0 else 0
+    r = max(1, min(held, max_rank))
+    root = s[:r].sqrt()
+    a, b = root[:, None] * vh[:r], u[:, :r] * root[None, :]
+    error = float(s[r:].square().sum().sqrt() / s.square().sum().sqrt().clamp(min=1e-30))
+    return a.contiguous(), b.contiguous(), error
+
+
+def soup_text_state(states: list[dict[str, torch.Tensor]], max_rank: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The averaged text-encoder tensors, and a report (rank kept, largest and overall cut error)."""
+    keys = set(states[0])
+    if any(set(s) != keys for s in states[1:]):
+        raise ck.CheckpointError("the runs tuned different text-encoder tensors; only runs of one recipe can be averaged")
+    out: dict[str, torch.Tensor] = {}
+    errors, ranks, kept, total = [], [], 0.0, 0.0
+    for name in sorted(keys):
+        if not is_lora(name):
+            out[name] = sum(s[name].float() for s in states) / len(states)
+        elif name.endswith(A_SUFFIX):
+            layer = name[: -len(A_SUFFIX)]
+            update = mean_update([(s[name], s[layer + B_SUFFIX]) for s in states])
+            a, b, error = low_rank(update, max_rank)
+            out[name], out[layer + B_SUFFIX] = a, b
+            errors.append(error)
+            ranks.append(a.shape[0])
+            norm = float(update.square().sum())
+            total, kept = total + norm, kept + norm * (1 - error ** 2)
+    report = {"lora_rank": max(ranks, default=0),
+              "largest_relative_error": round(max(errors, default=0.0), 6),
+              "relative_error": round((max(total - kept, 0.0) / total) ** 0.5, 6) if total else 0.0}
+    return out, report
+
+
+def fp16_megabytes(state: dict[str, torch.Tensor]) -> float:
+    return sum(t.numel() for t in state.values()) * 2 / 1e6
+
+
+def soup(runs: list[ck.Checkpoint], max_rank: int = 0) -> tuple[ck.Checkpoint, dict]:
+    """One checkpoint averaging `runs` (same shapes, same voice). max_rank 0: the largest rank whose
+    text file fits SIZE_LIMIT_MB."""
+    if len(runs) < 2:
+        raise ck.CheckpointError("a soup needs at least two runs")
+    first = runs[0]
+    states = [r.model.state_dict() for r in runs]
+    if any(set(s) != set(states[0]) or any(s[k].shape != v.shape for k, v in states[0].items()) for s in states[1:]):
+        raise ck.CheckpointError("the runs' fusion models differ in shape")
+    if any(r.card.text_encoder.get("name") != first.card.text_encoder.get("name") for r in runs):
+        raise ck.CheckpointError("the runs read the words with different text encoders")
+    merged = {}
+    for k, v in states[0].items():
+        if k.startswith(ck.VOICE_PREFIXES) or not v.is_floating_point():
+            if any(not torch.equal(s[k], v) for s in states[1:]):
+                raise ck.CheckpointError(f"the runs' voice branches differ ({k}); soup text runs, then train.swap_text")
+            merged[k] = v.clone()
+        else:
+            merged[k] = sum(s[k] for s in states) / len(states)
+    model = copy.deepcopy(first.model)
+    model.load_state_dict(merged)
+    rank_cap = max_rank
+    if rank_cap <= 0:                   # find the largest rank that fits the size limit
+        rank_cap = 1024
+        while rank_cap > 1:
+            text, report = soup_text_state([r.text_state for r in runs], rank_cap)
+            if fp16_megabytes(text) <= SIZE_LIMIT_MB:
+                break
+            rank_cap = max(1, int(rank_cap * SIZE_LIMIT_MB / fp16_megabytes(text)))
+    text, report = soup_text_state([r.text_state for r in runs], rank_cap)
+    card = copy.deepcopy(first.card)
+    card.created = ""
+    if "lora" in card.text_encoder and report["lora_rank"]:
+        card.text_encoder["lora"] = {**card.text_encoder["lora"], "rank": report["lora_rank"]}
+    report.update(runs=len(runs), text_megabytes_fp16=round(fp16_megabytes(text), 2))
+    return ck.Checkpoint(model.eval(), card, text), report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__.split("\n\n")[0])
+    p.add_argument("--from", dest="runs", nargs="+", required=True, help="checkpoint folders to average")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--max-rank", type=int, default=0,
+                   help=f"LoRA rank to store at most (default: the largest that keeps the file under {SIZE_LIMIT_MB} MB)")
+    p.add_argument("--dev", default=None, help="MELD-format CSV to score the written files on")
+    args = p.parse_args(argv)
+    try:
+        runs = [ck.load_checkpoint(r) for r in args.runs]
+        result, report = soup(runs, args.max_rank)
+        result.card.data["soup"] = {"from": [r.card.name for r in runs], "folders": list(args.runs), **report,
+                                    "how": "uniform mean of the runs' fusion weights and of each layer's LoRA "
+                                           "update (B @ A), stored again by SVD (train.soup)"}
+        ck.save_checkpoint(args.out, result.model, result.card, result.text_state)
+        print(f"averaged {len(runs)} runs: LoRA rank {report['lora_rank']}, text file "
+              f"{report['text_megabytes_fp16']} MB, update lost to the cut {100 * report['relative_error']:.3f} %",
+              file=sys.stderr)
+        summary = {"out": args.out, **report}
+        if args.dev:
+            card = result.card
+            turns, ahead = card.context
+            split = load_text_split(args.dev, turns, None, ahead)
+            scores = evaluate_split(split, ck.load_checkpoint(args.out))
+            card.metrics = {**card.metrics, "dev": {**loop.headline(scores), "rows": len(split.examples),
+                                                    **{k: scores[k] for k in ("emotion", "sentiment", "heads") if k in scores}}}
+            card.metrics.pop("dev_during_training", None)
+            card.metrics.pop("best_epoch", None)
+            ck.save_checkpoint(args.out, result.model, card, result.text_state)
+            summary.update(loop.headline(scores))
+    except ck.CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
