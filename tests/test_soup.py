@@ -82,9 +82,13 @@ def test_soup_written_by_the_command_loads_and_reads_words_as_the_mean_update(tm
 
 
 def test_runs_with_different_voices_or_shapes_are_refused_in_one_line(tmp_path, runs):
-    other = ck.Checkpoint(copy.deepcopy(runs[1].model), runs[1].card, runs[1].text_state)
+    other = ck.Checkpoint(copy.deepcopy(runs[1].model), copy.deepcopy(runs[1].card), runs[1].text_state)
     with torch.no_grad():
         next(p for n, p in other.model.named_parameters() if n.startswith(ck.VOICE_PREFIXES)).add_(1.0)
+    untrained_voice, _ = soup.soup([runs[0], other])                 # text runs: the first run's voice, as it is
+    assert all(torch.equal(v, runs[0].model.state_dict()[k]) for k, v in untrained_voice.model.state_dict().items()
+               if k.startswith(ck.VOICE_PREFIXES))
+    other.card.trained_modalities = ["text", "audio"]                  # a trained voice must be the same in all
     with pytest.raises(ck.CheckpointError, match="voice"):
         soup.soup([runs[0], other])
     with pytest.raises(ck.CheckpointError, match="at least two"):

@@ -310,3 +310,49 @@ def test_recipe_in_one_command_stopped_twice_and_resumed_ends_where_an_unstopped
     for name in (ck.MODEL_FILE, ck.TEXT_FILE):
         a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "parts" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_soup_recipe_runs_the_second_stage_with_three_seeds_then_averages_them():
+    from train import recipe, train
+    runs = [MPNET_COMMANDS[1] + f" --seed {seed}" for seed in (2, 3, 4)]
+    plan = _plan_runs("mpnet-lora16-top6-soup", "runs/mpnet", ["lora16", "more-s2", "more-s3", "more-s4", "more"],
+                      MPNET_COMMANDS[:1] + runs)
+    ckpts = [str(Path(f"runs/mpnet/more-s{seed}/checkpoint")) for seed in (2, 3, 4)]
+    assert [argv[argv.index("--out") + 1] for _, argv, _ in plan[1:4]] == ckpts
+    assert all(argv[argv.index("--init") + 1] == str(Path("runs/mpnet/lora16/checkpoint")) for _, argv, _ in plan[1:4])
+    soup_step, argv, _ = plan[4]
+    assert soup_step.soup and argv == ["--from", *ckpts, "--out", "runs/mpnet", "--dev", "D"]
+    kept = recipe.stage_argvs(train.build_parser(), train.parse_args(
+        "--train T --dev D --out runs/mpnet --recipe mpnet-lora16-top6-soup --keep-states".split()))
+    assert all(argv[argv.index("--states-dir") + 1] == str(Path("runs/mpnet")) for s, argv, _ in kept if not s.soup)
+
+
+def test_a_seeded_stage_stopped_between_its_runs_resumes_and_averages_them(tmp_path, monkeypatch):
+    """A tiny recipe (LoRA on the packaged MiniLM, one epoch, two seeds): stopped after the first
+    run, resumed; the output is the soup of both runs, and the second run differs from the first."""
+    from safetensors.torch import load_file
+    from train import recipe
+    monkeypatch.setitem(recipe.RECIPES, "tiny-soup", (
+        recipe.Stage("lora", {"tune_layers": 0, "tune_attention": 0, "lora_rank": 4, "encoder_lr": 1e-3,
+                              "context_turns": 1, "ema": 0.0, "epochs": 1}, seeds=2),))
+
+    def run(*extra):
+        from train import train
+        threads = torch.get_num_threads()
+        try:
+            return train.main(["--train", str(TINY), "--dev", str(TINY), "--out", str(tmp_path / "out"),
+                               "--tb", str(tmp_path / "tb"), "--recipe", "tiny-soup", "--seed", "5",
+                               "--threads", "1", "--batch-size", "14", "--quiet", "--no-final-eval", *extra])
+        finally:
+            torch.set_num_threads(threads)
+
+    first = run("--stop-after", "1")
+    assert not first["complete"] and not (tmp_path / "out").exists()
+    last = run("--resume")
+    assert last["complete"] and last["runs"] == 2 and last["lora_rank"] == 8
+    card = ck.read_card(tmp_path / "out")
+    assert card.data["soup"]["folders"] == [str(tmp_path / "tb" / f"lora-s{s}" / "checkpoint") for s in (5, 6)]
+    a, b = (load_file(str(tmp_path / "tb" / f"lora-s{s}" / "checkpoint" / ck.TEXT_FILE)) for s in (5, 6))
+    assert any(not torch.equal(a[k], b[k]) for k in a)                  # two seeds, two runs
+    again = run("--resume")                                             # all done: nothing is trained again
+    assert again["complete"] and again["runs"] == 2

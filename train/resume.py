@@ -23,7 +23,7 @@ import torch
 STATE_FILE = "resume.pt"
 # arguments that may differ between the stopped run and its resumption
 FREE_ARGS = ("resume", "stop_after", "threads", "quiet", "no_final_eval", "tb", "out", "save_every",
-             "keep_states", "device")
+             "keep_states", "states_dir", "device")
 
 
 class ResumeError(ValueError):

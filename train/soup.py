@@ -7,7 +7,7 @@ their average usually scores at least as well as the runs themselves (Wortsman e
 soups", ICML 2022), at one model's cost. Here:
 
 - the fusion model's tensors (text projection, fusion layer, heads) are averaged, except the voice
-  branch, which must be the same in every run (it is taken as it is);
+  branch, which is taken from the first run (a trained voice must be the same in every run);
 - each LoRA-adapted layer's update is averaged exactly (mean of B_i @ A_i, in float32) and stored
   again as one low-rank pair from its singular value decomposition, at the rank that holds the
   update exactly (singular values under SVD_TOLERANCE of the largest dropped), or at --max-rank
@@ -96,10 +96,11 @@ def soup(runs: list[ck.Checkpoint], max_rank: int = 0) -> tuple[ck.Checkpoint, d
         raise ck.CheckpointError("the runs' fusion models differ in shape")
     if any(r.card.text_encoder.get("name") != first.card.text_encoder.get("name") for r in runs):
         raise ck.CheckpointError("the runs read the words with different text encoders")
+    heard = any("audio" in r.card.trained_modalities for r in runs)   # else the voice branch is untrained
     merged = {}
     for k, v in states[0].items():
         if k.startswith(ck.VOICE_PREFIXES) or not v.is_floating_point():
-            if any(not torch.equal(s[k], v) for s in states[1:]):
+            if heard and any(not torch.equal(s[k], v) for s in states[1:]):
                 raise ck.CheckpointError(f"the runs' voice branches differ ({k}); soup text runs, then train.swap_text")
             merged[k] = v.clone()
         else:

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-states", action="store_true",
                    help="keep the frozen layers' output in the run folder (--tb), so that --resume reads it "
                         "instead of computing it again")
+    p.add_argument("--states-dir", default=None,
+                   help="where --keep-states keeps them (default: the --tb folder; a recipe gives its stages one)")
     p.add_argument("--save-every", type=int, default=0,
                    help="also save the training state every N steps inside an epoch (0: after each epoch only)")
     p.add_argument("--stop-after", type=int, default=None,
@@ -239,8 +241,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         dev_in = retrain.inputs_for(dev, data.feats["dev"], data.videos["dev"], encoder, bottom, args.quiet) \
             if dev is not None else None
     else:
-        keep_dir = (Path(args.tb) if args.tb else Path("runs") / (out_dir.resolve().name or "model")) \
-            if args.keep_states else None
+        keep_dir = (Path(args.states_dir) if args.states_dir else Path(args.tb) if args.tb
+                    else Path("runs") / (out_dir.resolve().name or "model")) if args.keep_states else None
 
         def text_inputs(split):
             ex = split.examples
