@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         runs = [ck.load_checkpoint(r) for r in args.runs]
         result, report = soup(runs, args.max_rank)
-        result.card.data["soup"] = {"from": [r.card.name for r in runs], "folders": list(args.runs), **report,
+        seeds = [((r.card.data.get("training") or {}).get("args") or {}).get("seed") for r in runs]
+        result.card.data["soup"] = {"from": [r.card.name for r in runs], "folders": list(args.runs), "seeds": seeds,
+                                    **report,
                                     "how": "uniform mean of the runs' fusion weights and of each layer's LoRA "
                                            "update (B @ A), stored again by SVD (train.soup)"}
         ck.save_checkpoint(args.out, result.model, result.card, result.text_state)

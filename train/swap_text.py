@@ -25,7 +25,7 @@ from . import loop
 from .data import load_text_split
 from .evaluate import evaluate_split
 
-TEXT_CARD_DATA = ("train", "dev", "note", "training", "init")      # card.data sections that describe the words
+TEXT_CARD_DATA = ("train", "dev", "note", "training", "init", "soup")      # card.data sections that describe the words
 
 
 def swap(text: ck.Checkpoint, into: ck.Checkpoint) -> tuple[EmotionModel, ck.ModelCard]:
