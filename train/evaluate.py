@@ -84,6 +84,28 @@ def score_checkpoint(checkpoint: ck.Checkpoint, data: loop.Inputs) -> dict:
                              for m in sorted(use) if m in pred["heads"]}}
 
 
+def dev_metrics(folder: str | Path, csv: str | Path) -> dict:
+    """The card's metrics.dev for a written checkpoint: its files scored on a MELD-format CSV
+    (text only, with the context its card asks for): headline figures, rows, per-class reports."""
+    checkpoint = ck.load_checkpoint(folder)
+    turns, ahead = checkpoint.card.context
+    split = load_text_split(str(csv), turns, None, ahead)
+    scores = evaluate_split(split, checkpoint)
+    return {**loop.headline(scores), "rows": len(split.examples),
+            **{k: scores[k] for k in ("emotion", "sentiment", "heads") if k in scores}}
+
+
+def save_and_score(folder: str | Path, model, card: ck.ModelCard, text_state: dict, csv: str | Path | None) -> dict:
+    """Write a checkpoint; with `csv`, score the written files on it (dev_metrics), keep that as the
+    card's metrics.dev, write the card again and return the headline figures (else {})."""
+    ck.save_checkpoint(folder, model, card, text_state)
+    if not csv:
+        return {}
+    card.metrics["dev"] = dev_metrics(folder, csv)
+    ck.save_checkpoint(folder, model, card, text_state)
+    return {k: card.metrics["dev"][k] for k in loop.HEADLINE}
+
+
 def evaluate_split(split: TextSplit, checkpoint: ck.Checkpoint, encoder: TextEncoder | None = None) -> dict:
     """Reports for emotion and sentiment, plus the predicted indices, for a split's examples (text only)."""
     examples = split.examples

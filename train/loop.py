@@ -293,6 +293,9 @@ def score(data: Inputs, pred: dict, use: set[str]) -> dict:
             "heads": head_accuracy(data, pred, use), "emotion": emotion, "sentiment": sentiment}
 
 
+HEADLINE = ("emotion_weighted_f1", "emotion_accuracy", "sentiment_weighted_f1", "sentiment_accuracy")
+
+
 def headline(scores: dict) -> dict:
     """The four numbers a card and a log line show, from {"emotion": report, "sentiment": report}."""
     return {"emotion_weighted_f1": scores["emotion"]["weighted_f1"],

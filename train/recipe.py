@@ -40,6 +40,12 @@ class Stage:
     soup: bool = False       # set by stage_argvs on the step that averages a seeded stage's runs
 
 
+MPNET_FIRST = Stage("lora16", {"text_model": "mpnet", "tune_layers": 0, "tune_attention": 0, "lora_rank": 16,
+                               "lora_layers": 6, "encoder_lr": 5e-4, "context_turns": 3, "context_ahead": 1,
+                               "ema": 0.998, "epochs": 3, "threads": 2})
+MPNET_MORE = {"tune_layers": 0, "tune_attention": 0, "lora_rank": 16, "lora_layers": 6, "encoder_lr": 1e-4,
+              "lr": 1e-4, "context_turns": 3, "context_ahead": 1, "ema": 0.998, "epochs": 1, "threads": 2}
+
 RECIPES: dict[str, tuple[Stage, ...]] = {
     # the MiniLM model (assets/model-minilm): the release before it, then LoRA r 16 on all six layers on top
     "minilm-top2-lora16": (
@@ -50,31 +56,13 @@ RECIPES: dict[str, tuple[Stage, ...]] = {
     ),
     # MPNet-base: only LoRA fits the 10 MB limit (one fp16 MPNet layer is 14 MB); on the top 6 of its
     # 12 layers, so that the 6 below are computed once (a step costs about half of all 12's)
-    "mpnet-lora16-top6": (
-        Stage("lora16", {"text_model": "mpnet", "tune_layers": 0, "tune_attention": 0, "lora_rank": 16,
-                         "lora_layers": 6, "encoder_lr": 5e-4, "context_turns": 3, "context_ahead": 1,
-                         "ema": 0.998, "epochs": 3, "threads": 2}),
-    ),
-    # the shipped text model: the recipe above, then one more epoch of a second LoRA r 16 on the same
+    "mpnet-lora16-top6": (MPNET_FIRST,),
+    # the release before: the recipe above, then one more epoch of a second LoRA r 16 on the same
     # layers at a fifth of the learning rate (the dev scores were still rising at epoch 3)
-    "mpnet-lora16-top6-more": (
-        Stage("lora16", {"text_model": "mpnet", "tune_layers": 0, "tune_attention": 0, "lora_rank": 16,
-                         "lora_layers": 6, "encoder_lr": 5e-4, "context_turns": 3, "context_ahead": 1,
-                         "ema": 0.998, "epochs": 3, "threads": 2}),
-        Stage("more", {"tune_layers": 0, "tune_attention": 0, "lora_rank": 16, "lora_layers": 6,
-                       "encoder_lr": 1e-4, "lr": 1e-4, "context_turns": 3, "context_ahead": 1,
-                       "ema": 0.998, "epochs": 1, "threads": 2}),
-    ),
+    "mpnet-lora16-top6-more": (MPNET_FIRST, Stage("more", MPNET_MORE)),
     # the shipped text model: the same two stages, the second run with three seeds (the command's,
     # +1, +2) and the three averaged (train.soup); each run alone scored 62.45-62.94 emotion on dev
-    "mpnet-lora16-top6-soup": (
-        Stage("lora16", {"text_model": "mpnet", "tune_layers": 0, "tune_attention": 0, "lora_rank": 16,
-                         "lora_layers": 6, "encoder_lr": 5e-4, "context_turns": 3, "context_ahead": 1,
-                         "ema": 0.998, "epochs": 3, "threads": 2}),
-        Stage("more", {"tune_layers": 0, "tune_attention": 0, "lora_rank": 16, "lora_layers": 6,
-                       "encoder_lr": 1e-4, "lr": 1e-4, "context_turns": 3, "context_ahead": 1,
-                       "ema": 0.998, "epochs": 1, "threads": 2}, seeds=3),
-    ),
+    "mpnet-lora16-top6-soup": (MPNET_FIRST, Stage("more", MPNET_MORE, seeds=3)),
 }
 OVERRIDABLE = ("threads",)                      # may be given on the command line with a recipe
 PER_RUN = ("recipe", "out", "tb", "init", "resume", "stop_after")   # set per stage by run()

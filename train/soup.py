@@ -31,9 +31,7 @@ import torch
 from core import checkpoint as ck
 from core.lora import A_SUFFIX, B_SUFFIX, is_lora
 
-from . import loop
-from .data import load_text_split
-from .evaluate import evaluate_split
+from .evaluate import save_and_score
 
 SVD_TOLERANCE = 1e-4        # singular values below this share of the largest hold nothing
 SIZE_LIMIT_MB = 9.5         # text_encoder.safetensors in fp16, below a Space's 10 MB limit
@@ -140,22 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
                                     **report,
                                     "how": "uniform mean of the runs' fusion weights and of each layer's LoRA "
                                            "update (B @ A), stored again by SVD (train.soup)"}
-        ck.save_checkpoint(args.out, result.model, result.card, result.text_state)
+        card = result.card
+        card.metrics = {k: v for k, v in card.metrics.items() if k not in ("dev_during_training", "best_epoch")}
+        summary = {"out": args.out, **report, **save_and_score(args.out, result.model, card, result.text_state, args.dev)}
         print(f"averaged {len(runs)} runs: LoRA rank {report['lora_rank']}, text file "
               f"{report['text_megabytes_fp16']} MB, update lost to the cut {100 * report['relative_error']:.3f} %",
               file=sys.stderr)
-        summary = {"out": args.out, **report}
-        if args.dev:
-            card = result.card
-            turns, ahead = card.context
-            split = load_text_split(args.dev, turns, None, ahead)
-            scores = evaluate_split(split, ck.load_checkpoint(args.out))
-            card.metrics = {**card.metrics, "dev": {**loop.headline(scores), "rows": len(split.examples),
-                                                    **{k: scores[k] for k in ("emotion", "sentiment", "heads") if k in scores}}}
-            card.metrics.pop("dev_during_training", None)
-            card.metrics.pop("best_epoch", None)
-            ck.save_checkpoint(args.out, result.model, card, result.text_state)
-            summary.update(loop.headline(scores))
     except ck.CheckpointError as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(summary))

@@ -22,8 +22,7 @@ from core import checkpoint as ck
 from core.model import EmotionModel
 
 from . import loop
-from .data import load_text_split
-from .evaluate import evaluate_split
+from .evaluate import save_and_score
 
 TEXT_CARD_DATA = ("train", "dev", "note", "training", "init", "soup")      # card.data sections that describe the words
 
@@ -61,16 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         text, into = ck.load_checkpoint(args.text), ck.load_checkpoint(args.into)
         model, card = swap(text, into)
-        ck.save_checkpoint(args.out, model, card, text.text_state)
-        summary = {"out": args.out, "text_from": text.card.name}
-        if args.dev:
-            turns, ahead = card.context
-            split = load_text_split(args.dev, turns, None, ahead)
-            scores = evaluate_split(split, ck.load_checkpoint(args.out))
-            card.metrics["dev"] = {**loop.headline(scores), "rows": len(split.examples),
-                                   **{k: scores[k] for k in ("emotion", "sentiment", "heads") if k in scores}}
-            ck.save_checkpoint(args.out, model, card, text.text_state)
-            summary.update(loop.headline(scores))
+        summary = {"out": args.out, "text_from": text.card.name,
+                   **save_and_score(args.out, model, card, text.text_state, args.dev)}
     except ck.CheckpointError as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(summary))
