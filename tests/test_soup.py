@@ -97,3 +97,13 @@ def test_runs_with_different_voices_or_shapes_are_refused_in_one_line(tmp_path, 
     narrower.pop(next(iter(narrower)))
     with pytest.raises(ck.CheckpointError, match="different text-encoder tensors"):
         soup.soup([runs[0], ck.Checkpoint(runs[1].model, runs[1].card, narrower)])
+
+
+def test_an_update_too_big_for_the_size_limit_is_cut_to_the_largest_rank_that_fits(runs, monkeypatch):
+    whole, exact = soup.soup_text_state([r.text_state for r in runs])
+    assert exact["lora_rank"] == 8 and exact["relative_error"] < 1e-5
+    monkeypatch.setattr(soup, "SIZE_LIMIT_MB", exact["text_megabytes_fp16"] * 0.8)
+    cut, report = soup.soup_text_state([r.text_state for r in runs])
+    assert report["lora_rank"] < 8 and report["text_megabytes_fp16"] <= soup.SIZE_LIMIT_MB
+    assert 0 < report["relative_error"] <= report["largest_relative_error"] < 1
+    assert sum(t.numel() for t in cut.values()) * 2 / 1e6 == pytest.approx(report["text_megabytes_fp16"], abs=0.01)

@@ -42,11 +42,17 @@ def mean_update(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return sum(b.float() @ a.float() for a, b in pairs) / len(pairs)
 
 
-def low_rank(update: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(A [r, in], B [out, r], relative Frobenius error) with B @ A closest to `update` at rank r:
-    the rank that holds it up to SVD_TOLERANCE, at most max_rank."""
+def _factors(update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """SVD of an update, and the rank that holds it up to SVD_TOLERANCE."""
     u, s, vh = torch.linalg.svd(update, full_matrices=False)
     held = int((s > s[0] * SVD_TOLERANCE).sum()) if s.numel() and s[0] > 0 else 0
+    return u, s, vh, max(1, held)
+
+
+def low_rank(update: torch.Tensor, max_rank: int, factors=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A [r, in], B [out, r], relative Frobenius error) with B @ A closest to `update` at rank r:
+    the rank that holds it up to SVD_TOLERANCE, at most max_rank."""
+    u, s, vh, held = factors or _factors(update)
     r = max(1, min(held, max_rank))
     root = s[:r].sqrt()
     a, b = root[:, None] * vh[:r], u[:, :r] * root[None, :]
@@ -54,33 +60,41 @@ def low_rank(update: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.T
     return a.contiguous(), b.contiguous(), error
 
 
-def soup_text_state(states: list[dict[str, torch.Tensor]], max_rank: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """The averaged text-encoder tensors, and a report (rank kept, largest and overall cut error)."""
+def soup_text_state(states: list[dict[str, torch.Tensor]], max_rank: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+    """The averaged text-encoder tensors, and a report (rank kept, largest and overall cut error,
+    size). max_rank 0: the largest rank whose file (fp16) fits SIZE_LIMIT_MB."""
     keys = set(states[0])
     if any(set(s) != keys for s in states[1:]):
         raise ck.CheckpointError("the runs tuned different text-encoder tensors; only runs of one recipe can be averaged")
-    out: dict[str, torch.Tensor] = {}
+    out = {k: sum(s[k].float() for s in states) / len(states) for k in sorted(keys) if not is_lora(k)}
+    updates = {}
+    for name in sorted(k for k in keys if k.endswith(A_SUFFIX)):
+        layer = name[: -len(A_SUFFIX)]
+        update = mean_update([(s[name], s[layer + B_SUFFIX]) for s in states])
+        updates[layer] = (update, _factors(update))
+
+    plain = sum(t.numel() for t in out.values())
+
+    def megabytes(r: int) -> float:             # fp16 bytes of the plain tensors and every pair at rank r
+        return (plain + sum(min(r, f[3]) * sum(u.shape) for u, f in updates.values())) * 2 / 1e6
+
+    if max_rank <= 0:
+        max_rank = max((f[3] for _, f in updates.values()), default=1)
+        while max_rank > 1 and megabytes(max_rank) > SIZE_LIMIT_MB:
+            max_rank -= 1
     errors, ranks, kept, total = [], [], 0.0, 0.0
-    for name in sorted(keys):
-        if not is_lora(name):
-            out[name] = sum(s[name].float() for s in states) / len(states)
-        elif name.endswith(A_SUFFIX):
-            layer = name[: -len(A_SUFFIX)]
-            update = mean_update([(s[name], s[layer + B_SUFFIX]) for s in states])
-            a, b, error = low_rank(update, max_rank)
-            out[name], out[layer + B_SUFFIX] = a, b
-            errors.append(error)
-            ranks.append(a.shape[0])
-            norm = float(update.square().sum())
-            total, kept = total + norm, kept + norm * (1 - error ** 2)
+    for layer, (update, factors) in updates.items():
+        a, b, error = low_rank(update, max_rank, factors)
+        out[layer + A_SUFFIX], out[layer + B_SUFFIX] = a, b
+        errors.append(error)
+        ranks.append(a.shape[0])
+        norm = float(update.square().sum())
+        total, kept = total + norm, kept + norm * (1 - error ** 2)
     report = {"lora_rank": max(ranks, default=0),
               "largest_relative_error": round(max(errors, default=0.0), 6),
-              "relative_error": round((max(total - kept, 0.0) / total) ** 0.5, 6) if total else 0.0}
+              "relative_error": round((max(total - kept, 0.0) / total) ** 0.5, 6) if total else 0.0,
+              "text_megabytes_fp16": round(megabytes(max_rank), 2)}
     return out, report
-
-
-def fp16_megabytes(state: dict[str, torch.Tensor]) -> float:
-    return sum(t.numel() for t in state.values()) * 2 / 1e6
 
 
 def soup(runs: list[ck.Checkpoint], max_rank: int = 0) -> tuple[ck.Checkpoint, dict]:
@@ -105,20 +119,12 @@ def soup(runs: list[ck.Checkpoint], max_rank: int = 0) -> tuple[ck.Checkpoint, d
             merged[k] = sum(s[k] for s in states) / len(states)
     model = copy.deepcopy(first.model)
     model.load_state_dict(merged)
-    rank_cap = max_rank
-    if rank_cap <= 0:                   # find the largest rank that fits the size limit
-        rank_cap = 1024
-        while rank_cap > 1:
-            text, report = soup_text_state([r.text_state for r in runs], rank_cap)
-            if fp16_megabytes(text) <= SIZE_LIMIT_MB:
-                break
-            rank_cap = max(1, int(rank_cap * SIZE_LIMIT_MB / fp16_megabytes(text)))
-    text, report = soup_text_state([r.text_state for r in runs], rank_cap)
+    text, report = soup_text_state([r.text_state for r in runs], max_rank)
     card = copy.deepcopy(first.card)
     card.created = ""
     if "lora" in card.text_encoder and report["lora_rank"]:
         card.text_encoder["lora"] = {**card.text_encoder["lora"], "rank": report["lora_rank"]}
-    report.update(runs=len(runs), text_megabytes_fp16=round(fp16_megabytes(text), 2))
+    report["runs"] = len(runs)
     return ck.Checkpoint(model.eval(), card, text), report
 
 
