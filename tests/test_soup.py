@@ -107,3 +107,15 @@ def test_an_update_too_big_for_the_size_limit_is_cut_to_the_largest_rank_that_fi
     assert report["lora_rank"] < 8 and report["text_megabytes_fp16"] <= soup.SIZE_LIMIT_MB
     assert 0 < report["relative_error"] <= report["largest_relative_error"] < 1
     assert sum(t.numel() for t in cut.values()) * 2 / 1e6 == pytest.approx(report["text_megabytes_fp16"], abs=0.01)
+
+
+def test_the_shipped_words_are_the_soup_their_card_describes():
+    """assets/model: the card says what the app loads (three runs averaged, the rank stored), the
+    notes the Model panel shows say so too, and the file stays under a Space's 10 MB limit."""
+    shipped = ck.load_checkpoint(ck.DEFAULT_CHECKPOINT)
+    described = shipped.card.data["soup"]
+    assert described["runs"] == 3 and described["seeds"] == [2, 3, 4]
+    assert shipped.card.text_encoder["lora"]["rank"] == lora.rank_of(shipped.text_state) == described["lora_rank"]
+    assert "three averaged" in shipped.card.notes and "mpnet-lora16-top6-soup" in shipped.card.notes
+    assert (ck.DEFAULT_CHECKPOINT / ck.TEXT_FILE).stat().st_size < 10 * 1024 * 1024
+    assert shipped.card.metrics["dev"]["rows"] == 1109
