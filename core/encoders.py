@@ -37,6 +37,7 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 DEFAULT_TEXT_MODEL = "minilm"         # the packaged all-MiniLM-L6-v2
 TEXT_MAX_TOKENS = 128
+BATCH_OVERHEAD_TOKENS = 100          # a batch costs about what this many more padded tokens do (CPU, MPNet)
 TEXT_PRECISION_ENV = "WORKBENCH_TEXT_PRECISION"   # "bf16" (the default) or "fp32": text_precision
 
 
@@ -154,10 +155,13 @@ class TextEncoder(torch.nn.Module):
         context [SEP]" with one (the context is cut from its end, i.e. its oldest turns). An
         utterance too long to leave room for any context is read alone, cut to max_tokens.
         """
-        encoded = []
-        for i, text in enumerate(texts):
-            context = (contexts[i] or "") if contexts is not None else ""
-            encoded.append(self._encode_one(text if text.strip() else ".", context))
+        return self._pad(self._encode_all(texts, contexts))
+
+    def _encode_all(self, texts: Sequence[str], contexts: Sequence[str] | None) -> list:
+        return [self._encode_one(text if text.strip() else ".", (contexts[i] or "") if contexts is not None else "")
+                for i, text in enumerate(texts)]
+
+    def _pad(self, encoded: list) -> dict:
         width = max((len(e["input_ids"]) for e in encoded), default=0)
         pad_id = self.tokenizer.pad_token_id or 0
         batch = {key: torch.tensor([list(e[key]) + [pad_id if key == "input_ids" else 0] * (width - len(e[key]))
@@ -215,16 +219,38 @@ class TextEncoder(torch.nn.Module):
     @torch.no_grad()
     def encode(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
                batch_size: int = 32) -> torch.Tensor:
-        """Embeddings for many utterances, in batches, without gradients -> [N, dim] float32 on CPU;
-        on a CPU under bfloat16 autocast where precision() says so (weights stay fp32)."""
+        """Embeddings for many utterances, without gradients -> [N, dim] float32 on CPU, in the given
+        order; on a CPU under bfloat16 autocast where precision() says so (weights stay fp32).
+        Utterances of similar length are batched together (length_batches), so little is padded."""
         self.eval()
         fast = self.device.type == "cpu" and self.precision() == "bf16"
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ctx = None if contexts is None else contexts[i:i + batch_size]
+        encoded = self._encode_all(texts, contexts)
+        out = torch.zeros(len(encoded), self.dim)
+        for group in length_batches([len(e["input_ids"]) for e in encoded], batch_size):
             with torch.autocast("cpu", dtype=torch.bfloat16) if fast else nullcontext():
-                out.append(self(self.tokenize(texts[i:i + batch_size], ctx)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+                out[torch.tensor(group)] = self(self._pad([encoded[i] for i in group])).float().cpu()
+        return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int,
+                   overhead: int = BATCH_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Indices grouped into batches of at most batch_size, shortest first, cut where the padded
+    tokens plus `overhead` tokens' worth of cost per batch add up to the least (exact, by dynamic
+    programming over the sorted lengths)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    cost, start = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]          # the longest of order[i:j], as they are sorted
+        for i in range(max(0, j - batch_size), j):
+            c = cost[i] + overhead + (j - i) * width
+            if c < cost[j]:
+                cost[j], start[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[start[j]:j])
+        j = start[j]
+    return groups[::-1]
 
 
 def text_precision(device_type: str = "cpu") -> str:

@@ -105,6 +105,29 @@ def test_text_encoder_meaningful_and_context_aware(text_encoder):
     assert cos(alone, with_ctx) > 0.5                      # still the same utterance
 
 
+def test_length_batches_group_similar_lengths_and_keep_every_index():
+    lengths = [60, 12, 58, 14, 61, 13, 15, 59]
+    groups = encoders.length_batches(lengths, batch_size=32, overhead=30)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[12, 13, 14, 15], [58, 59, 60, 61]]
+    # a batch that costs more than the padding it saves stays one batch; batch_size caps a batch
+    assert encoders.length_batches(lengths, batch_size=32, overhead=10_000) == [[1, 5, 3, 6, 2, 7, 0, 4]]
+    assert max(len(g) for g in encoders.length_batches(lengths, batch_size=3, overhead=0)) <= 3
+    assert encoders.length_batches([], batch_size=32) == []
+
+
+def test_text_vectors_do_not_depend_on_the_batch_they_are_read_in():
+    """encode() regroups utterances by length; each one's vector is what it gets read alone
+    (fp32: the arithmetic; bf16 rounds differently with a batch's shape)."""
+    text_encoder = encoders.TextEncoder(precision="fp32")
+    texts = ["Okay.", "I told you a hundred times that I am not going to that party with him!",
+             "Really?", "What are you doing here at this hour of the night, Joey?", "No."]
+    contexts = ["Hi.", "", "You won the lottery! | Sit down.", "Hey.", ""]
+    together = text_encoder.encode(texts, contexts)
+    alone = torch.cat([text_encoder.encode([t], [c]) for t, c in zip(texts, contexts)])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
 def test_text_precision_is_bf16_on_a_cpu_that_computes_it_natively_and_fp32_when_asked(monkeypatch):
     monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
     native = native_bf16()
