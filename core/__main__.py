@@ -77,7 +77,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     try:
         models = load_models(args.checkpoint, whisper_name=args.whisper, language=args.language or None)
-        result = analyze(path, models, progress)
+        result = analyze(path, models, progress, dialogue=not args.alone)
     except (MediaError, CheckpointError, TranscriptionError) as err:
         bar.close()
         print(f"error: {err}", file=sys.stderr)
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--whisper", default="base",
                    help="Whisper model: 'base' (packaged, offline), another name (online) or a .pt path")
     a.add_argument("--language", default="en", help="spoken language code; '' to let Whisper detect it")
+    a.add_argument("--alone", action="store_true",
+                   help="read each utterance's words alone, not with its neighbours (a file of unrelated lines)")
     _add_limit_flags(a)
     b = sub.add_parser("batch", help="analyse every video in a folder into one JSON + CSV each")
     b.add_argument("folder")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STAGES = ("decode", "transcribe", "frames", "face", "video", "text", "audio", "model")
 NO_SPEECH = "No speech found"
 FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
+WORDS_ALONE = "read alone, not with the lines around it"   # the text opinion's note when analyze(dialogue=False)
 WHISPER_LOCK = threading.Lock()   # one Whisper model is not safe to run from two threads at once
 FRAMES_PER_CALL = 256     # frames per ffmpeg call: about 100 MB at 480x270
 VOICE_WHISPER = "base"    # the Whisper whose encoder states the voice branch learned on (core.voice)
@@ -118,10 +119,12 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
 
 def analyze(path: str | Path, models: Models | None = None,
             progress: Progress | None = None, use_cache: bool = True,
-            utterances: list[Utterance] | None = None) -> Analysis:
+            utterances: list[Utterance] | None = None, dialogue: bool = True) -> Analysis:
     """Analyse one video or audio file end to end (a file analysed before comes from the cache).
     `utterances` given (e.g. an imported MELD CSV's rows): no transcription, those spans and words
-    are read by every modality instead (not cached)."""
+    are read by every modality instead (not cached). `dialogue` False: the words of each utterance
+    are read alone, not with their neighbours as the checkpoint's context (for a file of unrelated
+    lines, where one line's mood would colour the next)."""
     models = models or load_models()
     report = progress or (lambda fraction, stage: None)
     timings: dict[str, float] = {}
@@ -132,32 +135,34 @@ def analyze(path: str | Path, models: Models | None = None,
     key = None
     if use_cache and utterances is None:
         with clock("cache"):
-            key = _cache_key(path, models)
+            key = _cache_key(path, models, dialogue)
             hit = cache.load(key) if key else None
         if hit is not None:
             hit.source, hit.timings = str(path), dict(timings)
             report(1.0, "done (from cache)")
             return hit
-    analysis = _analyze_uncached(path, models, report, clock, timings, utterances)
+    analysis = _analyze_uncached(path, models, report, clock, timings, utterances, dialogue)
     if key and not any(p.error for p in analysis.utterances):
         cache.store(key, analysis)
     return analysis
 
 
-def _cache_key(path: str | Path, models: Models) -> str | None:
+def _cache_key(path: str | Path, models: Models, dialogue: bool = True) -> str | None:
+    signature = models.signature() if dialogue else {**models.signature(), "words": "alone"}
     try:
-        return cache.cache_key(cache.file_digest(path), models.signature())
+        return cache.cache_key(cache.file_digest(path), signature)
     except OSError:
         return None          # unreadable: probe() below says why, in one line
 
 
 def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
-                      given: list[Utterance] | None = None) -> Analysis:
+                      given: list[Utterance] | None = None, dialogue: bool = True) -> Analysis:
     card = models.card
     with clock("decode"):
         info = media.probe(path)
         audio = media.load_audio(path) if info.has_audio else np.zeros(0, np.float32)
-    analysis = Analysis(source=str(path), media=info, model=card.summary(), timings=timings)
+    summary = card.summary() if dialogue else {**card.summary(), "words": "each utterance alone"}
+    analysis = Analysis(source=str(path), media=info, model=summary, timings=timings)
     if not info.has_audio:
         analysis.message = f"{NO_SPEECH}: the file has no audio track."
         return analysis
@@ -189,7 +194,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
     try:
         with clock("text"):
             texts = [u.text for u in utterances]
-            contexts = encoders.build_contexts(texts, *card.context)
+            contexts = encoders.build_contexts(texts, *card.context) if dialogue else None
             text_vectors = models.text_encoder.encode(texts, contexts)
     except BaseException:
         if grid is not None:
@@ -217,7 +222,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
 
     report(0.9, "fusing")
     with clock("model"), one_cpu_thread(cpu):
-        _predict(models, preds, text_vectors, faces, voices, voiced, videos)
+        _predict(models, preds, text_vectors, faces, voices, voiced, videos, words_alone=not dialogue)
     for stage in STAGES:
         timings.setdefault(stage, 0.0)            # a stage that had nothing to do (no video branch, ...)
     for i, pred in enumerate(preds):
@@ -315,7 +320,8 @@ def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) ->
 
 
 @torch.no_grad()
-def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=None) -> None:
+def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=None,
+             words_alone: bool = False) -> None:
     """Batch the features through the fusion model and fill each prediction and opinion."""
     model, card = models.checkpoint.model, models.card
     trained = set(card.trained_modalities) - ({"audio"} if models.voice_refused else set())
@@ -345,8 +351,11 @@ def _predict(models: Models, preds, text_vectors, faces, voices, voiced, videos=
     voice_share = out.late_share["audio"].cpu().tolist() if "audio" in out.late_share else [1.0] * n
     for i, pred in enumerate(preds):
         pred.emotion_probs, pred.sentiment_probs = emo[i], sen[i]
+        words = head_opinion("text", heads, i, True, "", trained, use)
+        if words_alone and not words.note:
+            words.note = WORDS_ALONE
         pred.opinions = [
-            head_opinion("text", heads, i, True, "", trained, use),
+            words,
             face_opinion(faces[i], face_ok[i], use("face") and "face" in config.modalities),
             ModalityOpinion("audio", audio_ok[i], note=models.voice_refused) if models.voice_refused else
             with_share(head_opinion("audio", heads, i, audio_ok[i],

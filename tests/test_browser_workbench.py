@@ -422,3 +422,29 @@ def test_both_shipped_models_are_offered_and_a_pick_switches(page, shots):
     choose(page, "model-pick", "mpnet")
     expect(page.locator("#model-status")).to_contain_text("Switched to meld-text-mpnet", timeout=LONG)
     expect(page.locator("#model-card")).to_contain_text("Text encoder: mpnet")
+
+
+def test_a_video_of_unrelated_lines_can_have_each_line_read_alone(browser, server, shots):
+    """The example strings unrelated lines together. Read with its neighbours (the default, as MELD's
+    dialogues), "I really miss him! ..." reads as joy (three lines after "we won! best day ever");
+    with the box unticked, each line's words are read alone, and the detail panel says so."""
+    from playwright.sync_api import expect
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    try:
+        p.goto(server[0], wait_until="load")
+        box = p.locator("#dialogue input")
+        assert box.is_checked()                                  # a conversation, unless told otherwise
+        box.uncheck()
+        p.locator("#example-btn").click()
+        wait_status(p, r"example\.mp4 · \d+ utterances")
+        select_row(p, 3)
+        expect(cell(p, 3, TEXT)).to_contain_text("miss him")
+        detail = p.locator("#detail")
+        expect(detail).to_contain_text("read alone, not with the lines around it")
+        words = detail.locator("tr", has_text="read alone").first.inner_text()
+        assert re.match(r"\s*Text\s+sadness", words), words
+        snap(p, shots, "desktop-example-alone.png")
+    finally:
+        context.close()

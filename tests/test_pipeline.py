@@ -83,6 +83,14 @@ def test_cli_prints_table_and_writes_json(talking_video, tmp_path):
     assert "door" in proc.stdout.lower() and "emotion" in proc.stdout
     data = json.loads(out.read_text())
     assert len(data["utterances"]) == 3 and data["utterances"][0]["emotion"]
+    assert "words" not in data["model"]
+    alone = subprocess.run([sys.executable, "-m", "core", "analyze", str(talking_video), "--alone", "--json", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["model"]["words"] == "each utterance alone"
+    assert [o["note"] for u in data["utterances"] for o in u["opinions"] if o["modality"] == "text"] == \
+        [pipeline.WORDS_ALONE] * 3
 
 
 def test_reopening_an_analysed_file_comes_from_the_cache(analysis, talking_video, models, tmp_path):
@@ -91,6 +99,30 @@ def test_reopening_an_analysed_file_comes_from_the_cache(analysis, talking_video
     again = pipeline.analyze(copy, models)                         # (its speed: python -m bench)
     assert set(again.timings) == {"cache"} and again.source == str(copy)
     assert [p.emotion_probs for p in again.utterances] == [p.emotion_probs for p in analysis.utterances]
+
+
+def test_the_words_can_be_read_alone_and_the_cache_keeps_the_two_readings_apart(analysis, talking_video, models,
+                                                                                 tmp_path, monkeypatch):
+    import shutil
+    copy = shutil.copy(talking_video, tmp_path / "lines.mp4")
+    asked = []
+    encode = models.text_encoder.encode
+    monkeypatch.setattr(models.text_encoder, "encode",
+                        lambda texts, contexts=None, *a, **k: (asked.append(contexts), encode(texts, contexts, *a, **k))[1])
+    alone = pipeline.analyze(copy, models, dialogue=False)
+    assert asked == [None]                                   # no neighbours given to the text encoder
+    assert [p.utterance.text for p in alone.utterances] == [p.utterance.text for p in analysis.utterances]
+    assert all(p.opinion("text").note == pipeline.WORDS_ALONE for p in alone.utterances)   # the page says so
+    assert alone.model["words"] == "each utterance alone"
+    in_dialogue = [p.opinion("text").emotion_probs for p in analysis.utterances]
+    assert [p.opinion("text").emotion_probs for p in alone.utterances] != in_dialogue
+    again = pipeline.analyze(copy, models, dialogue=False)             # the cache: read alone, as asked
+    assert set(again.timings) == {"cache"}
+    assert [p.opinion("text").emotion_probs for p in again.utterances] == [p.opinion("text").emotion_probs
+                                                                           for p in alone.utterances]
+    dialogue = pipeline.analyze(copy, models)                          # never the other reading's entry
+    assert [p.opinion("text").emotion_probs for p in dialogue.utterances] == in_dialogue
+    assert all(p.opinion("text").note == "" for p in dialogue.utterances) and "words" not in dialogue.model
 
 
 def test_batch_folder_writes_json_and_csv_per_video(talking_video, media_dir, tmp_path):
