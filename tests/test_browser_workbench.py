@@ -432,19 +432,30 @@ def test_a_video_of_unrelated_lines_can_have_each_line_read_alone(browser, serve
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     p = context.new_page()
     p.set_default_timeout(60_000)
+
+    def words_of_line_3() -> str:
+        before = p.locator("#status").inner_text()
+        p.locator("#example-btn").click()
+        p.wait_for_function("""before => { const t = document.querySelector('#status')?.innerText || '';
+                                           return /example\\.mp4 · \\d+ utterances/.test(t) && t !== before; }""",
+                            arg=before, timeout=LONG)
+        p.wait_for_function("() => (document.querySelector('#editor-title')?.innerText || '').includes('Utterance 0 ')")
+        select_row(p, 3)
+        expect(p.locator("#detail")).to_contain_text("miss him")
+        return p.locator("#detail tr", has_text="Text").first.inner_text()
+
     try:
         p.goto(server[0], wait_until="load")
-        box = p.locator("#dialogue input")
-        assert box.is_checked()                                  # a conversation, unless told otherwise
+        box = p.locator("#neighbours input")
+        assert box.is_checked() and box.is_enabled()            # a conversation, unless told otherwise
+        in_dialogue = words_of_line_3()
+        assert "read alone" not in in_dialogue and re.match(r"\s*Text\s+joy", in_dialogue), in_dialogue
+        open_input(p)
         box.uncheck()
-        p.locator("#example-btn").click()
-        wait_status(p, r"example\.mp4 · \d+ utterances")
-        select_row(p, 3)
-        expect(cell(p, 3, TEXT)).to_contain_text("miss him")
-        detail = p.locator("#detail")
-        expect(detail).to_contain_text("read alone, not with the lines around it")
-        words = detail.locator("tr", has_text="read alone").first.inner_text()
-        assert re.match(r"\s*Text\s+sadness", words), words
+        words_of_line_3()
+        expect(p.locator("#detail")).to_contain_text("read alone, not with the lines around it")
+        alone = p.locator("#detail tr", has_text="Text").first.inner_text()
+        assert re.match(r"\s*Text\s+sadness", alone), alone
         snap(p, shots, "desktop-example-alone.png")
     finally:
         context.close()
