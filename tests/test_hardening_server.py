@@ -242,6 +242,18 @@ def _start(data: Path, port: int, log: Path, **env) -> subprocess.Popen:
     return start_app(data, port, log, WORKBENCH_PRELOAD="0", **env)
 
 
+def test_the_api_reads_each_line_alone_when_asked(server, client, eight_clips):
+    """/analyze takes `neighbours` (default True: the lines read as one conversation); False reads
+    each utterance's words alone, and the session says so."""
+    from gradio_client import handle_file
+    wb = server[1]
+    sid, rows = client.predict(handle_file(str(eight_clips[0])), api_name="/analyze")
+    assert len(rows) == 2 and "words" not in wb.store.load(sid).model
+    alone_sid, alone = client.predict(handle_file(str(eight_clips[0])), False, api_name="/analyze")
+    assert [r["text"] for r in alone] == [r["text"] for r in rows]
+    assert wb.store.load(alone_sid).model["words"] == "each utterance alone"
+
+
 def test_sigkill_mid_annotation_loses_no_acknowledged_correction(tmp_path):
     from gradio_client import Client, handle_file
     n = 40

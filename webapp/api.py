@@ -1,6 +1,6 @@
 """Named API endpoints for gradio_client, on hidden components (the page's own events are private).
 
-    analyze(media)                          -> session_id, utterances
+    analyze(media, neighbours=True)         -> session_id, utterances (neighbours False: each line's words read alone)
     edit(session_id, utterance_id, field, value) -> [the utterance as saved]  (a refused value raises an error)
     split(session_id, utterance_id, at)     -> utterances
     merge(session_id, utterance_id)         -> utterances
@@ -60,6 +60,7 @@ def mount(wb: Workbench) -> None:
         key = gr.Textbox(label="key")
         model_list = gr.JSON(label="checkpoints")
         model_info = gr.JSON(label="checkpoint")
+        together = gr.Checkbox(True, label="neighbours")
 
     def guarded(fn):
         @functools.wraps(fn)
@@ -83,12 +84,13 @@ def mount(wb: Workbench) -> None:
         session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""), wb.owner(request))
         return table_records(session)
 
-    def analyze(media, request: gr.Request = None, progress=gr.Progress()):
-        """Analyse a video or audio file: a new session and its utterance table."""
+    def analyze(media, neighbours=True, request: gr.Request = None, progress=gr.Progress()):
+        """Analyse a video or audio file: a new session and its utterance table. `neighbours` False:
+        each utterance's words are read alone, not with the lines around it (unrelated lines)."""
         if not media:
             raise gr.Error("no file given", print_exception=False)
         session = wb.analyze(media, lambda f, stage: progress(f, desc=stage), user=client_key(request),
-                             owner=wb.owner(request))
+                             owner=wb.owner(request), dialogue=neighbours is not False)
         return session.id, table_records(session)
 
     def edit(session_id, utterance_id, field, value, request: gr.Request = None):
@@ -149,7 +151,7 @@ def mount(wb: Workbench) -> None:
         return wb.use_model(key, user=client_key(request)).to_dict(current=True)
 
     endpoints = [
-        (analyze, [media], [sid, rows]),
+        (analyze, [media, together], [sid, rows]),
         (edit, [sid, pos, name, value], [rows]),
         (split, [sid, pos, at], [rows]),
         (merge, [sid, pos], [rows]),
