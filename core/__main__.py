@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="workers, each loading the models once (local: processes sharing the CPU cores, "
                         "default 1; ray: actors, default as many as the cluster fits)")
     b.add_argument("--checkpoint", help="checkpoint folder (default: assets/model, else untrained)")
+    b.add_argument("--alone", action="store_true",
+                   help="read each utterance's words alone, not with its neighbours (files of unrelated lines)")
     b.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where the workers run: this machine's processes, or Ray actors (needs "
                         "requirements-ray.txt)")
@@ -179,7 +181,8 @@ def _batch(args: argparse.Namespace) -> int:
     try:
         results = analyze_folder(args.folder, args.out, jobs=args.jobs, checkpoint=args.checkpoint,
                                  limits=args.limits, engine=args.engine, address=args.address,
-                                 cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job)
+                                 cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                                 dialogue=not args.alone)
     except OSError as err:                  # the output folder cannot be made
         print(f"error: {os_error_line(err, args.out)}", file=sys.stderr)
         return 1

@@ -114,23 +114,28 @@ def _canonical(signature: dict) -> dict:
 
 class BatchWorker:
     """Loads the models once, then analyses one file per call. A bad checkpoint is not fatal:
-    every file then fails with the one line that says why."""
+    every file then fails with the one line that says why. `dialogue` False reads each
+    utterance's words alone (core.pipeline.analyze), and the signature says so."""
 
-    def __init__(self, checkpoint: str | None = None, threads: int = 0):
+    def __init__(self, checkpoint: str | None = None, threads: int = 0, dialogue: bool = True):
         import torch
         if threads > 0:
             torch.set_num_threads(threads)
         from .pipeline import load_models
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.models, self.error = None, ""
+        self.models, self.error, self.dialogue = None, "", dialogue
         try:
             self.models = load_models(checkpoint)
         except UserError as err:
             self.error = f"the models could not be loaded: {err}"
 
     def signature(self) -> dict | None:
-        """What decides an analysis besides the file (core.pipeline.Models.signature), or None."""
-        return _canonical(self.models.signature()) if self.models is not None else None
+        """What decides an analysis besides the file (core.pipeline.Models.signature, and how the
+        words were read), or None."""
+        if self.models is None:
+            return None
+        signature = self.models.signature()
+        return _canonical(signature if self.dialogue else {**signature, "words": "alone"})
 
     def run(self, path: str) -> Outcome:
         from .cache import file_digest
@@ -139,7 +144,7 @@ class BatchWorker:
             return Outcome(path, None, self.error, worker=self.name)
         try:
             digest = file_digest(path)          # before: a file changed meanwhile is done again next time
-            analysis = analyze(path, self.models)
+            analysis = analyze(path, self.models, dialogue=self.dialogue)
         except UserError as err:                # media, checkpoint, transcription: their own line
             return Outcome(path, None, str(err), worker=self.name)
         except OSError as err:
@@ -157,9 +162,9 @@ class BatchWorker:
 _worker: BatchWorker | None = None
 
 
-def _init_worker(checkpoint: str | None, threads: int) -> None:
+def _init_worker(checkpoint: str | None, threads: int, dialogue: bool = True) -> None:
     global _worker
-    _worker = BatchWorker(checkpoint, threads)
+    _worker = BatchWorker(checkpoint, threads, dialogue)
 
 
 def _worker_signature() -> dict | None:
@@ -174,16 +179,17 @@ class LocalEngine:
     """`jobs` worker processes on this machine sharing its cores (spawned: fork after torch has
     threads can deadlock); each loads the models once, when it first gets work."""
 
-    def __init__(self, jobs: int, checkpoint: str | None):
+    def __init__(self, jobs: int, checkpoint: str | None, dialogue: bool = True):
         self.jobs = max(1, jobs)
-        self.checkpoint = checkpoint
+        self.checkpoint, self.dialogue = checkpoint, dialogue
         self._pool: ProcessPoolExecutor | None = None
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.checkpoint, threads))
+                                             initializer=_init_worker,
+                                             initargs=(self.checkpoint, threads, self.dialogue))
         return self._pool
 
     def signature(self) -> dict | None:
@@ -203,14 +209,15 @@ class LocalEngine:
 
 def make_engine(engine: str, jobs: int | None, checkpoint: str | None, n_files: int,
                 address: str | None = None, cpus_per_job: float | None = None,
-                gpus_per_job: float | None = None) -> Engine:
+                gpus_per_job: float | None = None, dialogue: bool = True) -> Engine:
     """The engine by name; jobs=None lets it choose (local: 1 process; Ray: what the cluster fits).
-    `address`, `cpus_per_job` and `gpus_per_job` are Ray's (core/ray_engine.py)."""
+    `address`, `cpus_per_job` and `gpus_per_job` are Ray's (core/ray_engine.py); `dialogue` False
+    has the workers read each utterance's words alone."""
     if engine == "local":
-        return LocalEngine(min(jobs or 1, max(1, n_files)), checkpoint)
+        return LocalEngine(min(jobs or 1, max(1, n_files)), checkpoint, dialogue)
     if engine == "ray":
         from .ray_engine import RayEngine
-        return RayEngine(jobs, checkpoint, n_files, address, cpus_per_job, gpus_per_job)
+        return RayEngine(jobs, checkpoint, n_files, address, cpus_per_job, gpus_per_job, dialogue)
     raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
 
 
@@ -322,16 +329,19 @@ def run_files(engine: Engine, files: Iterable[Path], names: dict[Path, str], out
 def analyze_folder(folder: str | Path, out_dir: str | Path, jobs: int | None = 1,
                    checkpoint: str | None = None, progress: bool = True,
                    limits: Limits | None = None, engine: str = "local", address: str | None = None,
-                   cpus_per_job: float | None = None, gpus_per_job: float | None = None) -> list[BatchItem]:
+                   cpus_per_job: float | None = None, gpus_per_job: float | None = None,
+                   dialogue: bool = True) -> list[BatchItem]:
     """Analyse every media file in `folder` on `engine` ("local": `jobs` worker processes sharing
     the CPU cores; "ray": Ray actors, on the cluster at `address` if given). Files done before with
     the same models are skipped; files over `limits` (default: Limits.from_env()) or unreadable
-    are reported, not analysed. No model loads when there is nothing to analyse."""
+    are reported, not analysed. No model loads when there is nothing to analyse. `dialogue` False
+    reads each utterance's words alone (a folder of clips of unrelated lines); a file done the
+    other way is analysed again."""
     files = find_media(folder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(files)
-    runner = make_engine(engine, jobs, checkpoint, len(files), address, cpus_per_job, gpus_per_job)
+    runner = make_engine(engine, jobs, checkpoint, len(files), address, cpus_per_job, gpus_per_job, dialogue)
     try:
         results, todo = already_done(files, names, out, runner)
         todo, refused = check_files(todo, limits or Limits.from_env())

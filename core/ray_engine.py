@@ -99,8 +99,10 @@ class RayEngine:
     """BatchWorkers as Ray actors; nothing starts until the first signature() or run()."""
 
     def __init__(self, jobs: int | None, checkpoint: str | None, n_files: int, address: str | None = None,
-                 cpus_per_job: float | None = None, gpus_per_job: float | None = None):
+                 cpus_per_job: float | None = None, gpus_per_job: float | None = None,
+                 dialogue: bool = True):
         self.ray = import_ray()
+        self.dialogue = dialogue
         self.jobs, self.n_files, self.address = jobs, n_files, address
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
@@ -125,7 +127,7 @@ class RayEngine:
 
     def _spawn(self) -> None:
         threads = max(1, int(self.options.get("num_cpus") or 1))
-        actor = self.ray.remote(BatchWorker).options(**self.options).remote(self.checkpoint, threads)
+        actor = self.ray.remote(BatchWorker).options(**self.options).remote(self.checkpoint, threads, self.dialogue)
         self.starting[actor.signature.remote()] = actor
 
     def _actor_ready(self, ref) -> bool:

@@ -4,7 +4,9 @@
                                       (card.json + model.safetensors, as sagemaker/train.py writes
                                       it), else the shipped one
     input_fn(body, content_type)      application/json {"video_path": "talk.mp4"}: a file in the
-                                      input folder; video/* or audio/*: the file's own bytes
+                                      input folder; video/* or audio/*: the file's own bytes;
+                                      "neighbours": false in the JSON, or "; neighbours=false"
+                                      after the media type, reads each line's words alone
     predict_fn(data, model)           core.pipeline.analyze: the app's analysis
     output_fn(prediction, accept)     application/json {"utterances": [{start, end, text, emotion,
                                       emotion_probs, sentiment, sentiment_probs, modalities}], ...}
@@ -74,6 +76,7 @@ class Request:
     path: Path
     name: str               # what the response calls it: the video_path given, or "request body"
     temporary: bool         # the body's bytes staged here: removed after the analysis
+    dialogue: bool = True   # False: each utterance's words read alone (the app's unticked box)
 
 
 def model_fn(model_dir: str):
@@ -85,13 +88,21 @@ def model_fn(model_dir: str):
 
 
 def input_fn(body, content_type: str) -> Request:
-    """The media file a request names or carries, checked against the limits."""
-    kind = (content_type or "").split(";")[0].strip().lower()
+    """The media file a request names or carries, checked against the limits, and whether its
+    lines are read with their neighbours (the default) or alone."""
+    kind, *parameters = [part.strip() for part in (content_type or "").split(";")]
+    kind = kind.lower()
     limits = Limits.from_env()
     if kind == JSON:
-        return _from_path(_read_json(body), limits)
+        data = _read_json(body)
+        request = _from_path(data, limits)
+        request.dialogue = _neighbours(data.get("neighbours", True))
+        return request
     if kind.startswith(MEDIA_TYPES):
-        return _from_bytes(body, limits)
+        dialogue = _neighbours(_parameter(parameters, "neighbours", "true"))
+        request = _from_bytes(body, limits)
+        request.dialogue = dialogue
+        return request
     raise RequestError(f"Content type {kind or 'none'} is not accepted: send {JSON} with "
                        '{"video_path": ...} or the video\'s bytes as video/*.', 415)
 
@@ -100,7 +111,7 @@ def predict_fn(data: Request, model) -> Analysis:
     """The pipeline's analysis of the file (a staged body is removed afterwards)."""
     from core.pipeline import analyze
     try:
-        analysis = analyze(data.path, model)
+        analysis = analyze(data.path, model, dialogue=data.dialogue)
     except UserError as err:        # unreadable media, a transcription that failed: the caller's file
         raise RequestError(str(err), 400) from None
     finally:
@@ -156,6 +167,24 @@ def _read_json(body) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("video_path"), str) or not data["video_path"].strip():
         raise RequestError('The JSON request needs "video_path": the name of a file in the input folder.')
     return data
+
+
+def _parameter(parameters: list[str], name: str, default: str) -> str:
+    """A media type parameter's value ("video/mp4; neighbours=false"), else the default."""
+    for part in parameters:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"')
+    return default
+
+
+def _neighbours(value) -> bool:
+    """The "neighbours" option: true (read each line with the lines around it) or false (alone)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise RequestError('"neighbours" must be true or false (false reads each line\'s words alone).')
 
 
 def input_folder() -> Path:

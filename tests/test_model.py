@@ -156,6 +156,32 @@ def test_bf16_text_vectors_stay_close_to_fp32(monkeypatch):
     assert float(torch.nn.functional.cosine_similarity(fast, exact).min()) > 0.995
 
 
+def test_bf16_weight_copies_read_what_autocast_reads_and_follow_a_changed_weight(monkeypatch):
+    """encode() hands autocast bfloat16 copies of the Linear weights (so it does not cast them at
+    every call): the vectors are those of plain autocast over the fp32 weights, bit for bit, and a
+    weight changed in place (a LoRA merge) is copied again, never read stale."""
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16: the text encoder runs in fp32 here")
+    monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
+    texts = ["I am so happy for you!", "Get out of my house, I hate you!", "Okay."]
+    contexts = ["Hi. | How are you?", "", "Fine."]
+    enc = encoders.TextEncoder()
+
+    def plain_autocast() -> torch.Tensor:
+        batch = enc.tokenize(texts, contexts)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return enc(batch).float()
+
+    assert torch.equal(enc.encode(texts, contexts), plain_autocast())
+    copies = enc.bf16_linear_weights()
+    assert copies and all(t.dtype == torch.bfloat16 for t in copies.values())
+    assert enc.bf16_linear_weights() is copies                     # reused while nothing changes
+    with torch.no_grad():
+        next(m for m in enc.bert.modules() if isinstance(m, torch.nn.Linear)).weight.mul_(1.5)
+    changed = enc.encode(texts, contexts)
+    assert enc.bf16_linear_weights() is not copies
+    assert torch.equal(changed, plain_autocast())
+
 def test_build_context_most_recent_first():
     texts = ["a", "b", "c", "d"]
     assert encoders.build_context(texts, 3, 2) == "c | b"

@@ -149,6 +149,33 @@ def test_batch_folder_writes_json_and_csv_per_video(talking_video, media_dir, tm
     assert all(0.0 <= c < 1.0 for c in table["voice_counted"])
 
 
+def test_batch_alone_reads_each_line_alone_and_is_not_taken_for_the_other_reading(talking_video, tmp_path):
+    """`core batch --alone` reads each utterance's words alone and stamps its outputs so; a later
+    run with neighbours over the same folder analyses the file again (a different reading), and
+    its outputs say nothing of reading alone."""
+    import shutil
+    folder, out = tmp_path / "videos", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(talking_video, folder / "a.mp4")
+
+    def batch(*extra):
+        proc = subprocess.run([sys.executable, "-m", "core", "batch", str(folder), "--out", str(out),
+                               "--jobs", "1", *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        return proc.stdout, json.loads((out / "a.json").read_text())
+
+    said, alone = batch("--alone")
+    assert "1 analysed" in said
+    assert alone["model"]["words"] == "each utterance alone"
+    assert all(next(o for o in u["opinions"] if o["modality"] == "text")["note"] == pipeline.WORDS_ALONE
+               for u in alone["utterances"])
+    said, together = batch()
+    assert "1 analysed" in said and "already done" not in said.splitlines()[-1].split(",")[0]
+    assert "words" not in together["model"]
+    assert [u["utterance"]["text"] for u in together["utterances"]] == [u["utterance"]["text"]
+                                                                       for u in alone["utterances"]]
+
+
 def test_a_gpu_is_picked_when_there_is_one(monkeypatch):
     # Mocked: there is no GPU on this machine, so torch is told there is one; nothing runs on it.
     import torch

@@ -171,10 +171,12 @@ def test_only_the_same_file_with_the_same_models_counts_as_done(clips, tmp_path)
 
 class DiesOnCrashFiles:
     """Stands in for BatchWorker (no models: what is tested is Ray's side): its process dies
-    on a file named crash*, and answers "fine" for the others."""
+    on a file named crash*, and answers "fine" for the others ("fine, alone" when the engine
+    asked for each line's words alone)."""
 
-    def __init__(self, checkpoint=None, threads=0):
+    def __init__(self, checkpoint=None, threads=0, dialogue=True):
         self.name = f"here:{os.getpid()}"
+        self.dialogue = dialogue
 
     def signature(self):
         return {"stand-in": True}
@@ -183,11 +185,11 @@ class DiesOnCrashFiles:
         from core.batch import Outcome
         if Path(path).name.startswith("crash"):
             os._exit(1)                         # as an out-of-memory kill would
-        return Outcome(path, None, "fine", worker=self.name)
+        return Outcome(path, None, "fine" if self.dialogue else "fine, alone", worker=self.name)
 
 
 class CannotStart(DiesOnCrashFiles):
-    def __init__(self, checkpoint=None, threads=0):
+    def __init__(self, checkpoint=None, threads=0, dialogue=True):
         raise RuntimeError("no driver for this GPU")
 
 
@@ -203,6 +205,8 @@ def test_a_worker_that_dies_fails_only_its_file_and_one_that_cannot_start_fails_
     assert got["a.mp4"] == got["b.mp4"] == "fine"               # the replacement actor went on
     assert got["crash.mp4"].startswith("The Ray worker stopped while analysing it: "), got
     assert "\n" not in got["crash.mp4"]
+    alone = _messages(ray_engine.RayEngine(1, None, 2, dialogue=False), files[::2])   # --alone reaches the actors
+    assert alone == {"a.mp4": "fine, alone", "b.mp4": "fine, alone"}
 
     monkeypatch.setattr(ray_engine, "BatchWorker", CannotStart)
     got = _messages(ray_engine.RayEngine(1, None, len(files)), files)

@@ -94,6 +94,31 @@ def test_the_endpoint_analyses_a_videos_bytes_and_a_path_in_the_input_folder(tal
     assert (inputs / "day1" / "talk.mp4").is_file()               # a caller's file is never removed
 
 
+def test_the_endpoint_reads_each_line_alone_when_asked(talking_video, models, tmp_path, monkeypatch):
+    """"neighbours": false in the JSON, or "; neighbours=false" after the media type, reads each
+    utterance's words alone (the app's unticked box); anything but true or false is refused."""
+    from core.pipeline import WORDS_ALONE
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(talking_video, inputs / "talk.mp4")
+    monkeypatch.setenv(inference.INPUT_DIR_ENV, str(inputs))
+    for body, kind in ((json.dumps({"video_path": "talk.mp4", "neighbours": False}).encode(), "application/json"),
+                       (talking_video.read_bytes(), "video/mp4; neighbours=false")):
+        status, answer, _ = serve(models, body, kind)
+        assert status == 200, answer
+        answer = json.loads(answer)
+        assert answer["model"]["words"] == "each utterance alone"
+        assert all(u["modalities"]["text"]["note"] == WORDS_ALONE for u in answer["utterances"])
+    status, answer, _ = serve(models, json.dumps({"video_path": "talk.mp4", "neighbours": True}).encode(),
+                              "application/json")
+    assert status == 200 and "words" not in json.loads(answer)["model"]
+    for body, kind in ((json.dumps({"video_path": "talk.mp4", "neighbours": "no"}).encode(), "application/json"),
+                       (talking_video.read_bytes(), "video/mp4; neighbours=0")):
+        status, line, _ = serve(models, body, kind)
+        assert status == 400 and '"neighbours" must be true or false' in line and one_line(line), line
+    assert not list(Path(tempfile.gettempdir()).glob("request-*/request.media"))   # nothing left staged
+
+
 def test_a_staged_body_is_removed_after_the_analysis(talking_video, models):
     data = inference.input_fn(talking_video.read_bytes(), "video/mp4")
     assert data.temporary and data.path.is_file()
