@@ -95,8 +95,9 @@ def input_fn(body, content_type: str) -> Request:
     limits = Limits.from_env()
     if kind == JSON:
         data = _read_json(body)
+        dialogue = _neighbours(data.get("neighbours", True))
         request = _from_path(data, limits)
-        request.dialogue = _neighbours(data.get("neighbours", True))
+        request.dialogue = dialogue
         return request
     if kind.startswith(MEDIA_TYPES):
         dialogue = _neighbours(_parameter(parameters, "neighbours", "true"))
