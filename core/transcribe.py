@@ -3,7 +3,8 @@ utterances, drop hallucinations.
 
 The default model is the packaged Whisper base (converted once by `core.whisper_convert`), so
 transcription works offline. Silero VAD (core.vad) finds the speech; Whisper decodes it in windows
-cut at its pauses (core.whisper_batch); speech that no word covers afterwards (Whisper ended a
+cut at its pauses (core.whisper_batch), its pauses over 1 s shortened to 0.6 s first when that
+needs fewer windows (core.packing); speech that no word covers afterwards (Whisper ended a
 window early, or skipped a quiet clip) is decoded again in windows of its own, so nothing real is
 dropped. Segments are then cut into utterances with their word timestamps (core.utterances).
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import packing as packed
 from . import recall
 from .online import reachable
 from . import utterances as cut
@@ -35,6 +37,7 @@ SEED = 0
 PAD = cut.PAD                 # seconds kept around an utterance's speech (core.utterances)
 SKIP_SILENCE = 3.0            # Whisper never sees silences longer than this (hallucination bait)
 CLIP_PAD = 1.0                # seconds of audio kept around the speech that Whisper sees
+PACK = True                   # pauses over 1 s shortened to 0.6 s when that saves a window (core.packing)
 # Hallucination guard.
 NO_SPEECH_PROB = 0.6
 LOGPROB_FLOOR = -1.0
@@ -164,13 +167,26 @@ def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
 
 def decode(model, audio: np.ndarray, regions: list[Region], language: str | None,
            progress: bool = False) -> dict:
-    """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; then what it
-    left out or lost track of, decoded again in windows of its own (core.recall)."""
+    """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; its long
+    pauses shortened first (core.packing, times mapped back to `audio`) when that needs fewer
+    windows. Then what it left out or lost track of, decoded again in windows of its own
+    (core.recall)."""
     duration = len(audio) / SAMPLE_RATE
     clips = _clips(regions, duration)
     windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
-    result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True,
-                                regions=regions)
+    packing = packed.plan(regions, len(audio)) if PACK else packed.Packing(())
+    if packing.shortened:         # long pauses shortened, when that saves a window (core.packing)
+        heard, where = packing.audio(audio), packing.regions(regions)
+        clips = _clips(where, len(heard) / SAMPLE_RATE)
+        fewer = plan_windows(list(zip(clips[::2], clips[1::2])), where, heard)
+        packing = packing if len(fewer) < len(windows) else packed.Packing(())
+    if packing.shortened:
+        result = transcribe_windows(model, heard, fewer, language, TEMPERATURES, progress, speech=True,
+                                    regions=where, states_map=packing.states)
+        result["segments"] = packing.segments(result.get("segments") or [])
+    else:
+        result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True,
+                                    regions=regions)
     language = result.get("language") or language
     last = float(np.floor(duration * 100) / 100)      # whole mel frames, as in _clips
 

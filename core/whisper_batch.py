@@ -278,8 +278,10 @@ def run_encoder_top_bf16(encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     return encoder.ln_post(x.float()).float(), kept
 
 
-def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
-    """model.encoder(x); inside capture_states it also keeps each window's voice states (core.voice)."""
+def _encode(model, x: torch.Tensor, batch: list[Window], states_map=None) -> torch.Tensor:
+    """model.encoder(x); inside capture_states it also keeps each window's voice states (core.voice),
+    through `states_map(start, seconds, states) -> [WindowStates]` when the audio is packed
+    (core.packing.Packing.states)."""
     kind = encoder_precision(model.device.type)
     if kind == "bf16-top":
         features, states = run_encoder_top_bf16(model.encoder, x)
@@ -294,20 +296,22 @@ def _encode(model, x: torch.Tensor, batch: list[Window]) -> torch.Tensor:
         return features
     from .voice import WindowStates
     for window, kept in zip(batch, states):
-        found.append(WindowStates(window.start, window.frames / FRAMES_PER_SECOND, kept.detach().half().cpu()))
+        args = (window.start, window.frames / FRAMES_PER_SECOND, kept.detach().half().cpu())
+        found.extend(states_map(*args) if states_map is not None else [WindowStates(*args)])
     return features
 
 
 @torch.no_grad()
 def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language: str | None,
                        temperatures: tuple[float, ...], progress: bool = False, speech: bool = False,
-                       regions: list[tuple[float, float]] | None = None) -> dict:
+                       regions: list[tuple[float, float]] | None = None, states_map=None) -> dict:
     """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...}.
 
     `speech=True`: every window holds speech a voice-activity detector found, so none is skipped on
     Whisper's own no-speech verdict (under noise it skipped 26 s of real speech that way).
     `regions`: the detected speech (seconds), against which a window of repetitive text is judged
-    a loop (decoded again hotter) or a sentence said again (kept: core.repetition)."""
+    a loop (decoded again hotter) or a sentence said again (kept: core.repetition).
+    `states_map`: how captured encoder states map to the original audio (_encode)."""
     from tqdm import tqdm
     from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from whisper.timing import add_word_timestamps
@@ -324,7 +328,7 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
         batch = windows[first:first + size]
         x = torch.stack([pad_or_trim(mel[:, w.first_frame:w.first_frame + w.frames], N_FRAMES)
                          for w in batch]).to(model.device, dtype)
-        features = _encode(model, x, batch)
+        features = _encode(model, x, batch, states_map)
         if language is None:                      # detected once, on the first window, as whisper does
             language = "en"
             if model.is_multilingual:

@@ -503,7 +503,7 @@ def test_speech_a_window_left_out_is_decoded_again(monkeypatch):
     calls = []
 
     def windows_stopping_early(model, audio, windows, language, temperatures, progress=False, speech=False,
-                               regions=None):
+                               regions=None, states_map=None):
         calls.append([(w.start, w.end) for w in windows])
         if len(calls) == 1:          # the first pass hears only the first sentence
             return {"language": "en", "segments": [_said(" Kids are talking by the door.", 1.1, 2.9)]}
@@ -516,6 +516,56 @@ def test_speech_a_window_left_out_is_decoded_again(monkeypatch):
     assert lo >= 2.9 and lo <= 11.5 and hi >= 14.0               # around the lost speech, not the heard
     assert [s["text"] for s in result["segments"]] == [" Kids are talking by the door.",
                                                         " Dogs are sitting by the door."]
+
+
+def test_long_pauses_are_shortened_before_whisper_and_its_times_come_back(monkeypatch):
+    """Whisper hears the speech with its 9-s pause cut to 0.6 s (core.packing): one shorter audio;
+    the words it returns land back on the speech where it lies in the file. (The decoder is a
+    stand-in that answers where the speech lies in what it was given.)"""
+    regions = [(1.0, 3.0), (12.0, 14.0)]
+    given = []
+
+    def hears_the_regions(model, audio, windows, language, temperatures, progress=False, speech=False,
+                          regions=None, states_map=None):
+        given.append((len(audio) / 16000, regions, states_map))
+        (a1, b1), (a2, b2) = regions
+        return {"language": "en", "segments": [_said(" Kids are talking by the door.", a1, b1),
+                                               _said(" Dogs are sitting by the door.", a2, b2)]}
+
+    monkeypatch.setattr(tr, "transcribe_windows", hears_the_regions)
+    result = tr.decode(None, np.zeros(16 * 16000, np.float32), regions, "en")
+    seconds, where, states_map = given[0]
+    assert len(given) == 1 and states_map is not None               # nothing left to decode again
+    assert seconds == pytest.approx(2.0 + 2.0 + 0.6 + 2 * 1.0, abs=0.05)    # not 16 s
+    assert where[1][0] - where[0][1] == pytest.approx(0.6, abs=0.05)
+    times = [(s["start"], s["end"]) for s in result["segments"]]
+    assert times == [pytest.approx(r, abs=1e-6) for r in regions]
+    assert all(a >= 12.0 and b <= 14.0 for w in result["segments"][1]["words"] for a, b in [(w["start"], w["end"])])
+
+
+def test_a_sentence_crammed_into_no_time_is_decoded_again():
+    """Whisper skipped a sentence said again and wrote it at the window's end with no time for its
+    words: that text is dropped and the speech under it decoded again, instead of a sentence said
+    twice over one clip (seen on 14 actors saying one sentence)."""
+    regions = [(1.0, 3.0), (4.0, 6.0)]
+    sentence = " Kids are talking by the door."
+    crammed = _said(sentence, 5.9, 5.9)
+    assert recall.crammed(crammed) and not recall.crammed(_said(sentence, 4.1, 5.9))
+    redone = []
+
+    def again(spans):
+        redone.extend(spans)
+        return [_said(sentence, 4.1, 5.9)]
+    # said twice over the second clip: the crammed copy goes, nothing is left to redo
+    twice = recall.second_look(again, regions, [_said(sentence, 1.1, 2.9), _said(sentence, 4.1, 5.5), crammed], 7.0)
+    assert [s["text"] for s in twice] == [sentence] * 2 and redone == []
+    # the crammed text was all there was over the second clip: its speech is decoded again
+    placed = dict(crammed, words=[dict(w, start=4.1, end=4.6) if i == 0 else dict(w, start=4.6, end=4.6)
+                                  for i, w in enumerate(crammed["words"])])
+    fixed = recall.second_look(again, regions, [_said(sentence, 1.1, 2.9), placed], 7.0)
+    assert [s["text"] for s in fixed] == [sentence] * 2
+    assert len(redone) == 1 and redone[0][0] <= 4.0 and redone[0][1] >= 6.0
+    assert [w["start"] for w in fixed[1]["words"]][0] == pytest.approx(4.1)
 
 
 def _said(text: str, start: float, end: float) -> dict:
