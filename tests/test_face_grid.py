@@ -71,7 +71,10 @@ def test_a_failing_face_net_in_the_background_leaves_it_to_the_per_utterance_pat
 
 def test_a_cancelled_grid_stops_and_long_files_skip_it(talking_video):
     info = media.probe(talking_video)
-    assert face_grid.detect_on_grid(talking_video, info.duration, 320, stop=_set_event()) is None
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:     # a thread of its own: the grid lowers its thread's priority
+        assert pool.submit(face_grid.detect_on_grid, talking_video, info.duration, 320,
+                           stop=_set_event()).result() is None
     long = media.MediaInfo(**{**info.__dict__, "duration": face_grid.GRID_MAX_SECONDS + 1})
     assert face_grid.start(talking_video, long, 320) is None
     no_picture = media.MediaInfo(**{**info.__dict__, "has_video": False})
@@ -174,14 +177,20 @@ def test_the_grid_yields_while_whisper_works_and_not_once_it_is_waited_for(talki
         time.sleep(0.01)
     tid = job.running[0]
     assert os.getpriority(os.PRIO_PROCESS, tid) == face_grid.GRID_NICE
+    # the idle policy only where it can be undone
+    idle = os.SCHED_IDLE if face_grid.can_raise_priority() else os.SCHED_OTHER
+    assert os.sched_getscheduler(tid) == idle
     waiter = threading.Thread(target=job.result)
     waiter.start()
     own = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def back() -> bool:
+        return os.getpriority(os.PRIO_PROCESS, tid) == own and os.sched_getscheduler(tid) == os.SCHED_OTHER
     for _ in range(300):
-        if os.getpriority(os.PRIO_PROCESS, tid) == own:
+        if back():
             break
         time.sleep(0.01)
-    restored = os.getpriority(os.PRIO_PROCESS, tid) == own
+    restored = back()
     gate.set()
     waiter.join(60)
     assert job.result() is not None and not job.running
@@ -222,3 +231,26 @@ def test_the_processes_a_thread_started_are_found_to_hurry_them_too():
     if not children and not os.path.exists(f"/proc/{os.getpid()}/task/{tid}"):
         pytest.skip("no Linux /proc here")
     assert child.pid in children
+
+
+def test_the_idle_policy_is_taken_only_where_it_can_be_given_back(monkeypatch):
+    """Unprivileged, a SCHED_IDLE thread could never be hurried (Linux refuses to leave the policy
+    without RLIMIT_NICE), so there the grid thread only lowers its nice value."""
+    import os
+    import threading
+
+    seen = {}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "an earlier test left this thread idle"
+
+    def lowered(key):
+        face_grid._lower_priority()
+        tid = threading.get_native_id()
+        seen[key] = (os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid))
+
+    for allowed in (False, True):
+        monkeypatch.setattr(face_grid, "can_raise_priority", lambda allowed=allowed: allowed)
+        t = threading.Thread(target=lowered, args=(allowed,))
+        t.start()
+        t.join(10)
+    assert seen[False] == (os.SCHED_OTHER, face_grid.GRID_NICE)
+    assert seen[True] == (os.SCHED_IDLE, face_grid.GRID_NICE)

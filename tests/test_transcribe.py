@@ -608,3 +608,19 @@ def test_openmp_threads_wait_passively_unless_told_otherwise():
                                    text=True, check=True).stdout.strip()
     assert run(env) == "PASSIVE"
     assert run({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_the_alignment_median_filter_is_openai_whispers_bit_for_bit():
+    """core.whisper_align picks the median with min/max instead of a sort: the same values."""
+    import whisper.timing as timing
+
+    from core import whisper_align
+    original = whisper_align._ORIGINAL or timing.median_filter
+    torch.manual_seed(0)
+    for shape in [(6, 90, 1500), (1, 6, 40, 300), (3, 40), (50,), (2, 5, 3)]:
+        x = torch.rand(*shape)
+        x[..., ::11] = 0.5                               # ties
+        for width in (7, 3):
+            assert torch.equal(whisper_align.median_filter(x, width), original(x, width)), (shape, width)
+    whisper_align.use_fast_median()
+    assert timing.median_filter is whisper_align.median_filter
