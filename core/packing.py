@@ -10,6 +10,8 @@ the original audio here, so nothing downstream sees the packing. The benchmark's
 (1.3-s pauses between its sentences) needs two windows instead of three. A file that fits one
 window either way is heard as it is: Whisper's punctuation follows the pauses ("we won!" with
 1.4-s pauses, "we won." with 0.6 s on the example), so nothing changes where nothing is saved.
+The second look (core.recall) lays its short stretches one after another, APART seconds of
+silence between them (end_to_end), in one window instead of one window each.
 
 Cuts fall on the 20-ms grid of Whisper's encoder states (two 10-ms mel frames), so the states of a
 piece are exactly its own. A word never spans a removed pause: one that Whisper stretched over a
@@ -29,6 +31,7 @@ GRID = 320                    # samples per encoder state (20 ms): pieces start 
 SHORTEN_OVER = 1.0            # pauses up to this long are kept whole (seconds)
 KEEP_PAUSE = 0.6              # a longer pause keeps this much (seconds)
 EDGE = 1.0                    # seconds kept before the first speech and after the last
+APART = 1.5                   # seconds of silence between stretches laid end to end (end_to_end)
 
 Region = tuple[float, float]
 
@@ -63,8 +66,11 @@ class Packing:
         return len(self.pieces) > 1
 
     def audio(self, audio: np.ndarray) -> np.ndarray:
-        """The packed audio: the pieces of `audio` laid end to end."""
-        return np.concatenate([audio[p.start:p.end] for p in self.pieces]) if self.pieces else audio[:0]
+        """The packed audio: the pieces of `audio` laid end to end (silence between pieces set apart)."""
+        out = np.zeros(self.samples, dtype=audio.dtype)
+        for p in self.pieces:
+            out[p.at:p.at + p.length] = audio[p.start:p.end]
+        return out
 
     def to_packed(self, t: float) -> float:
         """A time of the original audio in the packed audio (a time in a removed pause goes to
@@ -98,7 +104,8 @@ class Packing:
         i, j = self._index(start), self._index(max(start, end - 1e-6))
         if i == j or whole:
             return self._original(start, i), max(self._original(start, i), self._original(end, j))
-        edge = self.pieces[i + 1].at / SAMPLE_RATE               # the join after piece i
+        before, after = self.pieces[i], self.pieces[i + 1]
+        edge = (before.at + before.length + after.at) / 2 / SAMPLE_RATE     # the join after piece i
         k = i if edge - start >= end - edge else j
         lo = self._original(max(start, self.pieces[k].at / SAMPLE_RATE), k)
         return lo, max(lo, self._original(end, k))
@@ -137,6 +144,21 @@ class Packing:
             out.append(WindowStates((p.start + a - p.at) / SAMPLE_RATE, (b - a) / SAMPLE_RATE,
                                     states[first:first + count]))
         return out
+
+
+def end_to_end(spans: list[Region], samples: int, apart: float = APART) -> Packing:
+    """The `spans` (seconds, in order) of an audio of `samples` samples laid one after another,
+    `apart` seconds of silence between them: the second look (core.recall) decodes its short
+    stretches in one window so."""
+    pieces, at = [], 0
+    for a, b in spans:
+        lo, hi = _grid(a, up=False), min(_grid(b, up=True), (samples // GRID) * GRID)
+        lo = max(lo, pieces[-1].end if pieces else 0)
+        if hi > lo:
+            at += _grid(apart, up=False) if pieces else 0
+            pieces.append(Piece(lo, hi, at))
+            at += hi - lo
+    return Packing(tuple(pieces))
 
 
 def _grid(seconds: float, up: bool) -> int:

@@ -165,36 +165,41 @@ def is_silent(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bool:
     return len(audio) < MIN_AUDIO_SECONDS * sr or float(np.max(np.abs(audio))) < SILENCE_PEAK
 
 
+def _hear(model, audio: np.ndarray, regions: list[Region], spans: list[Region], language: str | None,
+          progress: bool, packing: "packed.Packing | None") -> dict:
+    """Whisper on `spans` of `audio`, in windows cut in their pauses; as laid out by `packing`
+    instead (times mapped back) when that needs fewer windows."""
+    windows = plan_windows(spans, regions, audio)
+    if packing is not None and packing.shortened:
+        heard, where = packing.audio(audio), packing.regions(regions)
+        clips = _clips(where, len(heard) / SAMPLE_RATE)
+        fewer = plan_windows(list(zip(clips[::2], clips[1::2])), where, heard)
+        if len(fewer) < len(windows):
+            result = transcribe_windows(model, heard, fewer, language, TEMPERATURES, progress, speech=True,
+                                        regions=where, states_map=packing.states)
+            result["segments"] = packing.segments(result.get("segments") or [])
+            return result
+    return transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True,
+                              regions=regions)
+
+
 def decode(model, audio: np.ndarray, regions: list[Region], language: str | None,
            progress: bool = False) -> dict:
     """Whisper on the detected speech: windows cut in its pauses, decoded as a batch; its long
     pauses shortened first (core.packing, times mapped back to `audio`) when that needs fewer
-    windows. Then what it left out or lost track of, decoded again in windows of its own
-    (core.recall)."""
+    windows. Then what it left out or lost track of is decoded again on its own (core.recall),
+    its stretches set apart by silence in one window when they fit (core.packing.end_to_end)."""
     duration = len(audio) / SAMPLE_RATE
     clips = _clips(regions, duration)
-    windows = plan_windows(list(zip(clips[::2], clips[1::2])), regions, audio)
-    packing = packed.plan(regions, len(audio)) if PACK else packed.Packing(())
-    if packing.shortened:         # long pauses shortened, when that saves a window (core.packing)
-        heard, where = packing.audio(audio), packing.regions(regions)
-        clips = _clips(where, len(heard) / SAMPLE_RATE)
-        fewer = plan_windows(list(zip(clips[::2], clips[1::2])), where, heard)
-        packing = packing if len(fewer) < len(windows) else packed.Packing(())
-    if packing.shortened:
-        result = transcribe_windows(model, heard, fewer, language, TEMPERATURES, progress, speech=True,
-                                    regions=where, states_map=packing.states)
-        result["segments"] = packing.segments(result.get("segments") or [])
-    else:
-        result = transcribe_windows(model, audio, windows, language, TEMPERATURES, progress, speech=True,
-                                    regions=regions)
+    result = _hear(model, audio, regions, list(zip(clips[::2], clips[1::2])), language, progress,
+                   packed.plan(regions, len(audio)) if PACK else None)
     language = result.get("language") or language
     last = float(np.floor(duration * 100) / 100)      # whole mel frames, as in _clips
 
     def again(spans: list[Region]) -> list[dict]:
         spans = [(a, min(b, last)) for a, b in spans if min(b, last) > a]
-        found = transcribe_windows(model, audio, plan_windows(spans, regions, audio), language, TEMPERATURES,
-                                   speech=True, regions=regions)
-        return found.get("segments") or []
+        laid = packed.end_to_end(spans, len(audio)) if PACK else None
+        return _hear(model, audio, regions, spans, language, False, laid).get("segments") or []
 
     segments = recall.second_look(again, regions, result.get("segments") or [], duration)
     return {"segments": segments, "language": result.get("language")}

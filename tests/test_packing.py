@@ -92,3 +92,24 @@ def test_encoder_states_come_back_per_piece():
         assert abs(float(got[0, 0]) - pa * STATES_PER_SECOND) <= 1.0
         assert got.shape[0] == pytest.approx((b - a) * STATES_PER_SECOND, abs=2)
     assert from_windows(found, 12.0, 14.0) is None                  # inside a removed pause
+
+
+def test_stretches_laid_apart_for_a_second_look():
+    """core.recall's short stretches are decoded in one window, set apart by silence, and what is
+    heard there lands back where each stretch lies."""
+    spans = [(1.0, 3.0), (10.0, 12.5)]
+    plan = packing.end_to_end(spans, 20 * SR)
+    assert [(p.start / SR, p.end / SR) for p in plan.pieces] == spans
+    second = plan.pieces[1]
+    assert second.at / SR == pytest.approx(2.0 + packing.APART)
+    audio = np.ones(20 * SR, dtype=np.float32)
+    laid = plan.audio(audio)
+    assert len(laid) == plan.samples and laid[: 2 * SR].all() and laid[second.at:].all()
+    assert not laid[2 * SR + 10: second.at - 10].any()                   # silence between them
+    word = {"word": " door", "start": second.at / SR + 0.5, "end": second.at / SR + 0.9}
+    back = plan.segments([{"start": word["start"], "end": word["end"], "text": " door", "words": [word]}])[0]
+    assert (back["words"][0]["start"], back["words"][0]["end"]) == pytest.approx((10.5, 10.9))
+    # a word Whisper put in the silence ends where its stretch ends
+    lost = {"word": " the", "start": 1.9, "end": 2.4}
+    out = plan.segments([{"start": 1.9, "end": 2.4, "text": " the", "words": [lost]}])[0]["words"][0]
+    assert out["start"] == pytest.approx(2.9) and out["end"] == pytest.approx(3.0)
