@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,8 +63,13 @@ class Packing:
 
     @property
     def shortened(self) -> bool:
-        """True when some pause was shortened (otherwise packing changes nothing worth it)."""
+        """True when something between the pieces was left out or set apart (one piece: nothing)."""
         return len(self.pieces) > 1
+
+    @cached_property
+    def _starts(self) -> tuple[list[int], list[int]]:
+        """The pieces' first samples in the original and in the packed audio (for bisect)."""
+        return [p.start for p in self.pieces], [p.at for p in self.pieces]
 
     def audio(self, audio: np.ndarray) -> np.ndarray:
         """The packed audio: the pieces of `audio` laid end to end (silence between pieces set apart)."""
@@ -76,12 +82,13 @@ class Packing:
         """A time of the original audio in the packed audio (a time in a removed pause goes to
         the join)."""
         s = t * SAMPLE_RATE
-        for p in self.pieces:
-            if s < p.start:
-                return p.at / SAMPLE_RATE
-            if s <= p.end:
-                return (p.at + s - p.start) / SAMPLE_RATE
-        return self.samples / SAMPLE_RATE
+        i = bisect.bisect_right(self._starts[0], s) - 1          # the last piece starting at or before t
+        if i < 0:
+            return self.pieces[0].at / SAMPLE_RATE if self.pieces else 0.0
+        p = self.pieces[i]
+        if s <= p.end:
+            return (p.at + s - p.start) / SAMPLE_RATE
+        return (self.pieces[i + 1].at if i + 1 < len(self.pieces) else self.samples) / SAMPLE_RATE
 
     def regions(self, regions: list[Region]) -> list[Region]:
         """Speech regions of the original audio, in packed time (each lies inside one piece)."""
@@ -90,8 +97,7 @@ class Packing:
 
     def _index(self, t: float) -> int:
         """The piece a packed time falls in (the later one at a join)."""
-        starts = [p.at for p in self.pieces]
-        return max(0, bisect.bisect_right(starts, t * SAMPLE_RATE) - 1)
+        return max(0, bisect.bisect_right(self._starts[1], t * SAMPLE_RATE) - 1)
 
     def _original(self, t: float, index: int) -> float:
         p = self.pieces[index]
