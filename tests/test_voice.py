@@ -272,3 +272,55 @@ def test_training_only_augmentation_changes_speed_pitch_or_adds_noise_at_the_sta
     assert len(shifts) == 2
     with pytest.raises(ValueError, match="unknown augmentation"):
         vs.perturb(audio, "echo", rng)
+
+
+@needs_ravdess
+def test_a_long_file_heard_with_its_pauses_shortened_keeps_each_voice_on_its_own_clip(models, tmp_path, monkeypatch):
+    """A file long enough for Whisper to hear it with its pauses shortened (core.packing: 3 windows
+    instead of 4 or 6): 28 clips of one unheard actor (strong, both sentences, both takes; 105-116 s
+    with pauses of 1.2-2.8 s). Every clip is heard, no utterance runs over two clips, every voice
+    opinion is cut out of the packed windows' states (no second encoder pass), and the voice is
+    right about as often as with the pauses kept (measured: 17/30 and 22/28 utterances, against
+    16/29 and 22/28)."""
+    import csv
+    import wave
+
+    from core import transcribe as tr
+    from core import voice
+    from core.pipeline import analyze
+    from tests import hearing
+
+    root = ravdess.find_root()
+    rows = [r for r in csv.DictReader(open(root / "manifest.csv")) if r["actor"] in ("23", "24")
+            and ((r["intensity"] == "strong" and r["emotion"] != "calm") or r["emotion"] == "neutral")]
+    packed = []
+    real = tr.transcribe_windows
+
+    def watched(*args, **kwargs):
+        packed.append(kwargs.get("states_map") is not None)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tr, "transcribe_windows", watched)
+    monkeypatch.setattr(voice, "encode_window", lambda *a, **k: pytest.fail("the encoder ran again for the voice"))
+    right = total = 0
+    for actor in ("23", "24"):
+        mine = sorted((r for r in rows if r["actor"] == actor), key=lambda r: r["path"])
+        np.random.default_rng(0).shuffle(mine)
+        rec = hearing.recording([(hearing.at_level(hearing._trim(hearing.load_audio(root / r["path"])), -23.0),
+                                  r["statement"] + ".", r["meld_emotion"]) for r in mine])
+        path = tmp_path / f"actor{actor}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((np.clip(rec.audio, -1, 1) * 32767).astype(np.int16).tobytes())
+        packed.clear()
+        result = analyze(path, models, use_cache=False)
+        assert len(rec.clips) == 28 and packed and packed[0], "the pauses were not shortened"
+        on = [[c for c in rec.clips if p.utterance.start < c.end and p.utterance.end > c.start]
+              for p in result.utterances]
+        assert all(len(clips) == 1 for clips in on), "an utterance runs over two clips"
+        assert {id(c) for clips in on for c in clips} == {id(c) for c in rec.clips}, "a clip went unheard"
+        for (clip,), p in zip(on, result.utterances):
+            heard = p.opinion("audio")
+            assert heard.present and heard.used_in_fusion and not p.error
+            right += EMOTIONS[int(np.argmax(heard.emotion_probs))] == clip.source
+            total += 1
+    assert right / total >= 0.6, f"voice right on {right}/{total} utterances"
