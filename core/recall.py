@@ -92,6 +92,7 @@ def spans_to_redo(regions: list[Region], segments: list[dict], duration: float) 
         lo = (found[i - 1][1] + found[i][0]) / 2.0 if i > 0 else max(0.0, found[i][0] - RETRY_PAD)
         hi = (found[i][1] + found[i + 1][0]) / 2.0 if i + 1 < len(found) else min(duration, found[i][1] + RETRY_PAD)
         spans.append((lo, hi))
+    spans = [_whole(lo, hi, segments) for lo, hi in spans]
     merged: list[list[float]] = []
     for lo, hi in sorted(spans):
         if merged and lo < merged[-1][1] - 1e-6:     # overlapping; chunks that only touch stay apart
@@ -99,6 +100,18 @@ def spans_to_redo(regions: list[Region], segments: list[dict], duration: float) 
         elif hi > lo:
             merged.append([lo, hi])
     return [(round(a, 2), round(b, 2)) for a, b in merged]
+
+
+def _whole(lo: float, hi: float, segments: list[dict]) -> Region:
+    """[lo, hi] grown over any segment whose words lie on both sides of it: new words never land
+    in the middle of a sentence already heard (Whisper skipped a repeat and spread one sentence
+    over two clips, "Kids are talking ... by the door" around the other clip's "Kids are talking");
+    that sentence is decoded again whole."""
+    for seg in segments:
+        words = seg.get("words") or []
+        if words and float(words[0]["start"]) < lo and float(words[-1]["end"]) > hi:
+            lo, hi = min(lo, float(words[0]["start"])), max(hi, float(words[-1]["end"]))
+    return lo, hi
 
 
 def _inside(segment: dict, lo: float, hi: float, keep: bool) -> dict | None:

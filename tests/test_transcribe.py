@@ -568,6 +568,20 @@ def test_a_sentence_crammed_into_no_time_is_decoded_again():
     assert [w["start"] for w in fixed[1]["words"]][0] == pytest.approx(4.1)
 
 
+def test_new_words_never_land_inside_a_sentence_already_heard():
+    """Whisper skipped a repeated ending and spread one sentence over two clips: its first words on
+    the first clip, its last on the second, the second clip's start unheard. The second look decodes
+    the whole sentence's stretch again, not only the unheard start between its words (which put a
+    second "Kids are talking" inside the first sentence, seen on 28 acted clips)."""
+    regions = [(1.0, 3.0), (4.5, 6.5)]
+    spread = _said(" Kids are talking by the door.", 1.0, 6.5)
+    spread["words"] = [dict(w, start=1.0 + 0.6 * i, end=1.5 + 0.6 * i) for i, w in enumerate(spread["words"][:3])] + \
+                      [dict(w, start=5.6 + 0.3 * i, end=5.85 + 0.3 * i) for i, w in enumerate(spread["words"][3:])]
+    spans = recall.spans_to_redo(regions, [spread], 8.0)
+    assert spans == [(1.0, 6.45)]                      # the whole sentence, both clips (not 4.0-5.6)
+    assert recall.spans_to_redo(regions, [_said(" Kids are talking by the door.", 1.0, 3.0)], 8.0) == [(4.0, 7.0)]
+
+
 def _said(text: str, start: float, end: float) -> dict:
     words = text.split()
     step = (end - start) / len(words)
