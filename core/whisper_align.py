@@ -19,7 +19,10 @@ _ORIGINAL = None
 def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     """openai-whisper's median_filter (odd `width`, along the last dimension, reflect-padded), exact."""
     if x.is_cuda or width <= 1 or width % 2 == 0 or x.shape[-1] <= width // 2:
-        return _ORIGINAL(x, width) if _ORIGINAL is not None else x
+        if _ORIGINAL is None:                       # not installed: openai-whisper's own, as it is
+            import whisper.timing as timing
+            return timing.median_filter(x, width)
+        return _ORIGINAL(x, width)
     pad = width // 2
     shape = x.shape
     flat = x.reshape(-1, 1, shape[-1]) if x.ndim != 3 else x
