@@ -239,8 +239,8 @@ class TextEncoder(torch.nn.Module):
         """bfloat16 copies of the encoder's Linear weights and biases, keyed by parameter name.
 
         Autocast casts each fp32 weight to bfloat16 at every call (a sixth of the text stage's
-        time on a CPU, README "bfloat16 on a CPU"); handing it these copies skips that and gives
-        the same numbers bit for bit. Made once, and again whenever a weight changes in place
+        time on a CPU: docs/text-model.md); handing it these copies skips that and gives the same
+        numbers bit for bit. Made once, and again whenever a weight changes in place
         (a LoRA merge, a loaded state), as their version counters tell."""
         linears = [(f"{name}.{kind}", tensor) for name, module in self.bert.named_modules()
                    if isinstance(module, torch.nn.Linear)
@@ -276,8 +276,8 @@ def length_batches(lengths: Sequence[int], batch_size: int,
 def text_precision(device_type: str = "cpu") -> str:
     """The text encoder's inference precision on a device. On a CPU that computes bfloat16
     natively (AVX512-BF16, AMX), "bf16" (autocast: matmuls in bfloat16, weights and norms fp32;
-    about half fp32's time, and MELD dev within 0.1 weighted F1 of fp32's: README, "bfloat16 on a
-    CPU"), unless $WORKBENCH_TEXT_PRECISION is "fp32"; elsewhere "fp32".
+    about half fp32's time, and MELD dev within 0.1 weighted F1 of fp32's: docs/text-model.md,
+    "Reading the words fast on a CPU"), unless $WORKBENCH_TEXT_PRECISION is "fp32"; elsewhere "fp32".
     On a GPU core.pipeline halves the encoder itself, so this says "fp32" (no autocast on top).
     Training computes in fp32 (train.train builds its encoder with precision="fp32")."""
     if device_type != "cpu":

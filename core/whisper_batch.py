@@ -15,7 +15,7 @@ On a CPU the decoder runs in dynamic int8 (speed_up_decoder; $WORKBENCH_WHISPER_
 fp32): decoding steps are memory-bound there, and the benchmark's transcript is word for word the
 same as in fp32 (bench.py prints the word error rate beside the time). The encoder stays fp32
 unless $WORKBENCH_WHISPER_ENCODER says bf16, bf16-top or bf16-bottom (encoder_precision): faster on
-a CPU with native bfloat16, but each loses words under noise (README, "Fourth round").
+a CPU with native bfloat16, but each loses words under noise (docs/speed.md, "Fourth round").
 """
 
 from __future__ import annotations

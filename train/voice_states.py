@@ -9,8 +9,8 @@ Each clip's Whisper states after block core.voice.LAYER over its speech span (co
   28 s, each window encoded once, as transcription encodes a video (train.ravdess.window_features).
 
 Pooling them (core.voice.pool) gives train.ravdess's features up to float16 rounding (the same
-CV: 74.6 %), so other poolings and heads can be tried without another encoder pass (README, "The
-voice": the variants measured). Cached as .npz files (per clip heard alone; per context, seed and
+CV: 74.6 %), so other poolings and heads can be tried without another encoder pass (docs/voice.md:
+the variants measured). Cached as .npz files (per clip heard alone; per context, seed and
 clip list in windows) keyed by the Whisper digest, under the feature cache's voice folder.
 """
 
