@@ -21,7 +21,7 @@ MIN_UNHEARD = 0.4             # seconds of uncovered speech worth a second look
 RETRY_PAD = 0.5               # seconds of audio kept around unheard speech
 ROUNDS = 2
 NO_TIME = 0.02                # a word shorter than this (seconds) was given no time by the alignment
-CRAMMED_WORDS = 2             # a segment with this many such words is not where it says it is
+CRAMMED_WORDS = 2             # a segment starting or ending with this many such words is not where it says
 
 Region = tuple[float, float]
 
@@ -40,12 +40,16 @@ def chunks(regions: list[Region]) -> list[Region]:
 
 
 def crammed(segment: dict) -> bool:
-    """True for a segment the word alignment could not place: CRAMMED_WORDS or more of its words
-    last no time. Whisper writes such text when it has skipped a sentence said again and catches
-    up at the end of a window, a sentence crammed into the one after it; on varied speech it is
-    rare (none in the benchmark video's 17 segments, one in 30 espeak-ng sentences)."""
-    words = segment.get("words") or []
-    return sum(1 for w in words if float(w["end"]) - float(w["start"]) < NO_TIME) >= CRAMMED_WORDS
+    """True for a segment the word alignment could not place: it starts or ends with CRAMMED_WORDS
+    or more words that last no time. Whisper writes such text when it has skipped a sentence said
+    again and catches up later: two copies of the sentence squeezed onto one clip, the first
+    ending and the second starting with words at one instant. Two quick words inside a real
+    sentence can get no time under noise too ("... be there in a minute": "in a"); such a segment,
+    its words placed on both sides of them, is kept (decoding it again only made it worse)."""
+    timed = [float(w["end"]) - float(w["start"]) >= NO_TIME for w in segment.get("words") or []]
+    lead = next((i for i, t in enumerate(timed) if t), len(timed))
+    tail = next((i for i, t in enumerate(reversed(timed)) if t), len(timed))
+    return max(lead, tail) >= CRAMMED_WORDS
 
 
 def unheard(regions: list[Region], segments: list[dict]) -> list[Region]:

@@ -568,6 +568,25 @@ def test_a_sentence_crammed_into_no_time_is_decoded_again():
     assert [w["start"] for w in fixed[1]["words"]][0] == pytest.approx(4.1)
 
 
+def test_quick_words_given_no_time_inside_a_placed_sentence_are_not_a_crammed_one():
+    """Under pink noise the alignment gave "in a" of "I will be mercenaries in a minute." no time;
+    counting that segment as crammed dropped it and decoded its speech again into "I will be more
+    kid I made it." (the 8 clips' WER 11.7 -> 18.3 %). A crammed copy starts or ends with such
+    words (the first copy squeezed at its end, the second at its start)."""
+    noisy = _said(" I will be mercenaries in a minute.", 23.81, 25.21)
+    for w in noisy["words"][4:6]:                       # "in", "a": no time, between placed words
+        w["start"] = w["end"] = noisy["words"][3]["end"]
+    assert not recall.crammed(noisy)
+    first, second = _said(" Dogs are sitting by the door.", 23.94, 25.05), _said(" Dogs are sitting by the door.", 25.05, 25.43)
+    for w in first["words"][4:]:                        # "the door." at the instant the next copy starts
+        w["start"] = w["end"] = 25.05
+    for w in second["words"][:4]:                       # "Dogs are sitting by" at that same instant
+        w["start"] = w["end"] = 25.05
+    assert recall.crammed(first) and recall.crammed(second)
+    one = _said(" Hello.", 1.0, 1.0)                    # a one-word segment is never "crammed"
+    assert not recall.crammed(one)
+
+
 def test_new_words_never_land_inside_a_sentence_already_heard():
     """Whisper skipped a repeated ending and spread one sentence over two clips: its first words on
     the first clip, its last on the second, the second clip's start unheard. The second look decodes
