@@ -25,6 +25,7 @@ from . import utterances as cut
 from .types import UserError, Utterance, error_line
 from .vad import join_regions, speech_regions
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
+from .whisper_align import speed_up_alignment
 
 SAMPLE_RATE = 16000
 DEFAULT_MODEL = "base"
@@ -129,6 +130,7 @@ def load_whisper(name: str = DEFAULT_MODEL, device: str | None = None):
         if key not in _MODELS:
             _MODELS[key] = _load_model(str(name), device)
             speed_up_decoder(_MODELS[key])
+            speed_up_alignment()          # compiled (or loaded from numba's cache) now, not at the first word
     return _MODELS[key]
 
 

@@ -317,8 +317,8 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
     from whisper.timing import add_word_timestamps
     from whisper.tokenizer import get_tokenizer
 
-    from .whisper_align import use_fast_median
-    use_fast_median()                             # the same word times, a third less alignment
+    from .whisper_align import speed_up_alignment
+    speed_up_alignment()                          # the same word times, a third less alignment
 
     cuda = model.device.type == "cuda"
     dtype, size = precision(model.device.type)

@@ -655,5 +655,26 @@ def test_the_alignment_median_filter_is_openai_whispers_bit_for_bit():
         x[..., ::11] = 0.5                               # ties
         for width in (7, 3):
             assert torch.equal(whisper_align.median_filter(x, width), original(x, width)), (shape, width)
-    whisper_align.use_fast_median()
+    whisper_align.speed_up_alignment()
     assert timing.median_filter is whisper_align.median_filter
+
+
+def test_time_warping_compiled_once_finds_openai_whispers_path():
+    """core.whisper_align.dtw_cpu replaces openai-whisper's (compiled anew in every process, 1.7-3.4 s
+    before the first word time): the same path on random cost matrices, ties included."""
+    import whisper.timing as timing
+
+    from core import whisper_align
+    whisper_align.speed_up_alignment()
+    assert timing.dtw_cpu is whisper_align.dtw_cpu
+    original = whisper_align._ORIGINAL_DTW
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        x = rng.normal(size=(int(rng.integers(1, 30)), int(rng.integers(1, 120))))
+        if trial % 3 == 0:
+            x = np.round(x)                          # ties between moves
+        if trial % 7 == 0:
+            x = np.zeros_like(x)
+        ours, theirs = whisper_align.dtw_cpu(x.copy()), original(x.copy())
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), x.shape
+        assert ours[:, 0].tolist() == [0, 0] and ours[:, -1].tolist() == [x.shape[0] - 1, x.shape[1] - 1]
