@@ -99,6 +99,7 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     models.text_encoder.to(device)
     if device.startswith("cuda"):      # half precision where it is safe: the BERT encoder; fusion stays fp32
         models.text_encoder.half()
+    models.text_encoder.encode(["Hello."])   # its bfloat16 copies and kernels made now, not in the first analysis
     from .face import load_face_net
     load_face_net(device=device)
     if "video" in ckpt.model.config.modalities:
