@@ -81,8 +81,8 @@ def main() -> None:
     workbench = Workbench(ModelHolder(args.checkpoint), args.data, limits, rate, model_switch, admins, io_rate)
     try:
         kwargs = launch_kwargs(workbench, args.auth)
-    except ValueError as err:
-        parser.error(f"--auth: {err}")
+    except ValueError as err:         # a malformed --auth, or an upload limit in the environment
+        parser.error(str(err))
     print(f"Model switching: {'allowed' if model_switch.allowed else 'off'} ({model_switch.why})")
     if not args.no_preload:
         workbench.holder.warm_up()

@@ -52,38 +52,56 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > cap:
             await _too_large(send, cap)
             return
-        seen = 0
-        refused = False
+        await run_counted(self.app, scope, receive, send,
+                          lambda seen: (413, _too_large_text(cap), []) if seen > cap else None)
 
-        async def counted() -> Message:
-            nonlocal seen, refused
-            if refused:
+
+async def run_counted(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                      judge: Callable[[int], tuple[int, str, list] | None],
+                      done: Callable[[int], None] | None = None) -> None:
+    """Run `app` with the request body counted as it arrives: after each piece, `judge(bytes so
+    far)` says None (go on) or (status, text, headers): that answer is sent at once and the app is
+    told the client left, so nothing after it is read. `done(bytes seen)` is called at the end."""
+    seen, refused = 0, False
+
+    async def counted() -> Message:
+        nonlocal seen, refused
+        if refused:
+            return {"type": "http.disconnect"}
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            verdict = judge(seen)
+            if verdict:                         # answer now; the app sees a client that left
+                refused = True
+                await answer(send, *verdict)
                 return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > cap:                  # answer now; the app sees a client that left
-                    refused = True
-                    await _too_large(send, cap)
-                    return {"type": "http.disconnect"}
-            return message
+        return message
 
-        async def unless_refused(message: Message) -> None:
-            if not refused:
-                await send(message)
+    async def unless_refused(message: Message) -> None:
+        if not refused:
+            await send(message)
 
-        try:
-            await self.app(scope, counted, unless_refused)
-        except Exception:
-            if not refused:       # after a refusal the app only fails on the "client left" we told it
-                raise
+    try:
+        await app(scope, counted, unless_refused)
+    except Exception:
+        if not refused:           # after a refusal the app only fails on the "client left" we told it
+            raise
+    finally:
+        if done is not None:
+            done(seen)
+
+
+def _too_large_text(cap: int) -> str:
+    return f"Request body over {cap / 2**20:g} MB: refused."
 
 
 async def _too_large(send: Send, cap: int) -> None:
-    await _answer(send, 413, f"Request body over {cap / 2**20:g} MB: refused.")
+    await answer(send, 413, _too_large_text(cap))
 
 
-async def _answer(send: Send, status: int, text: str, headers: list | None = None) -> None:
+async def answer(send: Send, status: int, text: str, headers: list | None = None) -> None:
+    """Answer a request at once with `status` and one line of text (the app never sees it)."""
     body = text.encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
@@ -154,7 +172,7 @@ class AddressBrake:
         key = "addr:" + str((scope.get("client") or ("?", 0))[0])
         wait = self.failures.wait(key)
         if wait > 0:
-            await _answer(send, 429, f"Too many failed logins from your address: try again in {wait:.0f} s.",
+            await answer(send, 429, f"Too many failed logins from your address: try again in {wait:.0f} s.",
                           [(b"retry-after", str(int(wait) + 1).encode())])
             return
         status = 0

@@ -17,6 +17,8 @@ from .handlers import Handlers
 from .player import Player
 from .render import Page, Renderer
 from .service import ModelHolder, Workbench
+from .upload_guard import DELETE_CACHE, UploadGuard
+from .upload_guard import settings as upload_settings
 
 HERE = Path(__file__).resolve().parent
 TITLE = "Emotion Workbench"
@@ -37,7 +39,7 @@ PLAY_JS = (HERE / "play.js").read_text(encoding="utf-8")
 def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
     wb = wb_or_holder if isinstance(wb_or_holder, Workbench) else Workbench(wb_or_holder)
     secret = wb.secret             # kept in the data folder: a browser's state survives a restart
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         sid, sel, tview, deleted = gr.State(""), gr.State(None), gr.State(views.TableView()), gr.State("")
         remembered = gr.BrowserState("", storage_key="emotion-workbench-session", secret=secret)
         gr.Markdown(f"# {TITLE}\nWhat is said, how it sounds and what the face shows — utterance by "
@@ -249,11 +251,13 @@ def launch_kwargs(wb: Workbench, auth: str | None = None) -> dict:
     """What launch() needs: the theme, css and page hooks (Gradio 6 takes them there), the one folder
     the browser may fetch from (each session's served files, not the data folder: service.served),
     the upload limit (Gradio refuses a bigger file before storing it), a cap on every other request
-    body (guards.BodyLimit) and, when `auth` is given, a login with brakes on failures per name
+    body (guards.BodyLimit), an hourly upload allowance per address and a free-disk reserve
+    (upload_guard.UploadGuard) and, when `auth` is given, a login with brakes on failures per name
     (guards.LoginBrake) and per address (guards.AddressBrake)."""
     kwargs = dict(theme=THEME, css=CSS, head=HEAD, allowed_paths=[str(wb.served_root)],
                   max_file_size=wb.limits.gradio_max_file_size(),
-                  app_kwargs={"middleware": [Middleware(guards.BodyLimit)]})
+                  app_kwargs={"middleware": [Middleware(guards.BodyLimit),
+                                             Middleware(UploadGuard, **upload_settings(wb.limits.max_bytes))]})
     if auth:
         kwargs.update(auth=guards.LoginBrake(parse_auth(auth)), auth_message="Emotion Workbench: please log in.")
         kwargs["app_kwargs"]["middleware"].append(Middleware(guards.AddressBrake))
@@ -268,7 +272,7 @@ def parse_auth(spec: str) -> dict[str, str]:
         try:
             lines = Path(spec[1:]).expanduser().read_text(encoding="utf-8").splitlines()
         except OSError as err:
-            raise ValueError(f"cannot read the login file {spec[1:]}: {err.strerror}") from None
+            raise ValueError(f"--auth: cannot read the login file {spec[1:]}: {err.strerror}") from None
         entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     else:
         entries = [e.strip() for e in spec.split(",") if e.strip()]
@@ -276,8 +280,8 @@ def parse_auth(spec: str) -> dict[str, str]:
     for n, entry in enumerate(entries, 1):
         user, sep, password = entry.partition(":")
         if not sep or not user.strip() or not password:
-            raise ValueError(f"login {n} is not of the form user:password")
+            raise ValueError(f"--auth: login {n} is not of the form user:password")
         logins[user.strip()] = password
     if not logins:
-        raise ValueError("no login given (expected user:password)")
+        raise ValueError("--auth: no login given (expected user:password)")
     return logins
