@@ -50,8 +50,7 @@ def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     return values[pad].reshape(shape)
 
 
-@numba.jit(nopython=True, cache=True)
-def dtw_cpu(x: np.ndarray) -> np.ndarray:
+def _dtw_cpu(x: np.ndarray) -> np.ndarray:
     """The cheapest monotonic path through the cost matrix x [tokens, frames] (float64), as
     openai-whisper's dtw_cpu: int64 [2, steps], token indices then frame indices, from (0, 0).
     Costs are kept in float32 as there; where two moves tie, the later in (diagonal, up, left) wins."""
@@ -85,6 +84,12 @@ def dtw_cpu(x: np.ndarray) -> np.ndarray:
         else:
             j -= 1
     return path[:, k:].copy()
+
+
+try:                  # numba caches next to this file, else in the user's cache folder
+    dtw_cpu = numba.jit(nopython=True, cache=True)(_dtw_cpu)
+except RuntimeError:  # neither is writable (a read-only install): compiled once per process, as before
+    dtw_cpu = numba.jit(nopython=True)(_dtw_cpu)
 
 
 def speed_up_alignment() -> None:
