@@ -67,7 +67,7 @@ class ModelCard:
 
     @property
     def context(self) -> tuple[int, int]:
-        """(previous, following) utterances the text encoder reads as context (core.encoders.build_context)."""
+        """(previous, following) utterances the text encoder reads as context (core.text.build_context)."""
         return (max(0, int(self.text_encoder.get("context_turns", 0) or 0)),
                 max(0, int(self.text_encoder.get("context_ahead", 0) or 0)))
 

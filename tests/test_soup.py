@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from core import checkpoint as ck
-from core import encoders, lora
+from core import lora
+from core.text import TextEncoder, apply_text_state
 from train import soup
 
 TEXTS = ["I am so happy for you!", "Get out of my house, I hate you!", "Kids are talking by the door."]
@@ -16,7 +17,7 @@ TEXTS = ["I am so happy for you!", "Get out of my house, I hate you!", "Kids are
 def _run(seed: int, shared: dict[str, torch.Tensor]) -> ck.Checkpoint:
     """A checkpoint as a second LoRA stage leaves it: the shared first stage stacked with its own."""
     torch.manual_seed(seed)
-    params = lora.add_lora(encoders.TextEncoder().bert.encoder.layer, list(range(6)), 2, alpha=4.0)
+    params = lora.add_lora(TextEncoder().bert.encoder.layer, list(range(6)), 2, alpha=4.0)
     with torch.no_grad():
         for name, p in params.items():
             if name.endswith(lora.B_SUFFIX):
@@ -33,7 +34,7 @@ def _run(seed: int, shared: dict[str, torch.Tensor]) -> ck.Checkpoint:
 @pytest.fixture(scope="module")
 def runs():
     torch.manual_seed(99)
-    first = lora.export(lora.add_lora(encoders.TextEncoder().bert.encoder.layer, list(range(6)), 2, alpha=4.0), 2.0)
+    first = lora.export(lora.add_lora(TextEncoder().bert.encoder.layer, list(range(6)), 2, alpha=4.0), 2.0)
     first = {k: (torch.randn_like(v) * 0.02 if k.endswith(lora.B_SUFFIX) else v) for k, v in first.items()}
     return [_run(seed, first) for seed in (1, 2, 3)]
 
@@ -70,14 +71,14 @@ def test_soup_written_by_the_command_loads_and_reads_words_as_the_mean_update(tm
     for name, tensor in loaded.model.state_dict().items():          # fusion weights: the mean
         assert torch.allclose(tensor, sum(r.model.state_dict()[name] for r in runs) / 3, atol=1e-6)
     exact = "fp32"
-    got = encoders.apply_text_state(encoders.TextEncoder(precision=exact), loaded.text_state).encode(TEXTS)
+    got = apply_text_state(TextEncoder(precision=exact), loaded.text_state).encode(TEXTS)
     mean_state = {}
     for k in runs[0].text_state:                  # the mean update as one stacked pair: [A_1; A_2; A_3], [B_i / 3]
         parts = [r.text_state[k] for r in runs]
         mean_state[k] = torch.cat(parts, 0) if k.endswith(lora.A_SUFFIX) else torch.cat(parts, 1) / 3
-    want = encoders.apply_text_state(encoders.TextEncoder(precision=exact), mean_state).encode(TEXTS)
+    want = apply_text_state(TextEncoder(precision=exact), mean_state).encode(TEXTS)
     assert torch.allclose(got, want, atol=1e-4)
-    one = encoders.apply_text_state(encoders.TextEncoder(precision=exact), runs[0].text_state).encode(TEXTS)
+    one = apply_text_state(TextEncoder(precision=exact), runs[0].text_state).encode(TEXTS)
     assert (one - want).abs().max() > 1e-3                           # the runs differ, so this says something
 
 

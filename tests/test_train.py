@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from core import checkpoint as ck
-from core import encoders
 from core.labels import EMOTIONS, SENTIMENTS
+from core.text import TextEncoder, apply_text_state, build_context, build_contexts
 from train import metrics
 from train.data import contexts_for, load_text_split
 
@@ -60,7 +60,7 @@ def test_examples_carry_the_apps_context_and_repaired_text():
     assert first.text.startswith("I\u2019m so happy") and first.context == ""
     assert second.context == first.text
     assert third.text == "Well\u2026 I don\u2019t know what to say."
-    assert third.context == encoders.build_context([first.text, second.text, third.text], 2, 2)
+    assert third.context == build_context([first.text, second.text, third.text], 2, 2)
     # the unlabelled row is still context for the next one; dialogue 1 starts afresh
     assert split.examples[3].context == ""
     assert split.examples[5].context.startswith("This row has a label nobody knows.")
@@ -144,7 +144,7 @@ def test_shipped_card_says_what_it_learned():
 @pytest.fixture(scope="module")
 def shipped():
     checkpoint = ck.load_checkpoint(ck.DEFAULT_CHECKPOINT)
-    text = encoders.apply_text_state(encoders.TextEncoder(checkpoint.card.text_encoder["name"]),
+    text = apply_text_state(TextEncoder(checkpoint.card.text_encoder["name"]),
                                      checkpoint.text_state)
     return checkpoint, text
 
@@ -152,7 +152,7 @@ def shipped():
 def _app_predict(shipped, texts):
     """What the app shows for a transcript: core.pipeline's own text path and fusion."""
     checkpoint, text = shipped
-    contexts = encoders.build_contexts(texts, *checkpoint.card.context)
+    contexts = build_contexts(texts, *checkpoint.card.context)
     vectors = text.encode(texts, contexts)
     try:
         from core import pipeline

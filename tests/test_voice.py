@@ -111,7 +111,7 @@ def test_emotional_words_over_a_familiar_flat_voice_follow_the_words(words, labe
     """The same words with the voice of an unheard actor's neutral clip (a human voice the gate
     counts fully): the fused label still follows the words. Features joined at the model, as
     core.pipeline joins them (model_batch)."""
-    from core.encoders import build_contexts
+    from core.text import build_contexts
     from core.model import model_batch
     from core.transcribe import load_whisper
     neutral = [c for c in held_out_clips(1) if EMOTIONS[c.emotion] == "neutral"]

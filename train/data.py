@@ -1,7 +1,7 @@
 """MELD-format CSV -> text examples, each with its dialogue context.
 
 Text only: one example per labelled row, holding the utterance, the context the app would build
-for it (``core.encoders.build_context`` over the previous utterances of the same dialogue, in
+for it (``core.text.build_context`` over the previous utterances of the same dialogue, in
 Utterance_ID order, without speaker names, since Whisper gives none), and its label indices.
 A dataset of clips (face, audio) belongs in its own module; it can reuse ``dialogue_order``.
 """
@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.encoders import build_context
+from core.text import build_context
 from core.labels import EMOTIONS, SENTIMENTS
 from core.meld import MeldRow, read_meld_csv
 
@@ -69,7 +69,7 @@ def dialogue_order(rows: list[MeldRow]) -> list[list[int]]:
 
 def contexts_for(rows: list[MeldRow], turns: int, ahead: int = 0) -> list[str]:
     """The context of every row as the app builds it: its dialogue's previous `turns` utterances
-    (and the `ahead` that follow it, see core.encoders.build_context)."""
+    (and the `ahead` that follow it, see core.text.build_context)."""
     out = [""] * len(rows)
     if turns <= 0 and ahead <= 0:
         return out

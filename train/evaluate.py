@@ -37,7 +37,7 @@ import torch
 from core import checkpoint as ck
 from core.csvsafe import write_csv
 from core.writes import os_error_line
-from core.encoders import TextEncoder, apply_text_state, load_text_encoder
+from core.text import TextEncoder, apply_text_state, load_text_encoder
 from core.labels import EMOTIONS, SENTIMENTS
 
 from . import loop, metrics

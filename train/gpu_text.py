@@ -37,7 +37,7 @@ def _encoder_tar(name: str, precision: str, gpu_dir: Path) -> tuple[str, bytes]:
     """The encoder's folder (config, tokenizer, weights in `precision`) as one uncompressed tar."""
     from safetensors.torch import load_file, save_file
 
-    from core.encoders import MINILM_FOLDER, MPNET_FOLDER, resolve_text_model
+    from core.text import MINILM_FOLDER, MPNET_FOLDER, resolve_text_model
     folder = Path(resolve_text_model(name))
     top = MPNET_FOLDER if name == "mpnet" else MINILM_FOLDER        # the name resolve_text_model looks for
     weights = load_file(str(folder / WEIGHTS))

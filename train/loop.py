@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM, TextEncoder
+from core.encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM
+from core.text import TextEncoder
 from core.labels import EMOTIONS, SENTIMENTS
 from core.model import EmotionModel, model_batch
 

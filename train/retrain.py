@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.encoders import VIDEO_WEIGHTS_ENV, EncoderUnavailable, TextEncoder, VideoEncoder
+from core.encoders import VIDEO_WEIGHTS_ENV, EncoderUnavailable, VideoEncoder
+from core.text import TextEncoder
 
 from . import clips as clipdata
 from . import loop

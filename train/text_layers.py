@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.encoders import SEGMENT_KEY, TextEncoder
+from core.text import SEGMENT_KEY, TextEncoder
 
 from .data import TextExample
 

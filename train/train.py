@@ -5,7 +5,7 @@
 
 What it does, top to bottom:
 1. Read both CSVs (core.meld) into examples: each utterance with the previous `--context-turns`
-   utterances of its dialogue as a second segment (core.encoders.build_context, the app's own
+   utterances of its dialogue as a second segment (core.text.build_context, the app's own
    function; no speaker names, since Whisper gives none).
    With clips (--clips DIR, or --train naming the workbench's export zip or folder): the same
    rows with their face, voice and video features (train.retrain).
@@ -52,7 +52,7 @@ import torch
 
 from core import checkpoint as ck
 from core import lora
-from core.encoders import DEFAULT_TEXT_MODEL, TextEncoder, apply_text_state
+from core.text import DEFAULT_TEXT_MODEL, TextEncoder, apply_text_state
 from core.model import EmotionModel, ModelConfig, with_modalities
 
 from . import card as cards
