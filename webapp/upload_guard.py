@@ -22,6 +22,7 @@ in FORWARDED_ALLOW_IPS), as for the login brakes (webapp/guards.py).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import threading
@@ -165,8 +166,10 @@ class UploadGuard:
             limit = self.ledger.per_window / MB
             if wait == float("inf"):
                 return 429, f"Over the upload allowance of {limit:g} MB per hour for this address.", []
+            seconds = int(wait) + 1
+            when = f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} min"
             return 429, (f"Over the upload allowance of {limit:g} MB per hour for this address: "
-                         f"try again in {int(wait) + 1} s."), [(b"retry-after", str(int(wait) + 1).encode())]
+                         f"try again in {when}."), [(b"retry-after", str(seconds).encode())]
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
