@@ -678,3 +678,13 @@ def test_time_warping_compiled_once_finds_openai_whispers_path():
         ours, theirs = whisper_align.dtw_cpu(x.copy()), original(x.copy())
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs), x.shape
         assert ours[:, 0].tolist() == [0, 0] and ours[:, -1].tolist() == [x.shape[0] - 1, x.shape[1] - 1]
+
+
+def test_loading_whisper_readies_the_time_warping_before_the_first_analysis():
+    """The warping is compiled (or loaded from numba's cache) with the model, not at the first word
+    time of the first analysis, where openai-whisper's own cost every process 1.7-3.4 s."""
+    import whisper.timing as timing
+
+    from core import whisper_align
+    tr.load_whisper()
+    assert timing.dtw_cpu is whisper_align.dtw_cpu and whisper_align.dtw_cpu.signatures
