@@ -61,12 +61,8 @@ def _env_mb(name: str, default: float) -> float:
 
 def upload_folder() -> Path:
     """Where Gradio stores uploads ($GRADIO_TEMP_DIR, else the system temp folder's gradio/)."""
-    try:
-        from gradio.utils import get_upload_folder
-        return Path(get_upload_folder())
-    except (ImportError, AttributeError):
-        import tempfile
-        return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    from gradio.utils import get_upload_folder
+    return Path(get_upload_folder())
 
 
 def settings(max_upload_bytes: int | None) -> dict:
@@ -130,8 +126,8 @@ class UploadLedger:
             for at, n in sent:                  # the oldest uploads leave the window first
                 total -= n
                 if total + more <= self.per_window:
-                    return max(0.0, at + self.window_s - self.clock())
-            return 0.0
+                    break
+            return max(0.0, at + self.window_s - self.clock())
 
     def record(self, address: str, sent_bytes: int) -> None:
         if self.per_window and sent_bytes > 0:
@@ -183,7 +179,7 @@ class UploadGuard:
         free = self._free() if self.reserve else None
         refusal = self._refusal(address, declared or 0, free)
         if refusal:
-            await answer(send, refusal[0], refusal[1], refusal[2])
+            await answer(send, *refusal)
             return
         await run_counted(self.app, scope, receive, send,
                           lambda seen: self._refusal(address, seen, free) if declared is None or seen > declared else None,
