@@ -22,6 +22,10 @@ against 72 % with the 30-s context; and a head trained on one kind scores 35 % o
 - In training (train.features) and as the app's fallback: `encode_window(model, audio, start,
   end)` encodes the utterance the way transcription would if it were the whole file: a window
   from CLIP_PAD s before its speech to CLIP_PAD s after, padded to 30 s.
+- In training, a clip among the other clips of its dialogue (train.features, train.ravdess):
+  `heard_together` lays their speech in order into shared windows, as the app hears the
+  utterances of one video. The two contexts give different states (a head trained on one alone
+  does poorly on the other), so the voice is trained on both.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ STATES_PER_SECOND = 50          # Whisper's encoder: one state per 20 ms (two 10
 MIN_SECONDS = 0.1               # shorter audio holds no voice worth pooling
 MAX_SECONDS = 30.0              # the encoder's longest context
 LAYER = 3                       # states after this encoder block (0-based) are pooled
+TOGETHER_SECONDS = 28.0         # heard_together: windows of utterances up to this long ...
+TOGETHER_GAP = 0.6              # ... with this much silence between them (core.packing keeps 0.6 s of a pause)
 FEATURE = f"whisper-block{LAYER}-mean-std"
 LEGACY_FEATURE = "whisper-block4-mean-std"   # what a card that names no voice feature learned on
 
@@ -145,6 +151,46 @@ def from_windows(windows: list[WindowStates], start: float, end: float) -> torch
     if best is None or best.overlap(start, end) <= 0.0:
         return None
     return best.span(start, end)
+
+
+def heard_together(model, pieces: list[np.ndarray], seconds: float = TOGETHER_SECONDS,
+                   gap: float = TOGETHER_GAP) -> list[torch.Tensor]:
+    """The states [T, d] of each piece of audio (one utterance's speech each) heard the way the app
+    hears the utterances of one video: the pieces laid in order, `gap` s of silence before each
+    and after the last, into windows of up to `seconds` s (a new window where the next piece would
+    not fit), each window encoded once with the 30-s context (run_encoder) and each piece's states
+    cut out of it. The gap is what core.packing leaves of a long pause (0.6 s)."""
+    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+
+    windows: list[list[int]] = []
+    length = 0.0
+    for i, piece in enumerate(pieces):
+        took = gap + len(piece) / SAMPLE_RATE
+        if not windows or (windows[-1] and length + took > seconds):
+            windows.append([])
+            length = 0.0
+        windows[-1].append(i)
+        length += took
+    silence = np.zeros(int(gap * SAMPLE_RATE), np.float32)
+    weight = model.encoder.conv1.weight
+    out: list[torch.Tensor | None] = [None] * len(pieces)
+    for window in windows:
+        parts, spans, t = [], [], 0.0
+        for i in window:
+            piece = np.asarray(pieces[i], np.float32)
+            parts += [silence, piece]
+            t += gap
+            spans.append((i, t, t + len(piece) / SAMPLE_RATE))
+            t += len(piece) / SAMPLE_RATE
+        audio = np.concatenate(parts + [silence])
+        mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES)
+        with torch.no_grad():
+            x = pad_or_trim(mel, N_FRAMES).unsqueeze(0).to(weight.device, weight.dtype)
+            states = run_encoder(model.encoder, x, final=False)[1][0].float().cpu()
+        heard = WindowStates(0.0, len(audio) / SAMPLE_RATE, states)
+        for i, a, b in spans:
+            out[i] = heard.span(a, b)
+    return out
 
 
 def speech_span(audio: np.ndarray) -> tuple[float, float]:

@@ -237,6 +237,46 @@ def test_meld_release_layout_is_found_and_the_second_run_uses_the_cache(tmp_path
     assert second["extracted"] == 0 and second["from_cache"] == 5
 
 
+def test_a_dialogues_voices_are_heard_together_as_the_app_hears_a_video(tmp_path, monkeypatch):
+    """The app hears the utterances of one video together in shared windows; a head trained only on
+    clips heard alone read those at chance in the RAVDESS loop check. So a dialogue's clips are also
+    heard together (in utterance order), a lone clip only alone, the result cached per dialogue, and
+    training gets both (with_voices_alone)."""
+    from train import features, retrain
+    gen = [mediagen.tone_clip(tmp_path / f"tone{i}.mp4", f) for i, f in enumerate((220.0, 440.0, 880.0))]
+    clips = {}
+    for name, src in (("dia3_utt1.mp4", gen[1]), ("dia3_utt0.mp4", gen[0]), ("dia4_utt0.mp4", gen[2])):
+        clips[name] = Path(shutil.copy(src, tmp_path / name))
+    cache = features.FeatureCache(tmp_path / "cache")
+    feats, _ = features.clip_features(clips, cache, jobs=1, quiet=True)
+    assert feats["dia4_utt0.mp4"].voice_in_dialogue is None                    # alone in its dialogue
+    together = features.dialogue_voices([clips["dia3_utt0.mp4"], clips["dia3_utt1.mp4"]])
+    for i, name in enumerate(("dia3_utt0.mp4", "dia3_utt1.mp4")):              # utterance order
+        f = feats[name]
+        assert np.allclose(f.voice_in_dialogue, together[i], atol=1e-5)
+        assert not np.allclose(f.voice_in_dialogue, f.voice, atol=1e-3)         # another context, other states
+        assert np.array_equal(f.heard(True).voice, f.voice_in_dialogue) and f.heard(False) is f
+
+    def not_again(paths):
+        raise AssertionError("heard again instead of read from the cache")
+    monkeypatch.setattr(features, "dialogue_voices", not_again)
+    again, stats = features.clip_features(clips, cache, jobs=1, quiet=True)
+    assert stats.from_cache == 3
+    assert np.array_equal(again["dia3_utt1.mp4"].voice_in_dialogue, feats["dia3_utt1.mp4"].voice_in_dialogue)
+
+    class Row:                          # the two fields with_voices_alone reads of a train.clips.ClipRow
+        def __init__(self, name):
+            self.name, self.clip = name, clips[name]
+    split = type("Split", (), {"rows": [Row(n) for n in ("dia3_utt0.mp4", "dia3_utt1.mp4", "dia4_utt0.mp4")]})()
+    rows = [feats[r.name].heard() for r in split.rows]
+    inputs = loop.build_inputs(rows, [3, 5, 3], [2, 0, 2], text=torch.zeros(3, 4))
+    both, source = retrain.with_voices_alone(inputs, split, feats)
+    assert source == [0, 1, 2, 0, 1] and len(both) == 5
+    assert torch.equal(both.audio[0], torch.from_numpy(feats["dia3_utt0.mp4"].voice_in_dialogue))
+    assert torch.equal(both.audio[3], torch.from_numpy(feats["dia3_utt0.mp4"].voice))
+    assert both.emotion.tolist() == [3, 5, 3, 3, 5]
+
+
 # ---------------------------------------------------------------- fine-tuning the shipped model
 
 def test_init_fine_tunes_and_keeps_the_text_encoder_deltas(tmp_path):

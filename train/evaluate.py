@@ -120,11 +120,15 @@ def evaluate_split(split: TextSplit, checkpoint: ck.Checkpoint, encoder: TextEnc
     return score_checkpoint(checkpoint, data)
 
 
-def evaluate_clip_split(checkpoint: ck.Checkpoint, split, feats: dict, videos: dict | None = None) -> dict:
+def evaluate_clip_split(checkpoint: ck.Checkpoint, split, feats: dict, videos: dict | None = None,
+                        in_dialogue: bool = True) -> dict:
     """Score a train.clips.ClipSplit (read with the checkpoint's context) with its cached clip
-    features (train.features; R3D-18 vectors in `videos` when the checkpoint has video)."""
+    features (train.features; R3D-18 vectors in `videos` when the checkpoint has video), each voice
+    heard among its dialogue's clips, as the app heard those utterances in their video
+    (`in_dialogue=False`: each clip heard alone, as a file of its own)."""
     from .retrain import inputs_for
-    return score_checkpoint(checkpoint, inputs_for(split, feats, videos, text_encoder_for(checkpoint)))
+    return score_checkpoint(checkpoint, inputs_for(split, feats, videos, text_encoder_for(checkpoint),
+                                                   in_dialogue=in_dialogue))
 
 
 def evaluate_clips(checkpoint_dir: str | Path, data: str | Path, clips: str | Path | None = None,
@@ -152,6 +156,9 @@ def evaluate_clips(checkpoint_dir: str | Path, data: str | Path, clips: str | Pa
             encoder = VideoEncoder(os.environ.get(VIDEO_WEIGHTS_ENV) or video.get("weights"), video.get("sha256"))
             videos, _ = video_features(found, encoder, feature_cache, quiet=True)
         result = evaluate_clip_split(checkpoint, split, feats, videos)
+        if any(f.voice_in_dialogue is not None for f in feats.values()):
+            alone = evaluate_clip_split(checkpoint, split, feats, videos, in_dialogue=False)
+            result["voice_heard_alone"] = {**loop.headline(alone), "heads": alone["heads"]}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {**result, "split": split, "clips_failed": stats.failures, "missing": split.missing}
@@ -263,7 +270,9 @@ def _main_clips(args) -> int:
     head = {**summary(result, len(split.examples)), "csv": str(split.csv.name), "clips": str(data),
             "checkpoint": str(args.checkpoint), "model": checkpoint.name,
             "modalities_scored": sorted(result["heads"]) or ["text"],
-            "heads": result["heads"], "clips_missing": len(result["missing"]),
+            "heads": result["heads"],
+            **({"voice_heard_alone": result["voice_heard_alone"]} if "voice_heard_alone" in result else {}),
+            "clips_missing": len(result["missing"]),
             "clips_failed": len(result["clips_failed"])}
     out = Path(args.out) if args.out else Path("runs") / f"eval-{Path(str(data)).stem}"
     try:
@@ -278,6 +287,11 @@ def _main_clips(args) -> int:
     print(metrics.format_report("sentiment", result["sentiment"]))
     for m, h in result["heads"].items():
         print(f"{m} head alone: emotion accuracy {h['emotion_accuracy']} % on {h['rows']} rows")
+    if "voice_heard_alone" in result:
+        alone = result["voice_heard_alone"]
+        print(f"each voice heard among its dialogue's clips, as the app hears a video (above); heard alone, "
+              f"as one-utterance files: emotion accuracy {alone['emotion_accuracy']:.2f} %, weighted F1 "
+              f"{alone['emotion_weighted_f1']:.2f}; voice head {alone['heads'].get('audio', {}).get('emotion_accuracy', '-')} %")
     print(json.dumps(head), flush=True)
     return 0
 

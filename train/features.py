@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import numpy as np
 from core import encoders, face_grid, media, voice
 from core.cache import file_digest
 from core.face import DEFAULT_WEIGHTS
+from core.meld import parse_clip_name
 from core.pipeline import FRAME_SIDE
 from core.whisper_convert import CACHE_ENV, DEFAULT_CACHE
 
@@ -71,10 +72,19 @@ class ClipFeatures:
     duration: float
     frames_with_face: int = 0
     frames_seen: int = 0
+    voice_in_dialogue: np.ndarray | None = None   # [AUDIO_DIM] the voice heard among its dialogue's clips (or None)
 
     @property
     def audio_present(self) -> bool:
         return self.has_audio and self.voiced
+
+    def heard(self, in_dialogue: bool = True) -> "ClipFeatures":
+        """These features with the voice heard among the clips of its dialogue (as the app hears
+        the utterances of one video), where there is such a voice; else heard alone (a clip that
+        is a file of its own)."""
+        if in_dialogue and self.voice_in_dialogue is not None:
+            return replace(self, voice=self.voice_in_dialogue)
+        return self
 
 
 def extract_clip(path: str | Path) -> ClipFeatures:
@@ -176,8 +186,60 @@ def _one_line(err: Exception) -> str:
 
 def clip_features(clips: dict[str, Path], cache: FeatureCache, jobs: int = 2,
                   quiet: bool = False) -> tuple[dict[str, ClipFeatures], ExtractStats]:
-    """Face and audio features for {clip name: path} (cached_features with extract_clip)."""
-    return cached_features(clips, cache, extract_clip, jobs, "extracting clip features", quiet)
+    """Face and audio features for {clip name: path} (cached_features with extract_clip), the voice
+    of each clip that shares its dialogue with other voiced clips also heard among them
+    (with_dialogue_voices)."""
+    feats, stats = cached_features(clips, cache, extract_clip, jobs, "extracting clip features", quiet)
+    return with_dialogue_voices(clips, feats, cache, quiet), stats
+
+
+def dialogue_voices(paths: list[Path]) -> np.ndarray:
+    """[N, AUDIO_DIM] the voice of each clip of one dialogue (in utterance order) heard as the app
+    hears the utterances of one video: their speech spans laid in order into shared windows
+    (core.voice.heard_together), each clip's states cut out and pooled."""
+    pieces = []
+    for path in paths:
+        audio = media.load_audio(path)
+        start, end = voice.speech_span(audio)
+        pieces.append(audio[int(start * voice.SAMPLE_RATE):int(end * voice.SAMPLE_RATE)])
+    return np.stack([voice.pool(states) for states in voice.heard_together(_whisper(), pieces)])
+
+
+def with_dialogue_voices(clips: dict[str, Path], feats: dict[str, ClipFeatures], cache: FeatureCache,
+                         quiet: bool = False) -> dict[str, ClipFeatures]:
+    """`feats` with `voice_in_dialogue` set on each voiced clip named dia{D}_utt{U} whose dialogue
+    has other voiced clips (dialogue_voices, in utterance order). The app hears a video's
+    utterances together, and a head trained on voices heard alone reads those poorly (README,
+    "Retraining on corrected clips"). Cached per dialogue (the digests of its clips, in order); a
+    dialogue whose clips cannot be read again keeps its voices heard alone."""
+    from tqdm import tqdm
+    by_dialogue: dict[int, list[tuple[int, str]]] = {}
+    for name, f in feats.items():
+        try:
+            dialogue, utterance = parse_clip_name(name)
+        except ValueError:
+            continue
+        if f.audio_present:
+            by_dialogue.setdefault(dialogue, []).append((utterance, name))
+    out = dict(feats)
+    together = [[name for _, name in sorted(items)] for _, items in sorted(by_dialogue.items()) if len(items) > 1]
+    for names in tqdm(together, desc="voices heard in their dialogue", unit="dialogue",
+                      disable=quiet or not together, file=sys.stderr):
+        try:
+            digest = hashlib.sha256("\n".join(["dialogue"] + [file_digest(clips[n]) for n in names]).encode()).hexdigest()
+            hit = cache.read(digest, ("voices",))
+            voices = hit["voices"] if hit is not None and hit["voices"].shape == (len(names), encoders.AUDIO_DIM) \
+                else None
+            if voices is None:
+                voices = dialogue_voices([clips[n] for n in names]).astype(np.float32)
+                cache.write(digest, voices=voices)
+        except (OSError, media.MediaError) as err:
+            if not quiet:
+                print(f"dialogue of {names[0]}: voices kept as heard alone ({_one_line(err)})", file=sys.stderr)
+            continue
+        for name, v in zip(names, voices):
+            out[name] = replace(feats[name], voice_in_dialogue=np.asarray(v, np.float32))
+    return out
 
 
 def cached_features(clips: dict[str, Path], cache, extract, jobs: int = 2, desc: str = "extracting",

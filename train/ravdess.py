@@ -113,48 +113,25 @@ def window_features(clips: list[VoiceClip], model, seconds: float = 28.0, gap: f
 def states_in_windows(clips: list[VoiceClip], model, seconds: float = 28.0, gap: float = 0.6, seed: int = 0,
                       quiet: bool = False):
     """Yield (clip index, [T, d] states of its speech span) with each clip heard inside a window of
-    the same actor's clips: speech spans laid in a seeded order, `gap` s of silence between, windows
-    of up to `seconds` s, each encoded once as transcription encodes a video (30-s context,
-    core.voice.run_encoder), each clip's states cut out (core.voice.WindowStates.span)."""
-    import torch
+    the same actor's clips: their speech spans in a seeded order, heard together as the app hears
+    the utterances of one video (core.voice.heard_together: `gap` s of silence between, windows of
+    up to `seconds` s, each encoded once)."""
     from tqdm import tqdm
-    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
     from core import media, voice
     rng = np.random.default_rng(seed)
     by_actor: dict[int, list[int]] = {}
     for i, c in enumerate(clips):
         by_actor.setdefault(c.actor, []).append(i)
-    windows: list[list[tuple[int, np.ndarray]]] = []
-    for _, idx in sorted(by_actor.items()):
-        current, length = [], 0.0
-        for i in rng.permutation(idx).tolist():
+    for _, idx in tqdm(sorted(by_actor.items()), desc=f"voice states in {seconds:g}-s windows", unit="actor",
+                       disable=quiet, file=sys.stderr):
+        order = rng.permutation(idx).tolist()
+        pieces = []
+        for i in order:
             audio = media.load_audio(clips[i].path)
             a, b = voice.speech_span(audio)
-            piece = audio[int(a * voice.SAMPLE_RATE):int(b * voice.SAMPLE_RATE)]
-            if current and length + gap + len(piece) / voice.SAMPLE_RATE > seconds:
-                windows.append(current)
-                current, length = [], 0.0
-            current.append((i, piece))
-            length += gap + len(piece) / voice.SAMPLE_RATE
-        if current:
-            windows.append(current)
-    silence = np.zeros(int(gap * voice.SAMPLE_RATE), np.float32)
-    for window in tqdm(windows, desc=f"voice states in {seconds:g}-s windows", unit="window", disable=quiet,
-                       file=sys.stderr):
-        parts, spans, t = [], [], 0.0
-        for i, piece in window:
-            parts += [silence, piece]
-            t += gap
-            spans.append((i, t, t + len(piece) / voice.SAMPLE_RATE))
-            t += len(piece) / voice.SAMPLE_RATE
-        audio = np.concatenate(parts + [silence])
-        mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES)
-        with torch.no_grad():
-            states = voice.run_encoder(model.encoder, pad_or_trim(mel, N_FRAMES).unsqueeze(0), final=False)[1][0]
-        ws = voice.WindowStates(0.0, len(audio) / voice.SAMPLE_RATE, states)
-        for i, a, b in spans:
-            yield i, ws.span(a, b)
+            pieces.append(audio[int(a * voice.SAMPLE_RATE):int(b * voice.SAMPLE_RATE)])
+        yield from zip(order, voice.heard_together(model, pieces, seconds, gap))
 
 
 def voice_dim_of(model) -> int:

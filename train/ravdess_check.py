@@ -10,11 +10,13 @@ holds one clip per emotion per train actor (7 x 6 = 42 clips: strong intensity, 
 normal), the test export PER_CLASS clips per emotion of each test actor (calm left out). Then runs
 the README's commands, `python -m train.train --train train.zip [--init CKPT] --out ...`, with and
 without --init, and scores each result with `python -m train.evaluate --clips test.zip` (every
-modality the checkpoint uses, as the app predicts). The last stdout line is one JSON object.
+modality the checkpoint uses, as the app predicts): each test actor's clips form one dialogue,
+so their voices are scored heard together, as the app hears the utterances of one video
+(`fused_accuracy`), and each clip heard alone, as a one-utterance file
+(`fused_accuracy_heard_alone`). The last stdout line is one JSON object.
 
-Mind what --init's checkpoint has heard: the shipped voice head was trained on all 16 actors,
-the test actors included, so use --init-voice-without-test (a copy of --init whose voice is
-trained again without the test actors, train.voice --exclude) for a fair number.
+Mind what --init's checkpoint has heard: the shipped voice head was trained without actors 23
+and 24 (train.voice --exclude 23,24), the default test actors, so it never heard them.
 """
 
 from __future__ import annotations
@@ -119,12 +121,17 @@ def run(work: Path, train_actors, test_actors, inits: list[str | None], per_clas
                 "--threads", str(threads), "--quiet", "--seed", str(seed)] + (["--init", init] if init else [])
         summary = train_main(args)
         scored = evaluate_clips(out, test_zip, None, cache)
+        alone = scored.get("voice_heard_alone") or {}
         results[tag] = {"fused_accuracy": scored["emotion_accuracy"], "heads": scored["heads"],
+                        "fused_accuracy_heard_alone": alone.get("emotion_accuracy"),
+                        "heads_heard_alone": alone.get("heads"),
                         "trained": summary["trained_modalities"], "kept": summary["kept"],
                         "epochs": summary["epochs_run"], "train_rows": summary["train_rows"],
                         "test_rows": scored["rows"]}
         print(f"{tag}: fused emotion accuracy on actors {list(test_actors)}: {scored['emotion_accuracy']:.1f} % "
-              f"({scored['rows']} clips); heads {json.dumps(scored['heads'])}", file=sys.stderr, flush=True)
+              f"with each actor's clips heard together as one video, {alone.get('emotion_accuracy', float('nan')):.1f} % "
+              f"with each clip heard alone ({scored['rows']} clips); heads {json.dumps(scored['heads'])}",
+              file=sys.stderr, flush=True)
     return {"train_actors": list(train_actors), "test_actors": list(test_actors), "results": results}
 
 

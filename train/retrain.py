@@ -22,6 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from core.encoders import VIDEO_WEIGHTS_ENV, EncoderUnavailable, VideoEncoder
 from core.text import TextEncoder
 
@@ -145,10 +148,13 @@ def load(args, workdir: Path, context: tuple[int, int], video_encoder, log) -> C
 
 
 def inputs_for(split: clipdata.ClipSplit, feats: dict, videos: dict | None, encoder: TextEncoder,
-               first: int | None = None, quiet: bool = True) -> loop.Inputs:
+               first: int | None = None, quiet: bool = True, in_dialogue: bool = True) -> loop.Inputs:
     """A split's Inputs: frozen text vectors (first None), or the frozen bottom's states below
-    layer `first` for tuned top layers; face, voice and video from the cached features."""
-    rows = [feats.get(r.name) if r.clip is not None else None for r in split.rows]
+    layer `first` for tuned top layers; face, voice and video from the cached features, each voice
+    heard among its dialogue's clips where it has one (`in_dialogue`, as the app hears a video's
+    utterances), else alone (train.features.ClipFeatures.heard)."""
+    rows = [feats[r.name].heard(in_dialogue) if r.clip is not None and r.name in feats else None
+            for r in split.rows]
     video = None if videos is None else [videos.get(r.name) if r.clip is not None else None for r in split.rows]
     emo = [e.emotion for e in split.examples]
     sen = [e.sentiment for e in split.examples]
@@ -158,3 +164,25 @@ def inputs_for(split: clipdata.ClipSplit, feats: dict, videos: dict | None, enco
     return loop.build_inputs(rows, emo, sen, text=encoder.encode([e.text for e in split.examples],
                                                                  [e.context for e in split.examples]),
                              videos=video)
+
+
+def with_voices_alone(inputs: loop.Inputs, split: clipdata.ClipSplit, feats: dict) -> tuple[loop.Inputs, list[int]]:
+    """Training rows in both contexts the app hears a voice in: `inputs` (inputs_for, each voice
+    heard among its dialogue's clips), then a copy of each row whose voice was, with the voice
+    heard alone (a clip uploaded as a file of its own). Returns (rows, the split row each one is).
+    The shipped voice head is trained on both contexts for the same reason (README)."""
+    twins = [i for i, r in enumerate(split.rows)
+             if r.clip is not None and r.name in feats and feats[r.name].audio_present
+             and feats[r.name].voice_in_dialogue is not None]
+    source = list(range(len(inputs)))
+    if not twins:
+        return inputs, source
+    alone = inputs.subset(twins)
+    alone.audio = torch.from_numpy(np.stack([feats[split.rows[i].name].voice for i in twins])).to(alone.audio)
+    both = [inputs, alone]
+    cat = (lambda name: None if getattr(inputs, name) is None
+           else torch.cat([getattr(x, name) for x in both]))
+    joined = loop.Inputs(cat("text"), None if inputs.states is None else inputs.states + alone.states,
+                         cat("face"), cat("face_ok"), cat("audio"), cat("audio_ok"), cat("emotion"),
+                         cat("sentiment"), cat("video"), cat("video_ok"))
+    return joined, source + twins

@@ -86,12 +86,13 @@ def temperature(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def late_voice(model, audio: torch.Tensor, present: torch.Tensor, emotion: torch.Tensor,
-               sentiment: torch.Tensor, groups: list | None = None):
+               sentiment: torch.Tensor, groups: list | None = None, clips: list | None = None):
     """For small data trained from scratch: a copy of `model` whose voice is a ridge head on the
     voiced rows, fused late at weight 1 (core.model.late_fuse) and kept fixed; gradient steps then
     train the rest. The head's features (SMALL_DATA_FEATURES) and penalty (SMALL_DATA_PENALTIES)
     are chosen by leave-one-group-out accuracy (groups: the rows' dialogues; with fewer than 3,
-    each row is its own group; a tie keeps the earlier candidate), and its temperature is fitted
+    each clip is its own group, `clips` naming the clip of each row, since a clip's voice may come
+    in two rows, heard alone and in its dialogue; a tie keeps the earlier candidate), and its temperature is fitted
     on the chosen candidate's out-of-group scores. Returns (model, what was chosen), or (model,
     None) with fewer than 3 voiced rows."""
     from core.model import EmotionModel, ModelConfig
@@ -103,7 +104,7 @@ def late_voice(model, audio: torch.Tensor, present: torch.Tensor, emotion: torch
     x, y, s = audio.numpy()[rows].astype(np.float64), emotion.numpy()[rows], sentiment.numpy()[rows]
     g = np.array([str(v) for v in groups], dtype=object)[rows] if groups is not None else np.arange(len(y))
     if len(set(g.tolist())) < 3:
-        g = np.arange(len(y))
+        g = np.array([str(v) for v in clips], dtype=object)[rows] if clips is not None else np.arange(len(y))
     g = np.unique(np.asarray(g, dtype=str), return_inverse=True)[1]
     half = x.shape[1] // 2
     best = None

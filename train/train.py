@@ -238,6 +238,10 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     bottom = first if trainable else None
     if clips:
         train_in = retrain.inputs_for(train, data.feats["train"], data.videos["train"], encoder, bottom, args.quiet)
+        train_in, source = retrain.with_voices_alone(train_in, train, data.feats["train"])
+        if len(source) > len(train.rows):
+            log(f"{len(source) - len(train.rows)} train rows also with their voice heard alone (each voice heard "
+                "among its dialogue's clips, as the app hears a video, and alone, as a one-utterance file)")
         dev_in = retrain.inputs_for(dev, data.feats["dev"], data.videos["dev"], encoder, bottom, args.quiet) \
             if dev is not None else None
     else:
@@ -251,6 +255,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
                 else loop.build_inputs(None, [e.emotion for e in ex], [e.sentiment for e in ex],
                                        text=encoder.encode([e.text for e in ex], [e.context for e in ex]))
         train_in, dev_in = text_inputs(train).to(device), text_inputs(dev).to(device)
+        source = list(range(len(train_in)))
     t_cache = time.time() - t0
     text_side = loop.TextSide(encoder, tuned if trainable else None)
     log(f"text encoded in {t_cache:.1f} s")
@@ -265,7 +270,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     else:
         model = init.model
     model.to(device)
-    counts = {m: int(train_in.present(m).sum()) for m in loop.TRAINABLE}
+    n_rows = len(train.examples)        # train_in may hold a second copy of voiced rows (with_voices_alone)
+    counts = {m: int(train_in.present(m)[:n_rows].sum()) for m in loop.TRAINABLE}
     use = {m for m in asked if m in model.config.modalities and counts[m] > 0}
     if not use:
         raise retrain.fail(f"nothing to train: none of {asked} has data in train (rows with a face "
@@ -276,10 +282,11 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     if "video" in asked and "video" not in use:
         log("warning: no train clip has a picture R3D-18 could read: the video branch is not trained")
     fit_in = train_in.subset(rows) if len(rows) < len(train_in) else train_in
+    fit_rows = len({source[i] for i in rows})
     trained = [m for m in loop.TRAINABLE if m in use]
     if keep == "last":
         small_defaults(args)                      # a fixed schedule with stronger regularisation
-    log(f"training {trained} on {len(fit_in)} rows (face in {counts['face']}, voiced audio in {counts['audio']}, "
+    log(f"training {trained} on {fit_rows} rows (face in {counts['face']}, voiced audio in {counts['audio']}, "
         f"video in {counts['video']}); {'best dev epoch of <= ' if keep == 'dev' else 'fixed schedule: '}"
         f"{args.epochs} epochs, lr {args.lr:g}, weight decay {args.weight_decay:g}, ema {args.ema:g}")
 
@@ -289,7 +296,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     fixed = None
     if keep == "last" and init is None and "audio" in use:     # tens of rows: no gradient steps for the voice
         model, fixed = ridge.late_voice(model, fit_in.audio, fit_in.audio_ok, fit_in.emotion, fit_in.sentiment,
-                                        [train.examples[i].dialogue_id for i in rows])
+                                        [train.examples[source[i]].dialogue_id for i in rows],
+                                        [source[i] for i in rows])
         log(f"voice head fitted in closed form, fused late and kept fixed (train.ridge.late_voice): {fixed}")
     y_e = [int(y) for y in fit_in.emotion]
     y_s = [int(y) for y in fit_in.sentiment]
@@ -320,7 +328,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
                                 attention_layers),
         trained=sorted(set(trained) | (set(init.card.trained_modalities) & set(model.config.modalities)
                                        if init else set()), key=loop.TRAINABLE.index),
-        model=model, data=_data_section(train, dev, data, counts, len(fit_in), clips),
+        model=model, data=_data_section(train, dev, data, counts, fit_rows, clips, len(fit_in) - fit_rows),
         history=result.history, best_epoch=result.best_epoch, keep=keep, init=init,
         notes=_notes(trained, clips, init, keep),
         extra_training={"train_seconds": round(train_seconds), "cache_seconds": round(t_cache),
@@ -358,7 +366,7 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
         + ("; dev (saved files): " + ", ".join(f"{k} {v:.2f}" for k, v in head.items()) if head else "")
         + f"; training {train_seconds:.0f} s, total {time.time() - t_start:.0f} s")
     summary = {**head, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "kept": keep,
-               "trained_modalities": trained, "train_rows": len(fit_in),
+               "trained_modalities": trained, "train_rows": fit_rows,
                "dev_rows": len(dev.examples) if dev is not None else 0,
                "train_seconds": round(train_seconds), "total_seconds": round(time.time() - t_start),
                "seconds_per_epoch": round(float(np.mean(result.epoch_seconds)), 3), "out": str(out_dir)}
@@ -383,7 +391,7 @@ def _device(args, clips: bool) -> torch.device:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _data_section(train, dev, data, counts: dict, fit_rows: int, clips: bool) -> dict:
+def _data_section(train, dev, data, counts: dict, fit_rows: int, clips: bool, voices_alone: int = 0) -> dict:
     if not clips:
         return {"train": train.describe(), "dev": dev.describe(),
                 "note": "MELD (Poria et al., ACL 2019) text and labels only; no MELD video was available, "
@@ -392,7 +400,10 @@ def _data_section(train, dev, data, counts: dict, fit_rows: int, clips: bool) ->
                 for (tag, _), st in zip(data.splits(), data.stats)}
     out = {"train": {**train.describe(), "clips_corrupt": data.stats[0].failed, "corrupt": failures["train"],
                      "rows_trained": fit_rows, "rows_with_face": counts["face"],
-                     "rows_with_voiced_audio": counts["audio"], "rows_with_video": counts["video"]},
+                     "rows_with_voiced_audio": counts["audio"], "rows_with_video": counts["video"],
+                     "voice_contexts": "each voice heard among its dialogue's clips (as the app hears a "
+                                       "video's utterances) and, once more as a row of its own, alone",
+                     "rows_with_voice_heard_alone_too": voices_alone},
            "feature_cache": data.cache_info,
            "note": "rows whose clip is missing or unreadable trained their text only"}
     out["dev"] = ({**dev.describe(), "clips_corrupt": data.stats[1].failed, "corrupt": failures["dev"],
