@@ -14,7 +14,9 @@ core.pipeline feeds it:
 - with clips (--clips DIR: the app's export zip or folder, the MELD release, or a folder of
   dia{D}_utt{U}.mp4 clips; or --csv naming an export zip or folder): every modality the
   checkpoint uses in the app (its card's trained_modalities): the words, the face found in the
-  clip's frames, the voice (Whisper's encoder states over the clip's speech, core.voice), the
+  clip's frames, the voice (Whisper's encoder states over the clip's speech, core.voice, heard
+  among the other clips of its dialogue as the app hears a video's utterances; the score with
+  each clip heard alone is printed and kept as "voice_heard_alone" too), the
   R3D-18 video vector when the checkpoint has that branch. A row without a usable clip is scored
   on its text. What is scored is the fused label the app would show, plus (in metrics.json,
   "heads") each modality's own head.

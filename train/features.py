@@ -7,7 +7,9 @@ would hear the clip, and pooled (core.voice.clip_voice_feature), and whether it 
 (audio_is_silent); the frames the app's face grid
 would pool for it (core.face_grid.pooled_times: up to FACE_FRAMES, one per GRID_STEP seconds),
 read at the pipeline's FRAME_SIDE (core.media.read_frames) and passed through
-encoders.encode_faces. So training sees the features the app computes.
+encoders.encode_faces. So training sees the features the app computes. The app hears the
+utterances of one video together, in shared windows, so a clip whose dialogue (dia{D}) holds other
+voiced clips is also heard among them (with_dialogue_voices: ClipFeatures.voice_in_dialogue).
 
 The cache is keyed by the sha256 of the clip's bytes and FEATURE_VERSION (which names every
 setting that changes the features, and the face weights' digest): a renamed clip is a hit, a
