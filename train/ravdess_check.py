@@ -51,14 +51,18 @@ def still_face(folder: Path) -> Path:
 
 
 def clip_video(audio: Path, face: Path, out: Path) -> Path:
-    """The still face looped under the clip's audio (libx264 + aac), as a recorded utterance."""
+    """The still face looped under the clip's audio (libx264 + aac), as a recorded utterance: the
+    picture as long as the audio (`-shortest` alone let a looped image run to twice its length)."""
     import subprocess
 
     import imageio_ffmpeg
+
+    from core import media
     if not out.is_file():
+        seconds = media.audio_seconds(audio)
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", "-loop", "1",
                         "-framerate", "10", "-i", str(face), "-i", str(audio), "-c:v", "libx264",
-                        "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out)], check=True)
+                        "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", f"{seconds:.3f}", str(out)], check=True)
     return out
 
 
