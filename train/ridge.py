@@ -92,8 +92,8 @@ def late_voice(model, audio: torch.Tensor, present: torch.Tensor, emotion: torch
     train the rest. The head's features (SMALL_DATA_FEATURES) and penalty (SMALL_DATA_PENALTIES)
     are chosen by leave-one-group-out accuracy (groups: the rows' dialogues; with fewer than 3,
     each clip is its own group, `clips` naming the clip of each row, since a clip's voice may come
-    in two rows, heard alone and in its dialogue; a tie keeps the earlier candidate), and its temperature is fitted
-    on the chosen candidate's out-of-group scores. Returns (model, what was chosen), or (model,
+    in two rows, heard alone and in its dialogue; a tie keeps the earlier candidate), and its
+    temperature is fitted on the chosen candidate's out-of-group scores. Returns (model, what was chosen), or (model,
     None) with fewer than 3 voiced rows."""
     from core.model import EmotionModel, ModelConfig
     device = next(model.parameters()).device
