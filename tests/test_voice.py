@@ -240,6 +240,13 @@ def test_the_loops_small_data_voice_is_a_closed_form_ridge_chosen_by_held_out_di
     few, none = late_voice(model, torch.from_numpy(x[:2]), torch.ones(2, dtype=torch.bool), torch.from_numpy(y[:2]),
                            torch.from_numpy(s[:2]))
     assert few is model and none is None
+    # Fewer than 3 dialogues: each clip is its own group, and a clip's two rows (its voice heard in its
+    # dialogue and alone: train.retrain.with_voices_alone) stay in one group, never one to score the other.
+    twice = np.concatenate([x, x + rng.normal(size=x.shape).astype(np.float32) * 0.1])
+    _, two = late_voice(model, torch.from_numpy(twice), torch.ones(2 * n, dtype=torch.bool),
+                        torch.from_numpy(np.concatenate([y, y])), torch.from_numpy(np.concatenate([s, s])),
+                        [0] * (2 * n), list(range(n)) * 2)
+    assert two["rows"] == 2 * n and two["groups"] == n, two
 
 
 def test_training_only_augmentation_changes_speed_pitch_or_adds_noise_at_the_stated_level():
