@@ -277,6 +277,31 @@ def test_a_dialogues_voices_are_heard_together_as_the_app_hears_a_video(tmp_path
     assert both.emotion.tolist() == [3, 5, 3, 3, 5]
 
 
+def test_a_dev_share_held_out_of_one_csv_is_heard_with_its_dialogues_train_rows(tmp_path):
+    """--holdout splits one CSV's rows: a dialogue's clips land on both sides, and each voice is still
+    heard among all the clips of its dialogue, as the app heard that video."""
+    import argparse
+
+    from train import features, retrain
+    gen = [mediagen.tone_clip(tmp_path / f"tone{i}.mp4", f) for i, f in enumerate((220.0, 330.0, 440.0, 660.0))]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = []
+    for u, clip in enumerate(gen):
+        rows.append(MeldRow("Okay.", "A", "joy", "positive", 0, u, 1, 1, float(u), float(u) + 1.0))
+        shutil.copy(clip, folder / f"dia0_utt{u}.mp4")
+    write_meld_csv(rows, folder / "data.csv")
+    args = argparse.Namespace(train=str(folder / "data.csv"), clips=str(folder), dev=None, limit=None, holdout=0.5,
+                              seed=0, feature_cache=str(tmp_path / "cache"), jobs=1, quiet=True, dev_limit=None)
+    data = retrain.load(args, tmp_path / "work", (0, 0), None, lambda message: None)
+    assert data.held and len(data.train.rows) == 2 and len(data.dev.rows) == 2
+    together = features.dialogue_voices([folder / f"dia0_utt{u}.mp4" for u in range(4)])
+    for split, tag in ((data.train, "train"), (data.dev, "dev")):
+        for r in split.rows:
+            u = int(r.name.split("utt")[1].split(".")[0])
+            assert np.allclose(data.feats[tag][r.name].voice_in_dialogue, together[u], atol=1e-5), r.name
+
+
 # ---------------------------------------------------------------- fine-tuning the shipped model
 
 def test_init_fine_tunes_and_keeps_the_text_encoder_deltas(tmp_path):

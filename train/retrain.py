@@ -30,7 +30,7 @@ from core.text import TextEncoder
 
 from . import clips as clipdata
 from . import loop
-from .features import FeatureCache, clip_features
+from .features import FeatureCache, cached_features, extract_clip, with_dialogue_voices
 from .text_layers import frozen_states
 from .video_features import video_features
 
@@ -125,8 +125,8 @@ def load(args, workdir: Path, context: tuple[int, int], video_encoder, log) -> C
 
     cache = FeatureCache(args.feature_cache)
     for tag, split in data.splits():
-        data.feats[tag], st = clip_features({r.name: r.clip for r in split.rows if r.clip is not None}, cache,
-                                            args.jobs, args.quiet)
+        data.feats[tag], st = cached_features({r.name: r.clip for r in split.rows if r.clip is not None}, cache,
+                                              extract_clip, args.jobs, "extracting clip features", args.quiet)
         data.stats.append(st)
         report(f"{tag}: corrupt or unreadable clips (their rows: text only)",
                [f"{n} ({why})" for n, why in st.failures.items()])
@@ -138,6 +138,14 @@ def load(args, workdir: Path, context: tuple[int, int], video_encoder, log) -> C
                 f"({vst.clips_per_second:.2f} clips/s)")
             report(f"{tag}: clips R3D-18 could not read (their rows: no video)",
                    [f"{n} ({why})" for n, why in vst.failures.items()])
+    # each voice also heard among its dialogue's clips, per CSV: a dev share held out of the train
+    # CSV is heard with the train rows of its dialogues (train and dev CSVs reuse dialogue ids)
+    for tags in ([["train", "dev"]] if held else [[tag] for tag, _ in data.splits()]):
+        clips = {r.name: r.clip for tag in tags for r in getattr(data, tag).rows if r.clip is not None}
+        heard = with_dialogue_voices(clips, {n: f for tag in tags for n, f in data.feats[tag].items()}, cache,
+                                     args.quiet)
+        for tag in tags:
+            data.feats[tag] = {name: heard[name] for name in data.feats[tag]}
     extracted, secs = sum(s.extracted for s in data.stats), sum(s.seconds for s in data.stats)
     data.cache_info = {**data.stats[0].describe(cache),
                        "dev": data.stats[1].describe(cache) if len(data.stats) > 1 else None}
