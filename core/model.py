@@ -8,6 +8,11 @@ the rest.
 A modality may instead be fused late (`ModelConfig.late`): its own head's opinion joins the learned
 fusion's through `late_fuse`, with a learned weight. The shipped model fuses the voice this way,
 since its voice head learned from acted speech and its text from MELD, and no data holds both.
+
+A modality's sentiment opinion may be read off its own emotion opinion instead of its sentiment
+head (`ModelConfig.sentiment_from_emotion`: the emotions' polarities summed, labels.EMOTION_POLARITY).
+The shipped voice is read so: it learned from RAVDESS, where a clip's sentiment is nothing but its
+emotion's polarity, and a separate head there said "joy" and "negative" of the same voice.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from torch import nn
 
 from .encoders import AUDIO_DIM, FACE_DIM, VIDEO_DIM
 from .familiarity import Familiarity
-from .labels import EMOTIONS, MODALITIES, SENTIMENTS
+from .labels import EMOTION_POLARITY, EMOTIONS, MODALITIES, SENTIMENTS
 
 HIDDEN = 128
 FUSION = 256
 DROPOUT = 0.3
+# [7, 3]: row e has a 1 in the column of emotion e's polarity (sentiment_of_emotion)
+POLARITY = torch.tensor([[float(SENTIMENTS.index(EMOTION_POLARITY[e]) == k) for k in range(len(SENTIMENTS))]
+                         for e in EMOTIONS])
 
 
 @dataclass
@@ -43,10 +51,13 @@ class ModelConfig:
     late: tuple[str, ...] = ()         # modalities fused late (late_fuse), not through the fusion layer
     voice_familiarity: int = 0         # principal directions of the voice's training features kept to
                                        # judge how familiar a voice is (core.familiarity); 0: off
+    sentiment_from_emotion: tuple[str, ...] = ()   # modalities whose sentiment opinion is their emotion
+                                                   # opinion's polarity (sentiment_of_emotion), not their head's
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["modalities"], d["late"] = list(self.modalities), list(self.late)
+        d["sentiment_from_emotion"] = list(self.sentiment_from_emotion)
         return d
 
     @classmethod
@@ -54,11 +65,15 @@ class ModelConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["modalities"] = tuple(known.get("modalities", cls.modalities))
         known["late"] = tuple(known.get("late", ()))
+        known["sentiment_from_emotion"] = tuple(known.get("sentiment_from_emotion", ()))
         unknown = [m for m in known["modalities"] if m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modalities in model config: {unknown}")
         if any(m not in known["modalities"] for m in known["late"]):
             raise ValueError(f"late-fused modalities {list(known['late'])} are not all in {list(known['modalities'])}")
+        if any(m not in known["modalities"] for m in known["sentiment_from_emotion"]):
+            raise ValueError(f"sentiment_from_emotion {list(known['sentiment_from_emotion'])} are not all in "
+                             f"{list(known['modalities'])}")
         return cls(**known)
 
 
@@ -148,7 +163,9 @@ class EmotionModel(nn.Module):
                 parts.append(torch.zeros(batch, self.config.hidden, device=device))
                 continue
             h = self.encoders[m](inputs[m])
-            per_modality[m] = (self.emotion_by[m](h), self.sentiment_by[m](h))
+            e = self.emotion_by[m](h)
+            per_modality[m] = (e, sentiment_of_emotion(e) if m in self.config.sentiment_from_emotion
+                               else self.sentiment_by[m](h))
             keep = torch.ones(batch, device=device) if mask is None or m not in mask \
                 else mask[m].to(device=device, dtype=h.dtype)
             if m in self.config.late:
@@ -165,6 +182,13 @@ class EmotionModel(nn.Module):
             emotion = late_fuse(emotion, [(e, k, w) for (e, _), k, w in opinions], EMOTIONS.index("neutral"))
             sentiment = late_fuse(sentiment, [(s, k, w) for (_, s), k, w in opinions], SENTIMENTS.index("neutral"))
         return ModelOutput(emotion, sentiment, per_modality, share)
+
+
+def sentiment_of_emotion(logits: torch.Tensor) -> torch.Tensor:
+    """[B, 3] log-probabilities of each sentiment: the summed probabilities of the emotions of that
+    polarity (labels.EMOTION_POLARITY; surprise counts as neutral, as MELD has it both ways)."""
+    probs = logits.float().softmax(-1) @ POLARITY.to(logits.device)
+    return probs.clamp_min(1e-12).log()
 
 
 def late_fuse(logits: torch.Tensor, opinions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -242,3 +266,14 @@ def with_modalities(model: EmotionModel, modalities: tuple[str, ...]) -> Emotion
     state["fusion.0.weight"], state["fusion.0.bias"] = weight, own["fusion.0.bias"].clone()
     wider.load_state_dict(state)
     return wider
+
+
+def with_own_sentiment(model: EmotionModel, modalities: set[str]) -> list[str]:
+    """Let `modalities` answer sentiment with their own heads again (in place): a retraining on
+    labelled sentiment teaches those heads what their emotion's polarity cannot say (an annotator's
+    surprise may be positive). Returns the modalities that were read off their emotion before."""
+    switched = [m for m in model.config.sentiment_from_emotion if m in modalities]
+    if switched:
+        model.config = ModelConfig.from_dict({**model.config.to_dict(), "sentiment_from_emotion": [
+            m for m in model.config.sentiment_from_emotion if m not in modalities]})
+    return switched

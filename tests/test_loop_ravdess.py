@@ -52,6 +52,11 @@ def test_tens_of_clips_teach_the_fused_label_a_voice(tmp_path):
     voice = card["voice_head"]        # 42 clips, each voice heard in its dialogue and alone: 84 rows
     assert voice["rows"] == 84 and voice["groups"] == 6 and voice["features"] in ("mean+std", "mean"), voice
     assert ck.read_card(tmp_path / "model-scratch").data["train"]["rows_with_voice_heard_alone_too"] == 42
+    # the shipped voice reads its sentiment off its emotion (RAVDESS labels nothing more); retrained on
+    # an annotator's labels, it answers with its own sentiment head again
+    assert "audio" in ck.read_card(ck.DEFAULT_CHECKPOINT).model["sentiment_from_emotion"]
+    init_card = next(d for d in tmp_path.iterdir() if d.name.startswith("model-") and d.name != "model-scratch")
+    assert ck.read_card(init_card).model["sentiment_from_emotion"] == [], init_card
 
     # Through the app itself: the test actor's 14 clips said one after another in one recording. Each
     # utterance Whisper finds (with 3 words or more: one clip's tail "Shhh!" is not scored) is scored

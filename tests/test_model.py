@@ -239,6 +239,33 @@ def test_late_fusion_neutral_is_no_evidence():
     assert late_fuse(happy, [(angry, one, torch.tensor(0.5))], n).argmax().item() == j   # weights decide
 
 
+def test_a_voice_read_for_sentiment_off_its_emotion_never_contradicts_it():
+    """ModelConfig.sentiment_from_emotion: the modality's sentiment is the summed probability of the
+    emotions of each polarity, whatever its own sentiment head says; with_own_sentiment (a retraining
+    on real sentiment labels) gives the head back; the setting survives the card round trip."""
+    from core.labels import EMOTIONS, SENTIMENTS
+    from core.model import sentiment_of_emotion, with_own_sentiment
+    config = ModelConfig(late=("audio",), sentiment_from_emotion=("audio",))
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="sentiment_from_emotion"):
+        ModelConfig.from_dict({**config.to_dict(), "modalities": ["text", "face"], "late": []})
+    model = EmotionModel(config).eval()
+    with torch.no_grad():
+        model.sentiment_by["audio"].bias.copy_(torch.tensor([50.0, 0.0, 0.0]))   # a head sure of "negative"
+        model.emotion_by["audio"].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0]))   # joy
+        emotion, sentiment = model(_inputs(3)).modality_logits["audio"]
+    p_e, p_s = emotion.softmax(-1), sentiment.softmax(-1)
+    pos, neg = SENTIMENTS.index("positive"), SENTIMENTS.index("negative")
+    assert torch.allclose(p_s[:, pos], p_e[:, EMOTIONS.index("joy")], atol=1e-5)
+    assert torch.allclose(p_s[:, neg], p_e[:, [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "sadness")]].sum(-1),
+                          atol=1e-5)
+    assert (p_s.argmax(-1) == pos).all()                                      # joy reads positive
+    assert torch.allclose(sentiment_of_emotion(emotion).exp().sum(-1), torch.ones(3), atol=1e-5)
+    assert with_own_sentiment(model, {"audio", "text"}) == ["audio"] and model.config.sentiment_from_emotion == ()
+    with torch.no_grad():
+        assert (model(_inputs(3)).modality_logits["audio"][1].argmax(-1) == neg).all()   # its head again
+
+
 def test_model_batch_leaves_out_what_no_row_has():
     from core.model import model_batch
     config = ModelConfig()

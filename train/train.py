@@ -53,7 +53,7 @@ import torch
 from core import checkpoint as ck
 from core import lora
 from core.text import DEFAULT_TEXT_MODEL, TextEncoder, apply_text_state
-from core.model import EmotionModel, ModelConfig, with_modalities
+from core.model import EmotionModel, ModelConfig, with_modalities, with_own_sentiment
 
 from . import card as cards
 from . import clips as clipdata
@@ -284,6 +284,8 @@ def run(args, clips: bool, workdir: Path, log) -> dict:
     fit_in = train_in.subset(rows) if len(rows) < len(train_in) else train_in
     fit_rows = len({source[i] for i in rows})
     trained = [m for m in loop.TRAINABLE if m in use]
+    if switched := with_own_sentiment(model, use):
+        log(f"{switched}: sentiment from its own head again (not its emotion's polarity), trained on the clips' labels")
     if keep == "last":
         small_defaults(args)                      # a fixed schedule with stronger regularisation
     log(f"training {trained} on {fit_rows} rows (face in {counts['face']}, voiced audio in {counts['audio']}, "
