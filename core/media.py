@@ -1,7 +1,8 @@
 """Media I/O through imageio-ffmpeg's bundled ffmpeg: probe, decode audio, read frames, cut clips.
 
-Every function shells out to one ffmpeg binary (there is no ffprobe) and raises `MediaError`
-with a one-line, human-readable message when a file cannot be used. Nothing is ever written
+Every function shells out to one ffmpeg binary (there is no ffprobe) through `core.ffmpeg`, which
+opens a user's file safely and words its failures, and raises `MediaError` with a one-line,
+human-readable message when a file cannot be used. Nothing is ever written
 next to the input: temporary files go to the system temp folder and are removed.
 """
 
@@ -20,137 +21,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .types import MediaInfo, UserError
+from .ffmpeg import (TIMEOUT, MediaError, check_file, ffmpeg_exe, input_args, reason,
+                     refused_format, run, unreadable)
+from .ffmpeg import ALLOWED_FORMATS, LimitError, ensure_ffmpeg_on_path  # noqa: F401 (callers import them from here)
+from .types import MediaInfo
 
 SAMPLE_RATE = 16000      # Hz, what Whisper and the audio encoder expect
 FRAME_GRID = 100.0       # frames are picked on a 1/100 s grid (finer than any common frame rate)
 SEEK_MARGIN = 1.0        # seconds decoded before the first requested time
 MAX_SIDE = 640           # default longest side of frames handed back
 MAX_FPS = 240.0          # frame rates above this are taken for timebases, not rates
-TIMEOUT = 1800.0         # seconds before a single ffmpeg run is killed
-# The only demuxers a user's file may be read with: plain media containers. Playlists and lists
-# (hls, concat, dash), image sequences and anything else that can open other files or the network
-# are refused; every input is also opened with `-protocol_whitelist file`. The *_pipe image
-# demuxers read the one file they are given (a still picture, analysed as a silent video).
-ALLOWED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mp3",
-                   "wav", "w64", "flac", "ogg", "aac", "mpegts", "mpeg", "asf", "flv", "aiff",
-                   "caf", "amr", "ac3", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif")
 READ_CHUNK = 1 << 20     # bytes of decoded audio read from ffmpeg at a time
-
-
-class MediaError(UserError):
-    """A media file cannot be read; the message is one line, fit to show a user."""
-
-
-class LimitError(MediaError):
-    """A request is over one of the server's limits; one line, fit to show a user."""
-
-
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
-    try:
-        import imageio_ffmpeg
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as err:  # missing package or binary
-        raise MediaError(f"ffmpeg is not available ({_one_line(str(err), 100)}).") from None
-
-
-def ensure_ffmpeg_on_path() -> str:
-    """Make `ffmpeg` on PATH the bundled binary, for libraries that call it by name (Gradio)."""
-    if found := shutil.which("ffmpeg"):
-        return found
-    folder = Path(tempfile.gettempdir()) / f"media-ffmpeg-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    folder.mkdir(exist_ok=True)
-    link, exe = folder / "ffmpeg", Path(ffmpeg_exe())
-    if not (link.exists() and link.resolve() == exe.resolve()):
-        tmp = folder / f"ffmpeg.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(exe)
-        os.replace(tmp, link)                  # atomic, so concurrent starts do not collide
-    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
-    return str(link)
-
-
-def _run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ffmpeg with `args`; stdout as bytes, stderr as text."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"ffmpeg took longer than {timeout:g} s on this file; gave up.") from None
-    proc.stderr = proc.stderr.decode("utf-8", errors="replace")
-    return proc
-
-
-def input_args(path: str | os.PathLike) -> list[str]:
-    """`-i` for a user's file, opened as a plain local file by an allowed demuxer only.
-
-    `file:` keeps a name like `concat:a|b` or `http:x` a file name; `-protocol_whitelist file`
-    stops a demuxer from opening URLs; `-format_whitelist` refuses playlists and the like.
-    """
-    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(ALLOWED_FORMATS),
-            "-i", "file:" + str(Path(path).resolve())]
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-_REASONS = [
-    ("moov atom not found", "the file is incomplete or truncated: moov atom not found"),
-    ("Invalid data found when processing input", "invalid data"),
-    ("could not find codec parameters", "unknown codec"),
-    ("Permission denied", "permission denied"),
-    ("End of file", "unexpected end of file"),
-]
-
-
-def _reason(stderr: str) -> str:
-    """A short reason drawn from ffmpeg's stderr."""
-    for needle, reason in _REASONS:
-        if needle.lower() in stderr.lower():
-            return reason
-    lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln).strip() for ln in stderr.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("Exiting", "Error opening"))]
-    return _one_line(lines[-1], 100) if lines else "ffmpeg could not read it"
-
-
-_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
-
-
-def _unreadable(stderr: str, path: str | os.PathLike | None = None) -> MediaError:
-    reason = _reason(stderr)
-    if path is not None and "moov atom" in reason:   # ffmpeg went by the name: is it MP4 at all?
-        with open(path, "rb") as f:       # (the caller has just stat-ed the file)
-            if f.read(8)[4:8] not in _MP4_BOXES:
-                reason = "its content is not audio or video"
-    return MediaError(f"This file is not a readable video or audio file ({reason}).")
-
-
-_PROBED = re.compile(r"Format (\S+) probed")
-_PLAYLISTS = {"hls", "concat", "dash", "ffmetadata", "webm_dash_manifest", "image2", "tee"}
-
-
-def _refused_format(path: str) -> MediaError | None:
-    """The error for a file whose demuxer is not allowed (None if that is not why it failed)."""
-    err = _run(["-loglevel", "debug", *input_args(path)]).stderr
-    if "Format not on whitelist" not in err:
-        return None
-    found = _PROBED.findall(err)
-    name = found[-1] if found else "unknown"
-    kind = "a playlist or file list" if name in _PLAYLISTS or "playlist" in name else "a format"
-    return MediaError(f"This file is {kind} ({name}) that is not accepted: only plain video or "
-                      "audio files (MP4, MOV, MKV, WebM, AVI, MP3, WAV, FLAC, OGG, ...) are read.")
-
-
-def _check_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"File not found: {p.name}." if not p.exists() else f"Not a file: {p.name}.")
-    if p.stat().st_size == 0:
-        raise MediaError("The file is empty.")
-    return p
 
 
 # --------------------------------------------------------------------------- probing
@@ -165,16 +46,16 @@ _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
 
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Duration, streams, size, frame rate and codecs of a media file (cached per file version)."""
-    p = _check_file(path)
+    p = check_file(path)
     st = p.stat()
     return replace(_probe_cached(str(p.resolve()), st.st_size, st.st_mtime_ns), path=str(path))
 
 
 @lru_cache(maxsize=64)
 def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
-    err = _run(input_args(path)).stderr      # exits non-zero without an output: that is normal
+    err = run(input_args(path)).stderr      # exits non-zero without an output: that is normal
     if "Input #0" not in err:
-        raise (_refused_format(path) if "Invalid argument" in err else None) or _unreadable(err, path)
+        raise (refused_format(path) if "Invalid argument" in err else None) or unreadable(err, path)
     found = _INPUT.search(err)
     info = MediaInfo(path=path, duration=0.0, has_video=False, has_audio=False,
                      container=found.group(1) if found else "")
@@ -216,7 +97,7 @@ def _scan_duration(path: str, streams: tuple[str, ...] = ("0:v?", "0:a?"),
     maps = [a for s in streams for a in ("-map", s)]
     until = ["-t", f"{stop + 1.0:.3f}"] if stop else []
     for codec in (["-c", "copy"], []):      # copy is fast; decoding is the fallback
-        proc = _run([*input_args(path), *maps, *codec, *until, "-f", "null",
+        proc = run([*input_args(path), *maps, *codec, *until, "-f", "null",
                      "-progress", "pipe:1", "-nostats", "-"])
         times = re.findall(rb"out_time_us=(\d+)", proc.stdout)
         if proc.returncode == 0 and times and int(times[-1]) > 0:
@@ -227,7 +108,7 @@ def _scan_duration(path: str, streams: tuple[str, ...] = ("0:v?", "0:a?"),
 def video_seconds(path: str | os.PathLike, max_seconds: float | None = None) -> float:
     """How long the first video stream's packets run (not what the header says); with
     `max_seconds`, the scan stops a second past it."""
-    return _scan_duration(str(_check_file(path)), ("0:v:0",), max_seconds)
+    return _scan_duration(str(check_file(path)), ("0:v:0",), max_seconds)
 
 
 # --------------------------------------------------------------------------- audio
@@ -253,7 +134,7 @@ def audio_seconds(path: str | os.PathLike, max_seconds: float | None = None) -> 
 
 def _decode_audio(path, sr: int, max_seconds: float | None, sink) -> int:
     """Stream the decoded 16-bit mono samples to `sink` (None: count only); the sample count."""
-    p = _check_file(path)
+    p = check_file(path)
     limit = None if not max_seconds or max_seconds <= 0 else int(max_seconds * sr) * 2
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(p), "-map", "0:a:0", "-vn", "-sn",
             "-dn", "-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec", "pcm_s16le", "-"]
@@ -284,9 +165,9 @@ def _decode_audio(path, sr: int, max_seconds: float | None, sink) -> int:
         if "matches no streams" in stderr:
             probe(p)                                   # a clearer error for a non-media file
             raise MediaError("The file has no audio track.")
-        if "Invalid argument" in stderr and (refused := _refused_format(str(p))):
+        if "Invalid argument" in stderr and (refused := refused_format(str(p))):
             raise refused
-        raise _unreadable(stderr, p)
+        raise unreadable(stderr, p)
     return got // 2
 
 
@@ -383,7 +264,7 @@ def read_frames(path: str | os.PathLike, times: Sequence[float],
     frames = np.empty((len(t), h, w, 3), np.uint8)
     done, err = _read_raw(args, [frames[i] for i in first])
     if done == 0:
-        raise _unreadable(err, path) if err.strip() else MediaError("No video frames could be decoded.")
+        raise unreadable(err, path) if err.strip() else MediaError("No video frames could be decoded.")
     for k in range(done, len(wanted)):           # should not happen: tpad clones the last frame
         frames[first[k]] = frames[first[done - 1]]
     for i, k in enumerate(which):                # repeated times: copy, frame by frame
@@ -415,10 +296,10 @@ def cut_clip(path: str | os.PathLike, start: float, end: float,
         args += ["-map", "0:a:0", "-c:a", "aac", "-b:a", "128k"]
     args += ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(out)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = _run(args)
+    proc = run(args)
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
-        raise MediaError(f"Could not cut the clip ({_reason(proc.stderr)}).")
+        raise MediaError(f"Could not cut the clip ({reason(proc.stderr)}).")
     return out
 
 
@@ -428,14 +309,14 @@ def remux_to_temp(path: str | os.PathLike, suffix: str = ".mkv") -> Path:
     Useful for browser WebM recordings, whose missing duration and index make players unable
     to seek. The caller owns the result; `discard_temp` removes it with its folder.
     """
-    p = _check_file(path)
+    p = check_file(path)
     probe(p)                                  # refuse playlists and non-media files first
     folder = Path(tempfile.mkdtemp(prefix="media-"))
     out = folder / (p.stem + suffix)
-    proc = _run(["-y", *input_args(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])
+    proc = run(["-y", *input_args(p), "-map", "0:v?", "-map", "0:a?", "-c", "copy", str(out)])
     if proc.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
-        raise _unreadable(proc.stderr)
+        raise unreadable(proc.stderr)
     return out
 
 

@@ -131,7 +131,6 @@ def analyze(path: str | Path, models: Models | None = None,
     report = progress or (lambda fraction, stage: None)
     timings: dict[str, float] = {}
     clock = partial(_timed, timings)
-    card = models.card
 
     report(0.0, "reading the file")
     key = None

@@ -42,8 +42,8 @@ def build(wb: Workbench) -> Picker:
         status = gr.Markdown(status_text(wb, entries, current), elem_id="model-status")
         card = gr.Markdown(checkpoints.card_markdown(checkpoints.find(entries, current), current=True),
                            elem_id="model-card")
-        gr.Markdown(f"To add a model, copy its checkpoint folder (`card.json` + `model.safetensors`, as "
-                    f"written by `train/`) into the data folder's `models/` on the server and re-scan. Sessions analysed before "
+        gr.Markdown("To add a model, copy its checkpoint folder (`card.json` + `model.safetensors`, as "
+                    "written by `train/`) into the data folder's `models/` on the server and re-scan. Sessions analysed before "
                     "keep their predictions.")
     return Picker(choice, refresh, card, status)
 
