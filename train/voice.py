@@ -162,6 +162,7 @@ def sentiment_check(head: torch.Tensor, emotion: torch.Tensor, s: np.ndarray, ke
     return out
 
 
+@torch.no_grad()
 def text_logits(checkpoint: ck.Checkpoint, texts: list[str], contexts: list[str] | None = None) -> torch.Tensor:
     """The checkpoint's fused emotion logits from the words alone (voice absent), as the app."""
     from .evaluate import text_encoder_for
