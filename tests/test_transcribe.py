@@ -568,6 +568,31 @@ def test_a_sentence_crammed_into_no_time_is_decoded_again():
     assert [w["start"] for w in fixed[1]["words"]][0] == pytest.approx(4.1)
 
 
+def test_a_second_look_that_only_guesses_adds_no_words():
+    """The drawn-out tail of a fearful "door!" (actor 24, under AAC) was speech no word covered; the
+    second look decoded it into "for" at word probability 0.02, a one-word utterance of its own in
+    the app. A guess that unsure is not kept; what the second look hears surely still is."""
+    regions = [(1.0, 3.5)]
+    heard = [_said(" Kids are talking by the door!", 1.0, 2.8)]       # 2.8-3.5 s: speech, no word
+    assert recall.unheard(regions, heard)
+
+    def guesses(spans):
+        tail = _said(" for", 2.8, 2.9)
+        tail["words"][0]["probability"], tail["avg_logprob"], tail["no_speech_prob"] = 0.02, -1.22, 0.63
+        return [tail]
+
+    def hears(spans):
+        tail = _said(" door!", 2.8, 3.4)
+        tail["words"][0]["probability"] = 0.9
+        return [tail]
+    assert recall.guessed(guesses([])[0]) and not recall.guessed(hears([])[0])
+    assert not recall.guessed(_said(" Hello.", 1.0, 2.0))               # no probability given: sure
+    kept = recall.second_look(guesses, regions, heard, 4.0)
+    assert [s["text"] for s in kept] == [" Kids are talking by the door!"]
+    found = recall.second_look(hears, regions, heard, 4.0)
+    assert [s["text"] for s in found] == [" Kids are talking by the door!", " door!"]
+
+
 def test_quick_words_given_no_time_inside_a_placed_sentence_are_not_a_crammed_one():
     """Under pink noise the alignment gave "in a" of "I will be mercenaries in a minute." no time;
     counting that segment as crammed dropped it and decoded its speech again into "I will be more
