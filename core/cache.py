@@ -19,7 +19,8 @@ from . import __version__
 from .types import Analysis
 from .whisper_convert import CACHE_ENV, DEFAULT_CACHE
 
-CACHE_VERSION = 4              # 2: long pauses shortened (core.packing); 3: core.recall._whole; 4: recall.crammed
+CACHE_VERSION = 5              # 2: long pauses shortened (core.packing); 3: core.recall._whole; 4: recall.crammed;
+                               # 5: recall.guessed
 CHUNK = 1 << 20
 ANALYSIS_CACHE_ENV = "WORKBENCH_ANALYSIS_CACHE"
 log = logging.getLogger(__name__)
