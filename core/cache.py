@@ -1,7 +1,8 @@
 """Analysis cache keyed by file content: reopening an analysed video is instant.
 
 Key = sha256 of the file's bytes + a signature of the models that produced the analysis (checkpoint
-name and date, Whisper model, language), so a new checkpoint never serves stale predictions.
+name and date, weights, Whisper model, language) + a digest of core/'s source, so neither a new
+checkpoint nor new analysis code (an upgraded app over the same cache folder) serves stale results.
 Entries are JSON files written atomically under `$WORKBENCH_ANALYSIS_CACHE`, else
 `$WORKBENCH_CACHE/analyses`, else ~/.cache/emotion-workbench/analyses.
 """
@@ -15,12 +16,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from functools import lru_cache
+
 from .types import Analysis
 from .whisper_convert import CACHE_ENV, DEFAULT_CACHE
 
-CACHE_VERSION = 5              # 2: long pauses shortened (core.packing); 3: core.recall._whole; 4: recall.crammed;
-                               # 5: recall.guessed
+CACHE_VERSION = 5              # the entry format; code changes are caught by code_digest
+CODE = Path(__file__).resolve().parent          # the analysis code whose source keys the cache
 CHUNK = 1 << 20
 ANALYSIS_CACHE_ENV = "WORKBENCH_ANALYSIS_CACHE"
 log = logging.getLogger(__name__)
@@ -55,8 +57,25 @@ def tensors_digest(state: dict) -> str:
     return h.hexdigest()
 
 
+def source_digest(folder: Path) -> str:
+    """sha256 over the names and bytes of the .py files in `folder`."""
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """The analysis code's digest (core/'s source, read once per process): any change to it gives
+    new cache keys, with no version to remember to bump."""
+    return source_digest(CODE)
+
+
 def cache_key(digest: str, signature: dict) -> str:
-    blob = json.dumps({"v": CACHE_VERSION, "code": __version__, "file": digest, "models": signature}, sort_keys=True)
+    """The cache entry's name for a file's content digest and the models' signature."""
+    blob = json.dumps({"v": CACHE_VERSION, "code": code_digest(), "file": digest, "models": signature},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -205,6 +205,24 @@ def test_the_face_net_runs_on_the_models_device(talking_video, models, monkeypat
     assert seen and set(seen) == {models.device}
 
 
+def test_the_cache_key_changes_when_the_analysis_code_does(tmp_path, monkeypatch):
+    """An upgraded app over the same cache folder must not serve analyses the old code made (a fixed
+    transcription once needed a hand-bumped version): the key holds a digest of core/'s source."""
+    import shutil
+
+    from core import cache
+    for path in cache.CODE.glob("*.py"):
+        shutil.copy(path, tmp_path / path.name)
+    assert cache.source_digest(tmp_path) == cache.code_digest()
+    recall = tmp_path / "recall.py"
+    recall.write_text(recall.read_text() + "\n# an upgrade\n")
+    assert cache.source_digest(tmp_path) != cache.code_digest()
+    key = cache.cache_key("0" * 64, {"models": "same"})
+    assert key == cache.cache_key("0" * 64, {"models": "same"})
+    monkeypatch.setattr(cache, "code_digest", lambda: cache.source_digest(tmp_path))    # the upgraded code
+    assert cache.cache_key("0" * 64, {"models": "same"}) != key
+
+
 def test_the_cache_key_changes_when_the_weights_do_even_under_the_same_name():
     import torch
 
