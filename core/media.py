@@ -42,6 +42,8 @@ _SIZE = re.compile(r"[,\s]([1-9]\d{0,8})x([1-9]\d{0,8})[\s,\[]")
 _INPUT = re.compile(r"Input #0, (.+?), from '")
 _RATE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_STREAM_START = re.compile(r", start (-?\d+(?:\.\d+)?)")          # printed where a stream starts off 0
+_FORMAT_START = re.compile(r"Duration: [^,]*, start: (-?\d+(?:\.\d+)?)")
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -60,6 +62,7 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
     info = MediaInfo(path=path, duration=0.0, has_video=False, has_audio=False,
                      container=found.group(1) if found else "")
     video_seen, rotated = 0, False           # a display rotation applies to the first video stream
+    audio_start = 0.0
     for line in err.splitlines():
         m = _STREAM.match(line)
         if not m:
@@ -77,8 +80,12 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
             rates = {unit: float(v) * (1000 if k else 1) for v, k, unit in _RATE.findall(desc)}
             sane = [r for r in (rates.get("fps"), rates.get("tbr")) if r and 0 < r <= MAX_FPS]
             info.fps = sane[0] if sane else 0.0   # VFR WebM may say "1k fps": that is a timebase
-        elif kind == "Audio" and not info.has_audio:
-            info.has_audio, info.audio_codec = True, codec
+        elif kind == "Audio":
+            info.audio_tracks += 1
+            if not info.has_audio:
+                info.has_audio, info.audio_codec = True, codec
+                s = _STREAM_START.search(desc)
+                audio_start = float(s.group(1)) if s else 0.0
     if not (info.has_video or info.has_audio):
         raise MediaError("This file holds no video or audio stream.")
     m = _DURATION.search(err)
@@ -87,6 +94,10 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> MediaInfo:
         info.duration = int(h) * 3600 + int(mi) * 60 + float(s)
     if info.duration <= 0:                   # e.g. browser webcam WebM: no duration in the header
         info.duration = _scan_duration(path)
+    if info.has_audio:                       # decoding counts time from the file's start, not 0
+        s = _FORMAT_START.search(err)
+        lead = audio_start - (float(s.group(1)) if s else 0.0)
+        info.audio_start = lead if 1e-3 <= lead <= max(info.duration, 0.0) else 0.0
     return info
 
 
@@ -117,6 +128,11 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE,
                max_seconds: float | None = None) -> np.ndarray:
     """Decode the first audio track to mono float32 in [-1, 1] at `sr` Hz, in one ffmpeg call.
 
+    Sample i is heard at i / sr seconds on the file's timeline, as a player shows it: a track that
+    starts after the picture (MediaInfo.audio_start) comes after as much silence, so utterance
+    times, face frames and clips line up. (Holes inside a track are not filled: ffmpeg's
+    aresample fills one with a single frame as long as the hole, gigabytes for a crafted file.)
+
     With `max_seconds`, decoding stops as soon as the decoded audio passes it (whatever the
     header says) and `LimitError` is raised.
     """
@@ -136,9 +152,15 @@ def _decode_audio(path, sr: int, max_seconds: float | None, sink) -> int:
     """Stream the decoded 16-bit mono samples to `sink` (None: count only); the sample count."""
     p = check_file(path)
     limit = None if not max_seconds or max_seconds <= 0 else int(max_seconds * sr) * 2
+    lead = 2 * int(round(probe(p).audio_start * sr))    # bytes of silence before the track starts
+    if limit is not None and lead > limit:
+        raise LimitError(f"The audio starts after {_hms(lead / 2 / sr)}; the limit is {_hms(max_seconds)}.")
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(p), "-map", "0:a:0", "-vn", "-sn",
             "-dn", "-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec", "pcm_s16le", "-"]
-    got, over = 0, False
+    got, over = lead, False
+    if sink is not None:
+        for at in range(0, lead, READ_CHUNK):
+            sink(bytes(min(READ_CHUNK, lead - at)))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
         timer = threading.Timer(TIMEOUT, proc.kill)

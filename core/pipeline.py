@@ -186,6 +186,9 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
         if grid is not None:
             grid.cancel()
         analysis.message = f"{NO_SPEECH}: the audio is silent or holds no words Whisper could hear."
+        if info.audio_tracks > 1:
+            analysis.message += (f" The file has {info.audio_tracks} audio tracks and only the first is "
+                                 "analysed: export the one with the speech as the first track.")
         return analysis
 
     preds = [UtterancePrediction(index=i, utterance=u) for i, u in enumerate(utterances)]

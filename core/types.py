@@ -22,6 +22,8 @@ class MediaInfo:
     video_codec: str = ""
     audio_codec: str = ""
     container: str = ""          # ffmpeg's demuxer, e.g. "matroska,webm" (core.media.ALLOWED_FORMATS)
+    audio_tracks: int = 0        # audio streams in the file; only the first is analysed
+    audio_start: float = 0.0     # seconds of the file's timeline before its first audio track starts
 
 
 @dataclass

@@ -46,6 +46,21 @@ def test_silent_video_says_no_speech(media_dir, models):
     assert result.utterances == [] and result.message.startswith(pipeline.NO_SPEECH)
 
 
+def test_speech_only_on_a_second_audio_track_is_named_in_the_message(media_dir, three_sentences_wav, models):
+    """A recording with a silent first track and the voice on the second (a screen recorder's
+    system sound and microphone): the user is told why nothing was heard and what to do."""
+    wav, _ = three_sentences_wav
+    two = media_dir / "two_tracks.mp4"
+    mediagen.ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i",
+                    "anullsrc=r=16000:cl=mono", "-i", str(wav), "-map", "0:v", "-map", "1:a", "-map", "2:a",
+                    "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(two))
+    result = pipeline.analyze(two, models, use_cache=False)
+    assert result.media.audio_tracks == 2
+    assert result.utterances == [] and result.message.startswith(pipeline.NO_SPEECH)
+    assert "2 audio tracks" in result.message and "first" in result.message
+    _one_line(result.message)
+
+
 def test_one_frame_video(media_dir, models):
     video = mediagen.one_frame_video(media_dir / "oneframe.mp4")
     result = pipeline.analyze(video, models)

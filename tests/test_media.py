@@ -89,7 +89,7 @@ def test_video_containers(lib, kind):
     assert abs(info.duration - D) < 0.1, info
     assert (info.width, info.height) == (320, 240)
     assert abs(info.fps - 25) < 0.01
-    assert info.video_codec and info.audio_codec
+    assert info.video_codec and info.audio_codec and info.audio_tracks == 1 and info.audio_start < 0.01   # (Opus: 6 ms of codec delay)
 
     audio = media.load_audio(lib[kind])
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -212,6 +212,23 @@ def test_remux_to_temp(lib):
         media.discard_temp(out)
     assert not out.parent.exists()
     assert sorted(p.name for p in src_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("suffix, acodec", [(".mp4", "aac"), (".mkv", "libopus"), (".ts", "aac")])
+def test_audio_is_laid_on_the_video_timeline(lib, tmp_path, suffix, acodec):
+    """A track that starts 1.5 s after the picture: each sample is heard where a player plays it,
+    so utterance times and clips match the picture (MPEG-TS: both streams start 1.4 s in)."""
+    late = tmp_path / f"late{suffix}"
+    mg.ffmpeg("-f", "lavfi", "-i", SRC, "-itsoffset", "1.5", "-i", str(lib["speech_wav"]), "-map", "0:v",
+              "-map", "1:a", "-t", "4", "-c:v", *X264, "-pix_fmt", "yuv420p", "-c:a", acodec, str(late))
+    speech = media.load_audio(lib["speech_wav"])
+    audio = media.load_audio(late)
+    assert abs(len(audio) / media.SAMPLE_RATE - (1.5 + len(speech) / media.SAMPLE_RATE)) < 0.1
+    assert _rms(audio[: int(1.4 * 16000)]) < 1e-3           # silence until the track starts ...
+    assert _rms(audio[int(1.5 * 16000): int(2.5 * 16000)]) > 0.02   # ... then the speech
+    assert media.probe(late).audio_start == pytest.approx(1.5, abs=0.05)
+    with pytest.raises(media.LimitError, match="starts after"):   # the silence counts towards the limit
+        media.load_audio(late, max_seconds=1.0)
 
 
 def test_audio_segment():

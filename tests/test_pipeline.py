@@ -75,6 +75,21 @@ def test_audio_only_file_is_text_plus_audio(three_sentences_wav, models):
     assert all(p.opinion("audio").present for p in result.utterances)
 
 
+def test_speech_in_a_track_that_starts_late_is_timed_as_the_video_plays_it(three_sentences_wav, tmp_path, models):
+    """The sound track starts 3 s after the picture (an edited or screen-recorded file): the
+    utterances carry the times the player shows, not times counted from the track's first sample."""
+    wav, spans = three_sentences_wav
+    late = tmp_path / "late.mp4"
+    mediagen.ffmpeg("-loop", "1", "-framerate", "25", "-i", str(mediagen.face_image(tmp_path / "face.png")),
+                    "-itsoffset", "3", "-i", str(wav), "-map", "0:v", "-map", "1:a", "-t", f"{3 + spans[-1][1] + 0.5:.2f}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(late))
+    result = pipeline.analyze(late, models, use_cache=False)
+    assert len(result.utterances) == 3
+    for pred, word, (start, end) in zip(result.utterances, ("door", "morning", "window"), spans):
+        assert word in pred.utterance.text.lower()
+        assert abs(pred.utterance.start - (3 + start)) < 0.5 and abs(pred.utterance.end - (3 + end)) < 0.7
+
+
 def test_cli_prints_table_and_writes_json(talking_video, tmp_path):
     out = tmp_path / "a.json"
     proc = subprocess.run([sys.executable, "-m", "core", "analyze", str(talking_video), "--json", str(out)],
