@@ -23,7 +23,7 @@ from . import recall
 from .online import reachable
 from . import utterances as cut
 from .types import UserError, Utterance, error_line
-from .vad import join_regions, speech_regions
+from .vad import at_speaking_level, join_regions, speech_regions
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 from .whisper_align import speed_up_alignment
 
@@ -248,7 +248,7 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
     audio = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1))
     if is_silent(audio):
         return []
-    regions = speech_regions(audio)
+    regions = speech_regions(at_speaking_level(audio))    # Whisper itself hears the audio as it is
     if not regions:
         return []
     if model is None or isinstance(model, str):

@@ -225,11 +225,43 @@ def test_the_detector_hears_speech_and_not_tones_noise_or_music(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["noise", "music"])
-def test_noise_and_music_alone_give_no_utterances(kind):
-    """Whisper is never even asked: the detector hears no speech (Whisper invents words on music)."""
+@pytest.mark.parametrize("rms_db", [-20.0, -50.0])
+def test_noise_and_music_alone_give_no_utterances(kind, rms_db):
+    """Whisper is never even asked: the detector hears no speech (Whisper invents words on music),
+    also when a quiet bed is raised 40 dB for it (vad.at_speaking_level)."""
     from tests import hearing
     bed = hearing.pink_noise(16000 * 12) if kind == "noise" else hearing.tone_bed(16000 * 12, rms_db=-20.0)
+    bed = (bed / np.sqrt(np.mean(np.square(bed))) * 10 ** (rms_db / 20)).astype(np.float32)
     assert tr.transcribe(bed, _MustNotRun()) == []
+
+
+@pytest.mark.parametrize("gain_db", [-30, -45])
+def test_a_quiet_recording_is_heard_from_its_first_word(model, tmp_path, gain_db):
+    """A sentence recorded far from the microphone (loud moments near -36 and -51 dBFS): Silero
+    alone missed its first 0.2 s and all of it; raised for the detector, every word is heard."""
+    if not mediagen.have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    from core import vad
+    wav = mediagen.speak("I cannot believe you did that to me.", tmp_path / "s.wav")
+    quiet = tmp_path / "quiet.wav"
+    mediagen.ffmpeg("-i", str(wav), "-af", f"volume={gain_db}dB", str(quiet))
+    audio = _decode(quiet)
+    assert vad.speech_regions(audio) == [] or vad.speech_regions(audio)[0][0] > 0.1   # what Silero hears alone
+    utterances = tr.transcribe(audio, model, language="en")
+    assert len(utterances) == 1 and utterances[0].start < 0.1
+    assert tr.word_error_rate("I cannot believe you did that to me.", utterances[0].text) <= 0.25
+
+
+def test_quiet_audio_is_raised_for_the_detector_and_loud_audio_is_left_alone():
+    from core import vad
+    quiet = (0.005 * np.sin(np.linspace(0, 2000 * np.pi, 16000))).astype(np.float32)   # raised 50x
+    raised = vad.at_speaking_level(quiet)
+    assert abs(float(np.percentile(np.abs(raised), 99.9)) - vad.LEVEL_TARGET) < 0.01
+    faint = np.full(100, 1e-6, np.float32)
+    assert float(np.abs(vad.at_speaking_level(faint)).max()) == pytest.approx(1e-6 * vad.MAX_GAIN)
+    loud = (0.8 * np.sin(np.linspace(0, 2000 * np.pi, 16000))).astype(np.float32)
+    assert vad.at_speaking_level(loud) is loud
+    assert vad.at_speaking_level(np.zeros(0, np.float32)).size == 0
 
 
 def test_long_silences_are_not_fed_to_whisper():
