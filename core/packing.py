@@ -32,6 +32,7 @@ GRID = 320                    # samples per encoder state (20 ms): pieces start 
 SHORTEN_OVER = 1.0            # pauses up to this long are kept whole (seconds)
 KEEP_PAUSE = 0.6              # a longer pause keeps this much (seconds)
 EDGE = 1.0                    # seconds kept before the first speech and after the last
+WORD_GAP = 0.02               # seconds: words closer than this were aligned back to back
 APART = 1.5                   # seconds of silence between stretches laid end to end (end_to_end)
 
 Region = tuple[float, float]
@@ -122,17 +123,41 @@ class Packing:
         out = []
         for seg in segments:
             seg = dict(seg)
+            packed = [dict(w) for w in seg.get("words") or []]
             words = []
-            for w in seg.get("words") or []:
+            for w in packed:
                 w = dict(w)
                 w["start"], w["end"] = self.span(float(w["start"]), float(w["end"]), whole=False)
                 words.append(w)
+            self._follow_the_next_word(packed, words)
             seg["start"], seg["end"] = self.span(float(seg["start"]), float(seg["end"]))
             if words:
                 seg["words"] = words
                 seg["start"], seg["end"] = min(seg["start"], words[0]["start"]), max(seg["end"], words[-1]["end"])
             out.append(seg)
         return out
+
+    def _follow_the_next_word(self, packed: list[dict], words: list[dict]) -> None:
+        """A word Whisper aligned early, into the pause before its sentence, and back to back with
+        the next word, goes where that word goes: the first word of a sentence after a shortened
+        pause ("Dogs", aligned 40 ms long 0.3 s before the join, "are" stretched over the real
+        "Dogs are") would otherwise land at the end of the sentence before it, 2 s early. Only a
+        word set apart from the word before it (a gap of more than WORD_GAP) moves."""
+        for k in range(len(words) - 2, -1, -1):
+            here, after = packed[k], packed[k + 1]
+            i, j = (self._index_of_original(float(w["start"])) for w in (words[k], words[k + 1]))   # where each landed
+            touching = float(after["start"]) - float(here["end"]) <= WORD_GAP
+            apart = k == 0 or float(here["start"]) - float(packed[k - 1]["end"]) > WORD_GAP
+            if j > i and touching and apart:
+                start = self.pieces[j].start / SAMPLE_RATE
+                end = start + float(here["end"]) - float(here["start"])
+                words[k]["start"], words[k]["end"] = start, end
+                words[k + 1]["start"] = max(float(words[k + 1]["start"]), end)
+                words[k + 1]["end"] = max(float(words[k + 1]["end"]), words[k + 1]["start"])
+
+    def _index_of_original(self, t: float) -> int:
+        """The piece an original time falls in or after."""
+        return max(0, bisect.bisect_right(self._starts[0], t * SAMPLE_RATE) - 1)
 
     def states(self, start: float, seconds: float, states):
         """One packed window's encoder states (core.voice.WindowStates arguments: start and length

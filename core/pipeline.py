@@ -289,22 +289,23 @@ def _faces(path, info, utterances: list[Utterance], grid, device: str, errors, c
 
 def _voices(models: Models, utterances: list[Utterance], audio: np.ndarray, voiced: list[bool],
             windows: list, errors) -> list:
-    """Each voiced utterance's voice feature (core.voice): its states cut out of the transcription
-    window that holds it (no second encoder pass), else from a window encoded around it."""
+    """Each voiced utterance's voice feature (core.voice): the states of its speech
+    (voice.voiced_span) cut out of the transcription window that holds it (no second encoder
+    pass), else from a window encoded around it."""
     if "audio" not in models.checkpoint.model.config.modalities:
         return [None] * len(utterances)
     whisper = None
 
     def one(i: int):
         nonlocal whisper
-        u = utterances[i]
-        states = voice.from_windows(windows, u.start, u.end) if VOICE_FROM_WINDOWS else None
+        start, end = voice.voiced_span(audio, utterances[i].start, utterances[i].end)
+        states = voice.from_windows(windows, start, end) if VOICE_FROM_WINDOWS else None
         if states is not None:
             return voice.pool(states)
         if whisper is None:
             whisper = load_whisper(VOICE_WHISPER, device=models.device)
         with WHISPER_LOCK:
-            return voice.voice_feature(whisper, audio, u.start, u.end)
+            return voice.voice_feature(whisper, audio, start, end)
     return _per_utterance([i if ok else None for i, ok in enumerate(voiced)], one, errors, "audio")
 
 

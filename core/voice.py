@@ -206,6 +206,17 @@ def speech_span(audio: np.ndarray) -> tuple[float, float]:
     return max(0.0, regions[0][0] - PAD), min(duration, regions[-1][1] + PAD)
 
 
+def voiced_span(audio: np.ndarray, start: float, end: float) -> tuple[float, float]:
+    """The stretch of an utterance [start, end] (seconds in `audio`) whose states its voice pools:
+    the speech_span of its audio, exactly as of the clip an export cuts there (train.features), so
+    the app and training pool the same frames. Whisper may stretch a first word back over the
+    silence before it (a RAVDESS clip's 0.85 s of quiet read "Kids" from 0.03 s); its bounds keep
+    the words, the voice only what is spoken."""
+    lo = max(0, int(start * SAMPLE_RATE))
+    a, b = speech_span(np.asarray(audio[lo: max(lo, int(end * SAMPLE_RATE))], dtype=np.float32))
+    return start + a, start + b
+
+
 def clip_voice_feature(model, audio: np.ndarray) -> np.ndarray:
     """A clip's voice feature: its speech span (speech_span), heard as transcription would hear
     the clip, pooled."""
