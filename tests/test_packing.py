@@ -78,6 +78,28 @@ def test_segments_and_words_mapped_back_a_word_never_spans_a_removed_pause():
     assert seg["words"][1]["end"] == join + 0.05                     # the input is left as it was
 
 
+def test_a_first_word_aligned_early_into_the_pause_goes_with_its_sentence():
+    """Seen on an AVX2 CPU: after a shortened pause Whisper aligned "Dogs" 40 ms long, 0.3 s before
+    the join (here 0.2 s), back to back with "are" (stretched over the real "Dogs are"). Mapped alone, "Dogs"
+    landed at the end of the sentence before, 2 s early, and became an utterance of its own."""
+    plan = packing.plan(REGIONS, SAMPLES)
+    where = plan.regions(REGIONS)
+    join = plan.pieces[1].at / SR
+    seg = {"start": where[0][0], "end": where[1][1], "text": " door. Dogs are",
+           "words": [{"word": " door.", "start": where[0][1] - 0.3, "end": where[0][1]},
+                     {"word": " Dogs", "start": join - 0.2, "end": join - 0.16},
+                     {"word": " are", "start": join - 0.16, "end": where[1][0] + 0.5}]}
+    door, dogs, are = plan.segments([seg])[0]["words"]
+    assert door["end"] == pytest.approx(REGIONS[0][1], abs=1e-6)              # stays where it was
+    second = plan.pieces[1].start / SR
+    assert dogs["start"] == pytest.approx(second) and dogs["end"] == pytest.approx(second + 0.04)
+    assert are["start"] == pytest.approx(dogs["end"]) and are["end"] == pytest.approx(REGIONS[1][0] + 0.5)
+    # a word back to back with the one before it is part of that sentence: it stays
+    seg["words"][0]["end"] = join - 0.2
+    _, dogs, _ = plan.segments([seg])[0]["words"]
+    assert dogs["end"] <= plan.pieces[0].end / SR
+
+
 def test_encoder_states_come_back_per_piece():
     plan = packing.plan(REGIONS, SAMPLES)
     seconds = plan.samples / SR
