@@ -337,3 +337,20 @@ def test_a_long_file_heard_with_its_pauses_shortened_keeps_each_voice_on_its_own
             right += EMOTIONS[int(np.argmax(heard.emotion_probs))] == clip.source
             total += 1
     assert right / total >= 0.6, f"voice right on {right}/{total} utterances"
+
+
+def test_the_voice_pools_the_speech_not_the_silence_a_first_word_was_stretched_over(tmp_path):
+    """Whisper may start an utterance's first word at the end of the silence before it; the voice
+    pools what a clip cut there would pool in training: its speech (core.voice.voiced_span)."""
+    from core import media
+    from core.transcribe import PAD
+    from core.voice import speech_span, voiced_span
+    if not mediagen.have_espeak():
+        pytest.fail("espeak-ng is required: apt-get install espeak-ng")
+    speech = media.load_audio(mediagen.speak("Kids are talking by the door.", tmp_path / "s.wav"))
+    audio = np.concatenate([np.zeros(16000 * 3, np.float32), speech, np.zeros(16000, np.float32)])
+    _, s1 = speech_span(speech)
+    start, end = voiced_span(audio, 2.0, 3.0 + len(speech) / 16000 + 0.5)   # an utterance from 2 s
+    assert 3.0 - PAD - 0.05 < start < 3.05                                # from the speech, not from 2 s
+    assert end == pytest.approx(3.0 + s1, abs=0.1)
+    assert voiced_span(np.zeros(16000 * 2, np.float32), 0.5, 1.5) == (0.5, 1.5)   # no speech: all of it
