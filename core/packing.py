@@ -123,7 +123,7 @@ class Packing:
         out = []
         for seg in segments:
             seg = dict(seg)
-            packed = [dict(w) for w in seg.get("words") or []]
+            packed = seg.get("words") or []             # read only: the caller's words stay as they were
             words = []
             for w in packed:
                 w = dict(w)
