@@ -255,10 +255,11 @@ def test_the_loops_small_data_voice_is_a_closed_form_ridge_chosen_by_held_out_di
     assert two["rows"] == 2 * n and two["groups"] == n, two
 
 
-def test_training_only_augmentation_changes_speed_pitch_or_adds_noise_at_the_stated_level():
+def test_training_only_augmentation_changes_speed_pitch_level_or_adds_noise_at_the_stated_level():
     """train.voice --augment: a clip played at 0.9 or 1.1 speed lasts 1/0.9 or 1/1.1 as long; a
     pitch shift moves a tone by the drawn semitones and keeps the length; noise sits NOISE_SNR_DB
-    below the clip's power; an unknown kind is refused."""
+    below the clip's power; a level change is the drawn number of dB inside GAIN_DB and never clips
+    a loud clip; an unknown kind is refused."""
     from train import voice_states as vs
     t = np.arange(16000) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
@@ -283,6 +284,14 @@ def test_training_only_augmentation_changes_speed_pitch_or_adds_noise_at_the_sta
         assert abs(peak - 220 * 2 ** (steps / 12)) < 3                    # 246.9 or 196.0 Hz
         shifts.add(steps)
     assert len(shifts) == 2
+    for _ in range(6):
+        louder_or_quieter, what = vs.perturb(audio, "gain", rng)
+        db = float(what.removeprefix("gain").removesuffix("dB"))
+        measured = 20 * np.log10(np.abs(louder_or_quieter).max() / np.abs(audio).max())
+        assert vs.GAIN_DB[0] <= db <= vs.GAIN_DB[1] and abs(measured - db) < 0.01
+    loud = audio / 0.3 * 0.95
+    for _ in range(6):
+        assert np.abs(vs.perturb(loud, "gain", rng)[0]).max() < 1.0
     with pytest.raises(ValueError, match="unknown augmentation"):
         vs.perturb(audio, "echo", rng)
 

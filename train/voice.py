@@ -220,14 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
                         "utterances of a video), clips (each alone, as a one-utterance file), or both")
     p.add_argument("--augment", default="",
                    help="training-only copies of the clips heard alone: speed (0.9 or 1.1), noise (20 dB SNR), "
-                        "pitch (-2 or +2 semitones, tempo kept), or several (speed,noise); never scored")
+                        "pitch (-2 or +2 semitones, tempo kept), gain (-20 to +10 dB), or several (speed,gain); never scored")
     p.add_argument("--calm", choices=("drop", "neutral"), default="drop",
                    help="RAVDESS calm (no MELD label): left out of training, or trained as neutral")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     augment = [k.strip() for k in args.augment.split(",") if k.strip()]
-    if set(augment) - {"speed", "noise", "pitch"}:
-        p.error(f"--augment: unknown {sorted(set(augment) - {'speed', 'noise', 'pitch'})} (speed, noise, pitch)")
+    kinds = {"speed", "noise", "pitch", "gain"}
+    if set(augment) - kinds:
+        p.error(f"--augment: unknown {sorted(set(augment) - kinds)} ({', '.join(sorted(kinds))})")
     torch.set_num_threads(args.threads)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)   # noqa: E731
     from core.transcribe import load_whisper

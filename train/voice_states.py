@@ -28,7 +28,8 @@ WINDOW_SECONDS = 28.0
 GAP = 0.6
 SPEEDS = (0.9, 1.1)             # training-only augmentation: each clip played at one of these speeds ...
 NOISE_SNR_DB = 20.0             # ... or under white noise at this signal-to-noise ratio ...
-PITCH_STEPS = (-2, 2)           # ... or its pitch moved by this many semitones, tempo kept
+PITCH_STEPS = (-2, 2)           # ... or its pitch moved by this many semitones, tempo kept ...
+GAIN_DB = (-20.0, 10.0)         # ... or its level moved by a uniform draw in this range of dB (peaks kept below 1)
 
 
 def _cache_path(kind: str, clips: list[VoiceClip], model, cache_dir, settings: str) -> Path:
@@ -80,7 +81,8 @@ def perturb(audio: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.
     """A training-only copy of a clip's audio and what was done: `speed` plays it at one of SPEEDS
     (resampled, so pitch moves with tempo: another voice of the same utterance), `noise` adds white
     noise at NOISE_SNR_DB dB below the clip's power, `pitch` moves its pitch by one of PITCH_STEPS
-semitones and keeps its tempo (torchaudio's phase vocoder)."""
+semitones and keeps its tempo (torchaudio's phase vocoder), `gain` moves its level by a draw
+from GAIN_DB (a microphone set louder or quieter; capped so that no sample clips)."""
     from fractions import Fraction
 
     from scipy.signal import resample_poly
@@ -96,7 +98,11 @@ semitones and keeps its tempo (torchaudio's phase vocoder)."""
     if kind == "pitch":
         steps = int(rng.choice(PITCH_STEPS))
         return pitch_shift(audio, steps), f"pitch{steps:+d}"
-    raise ValueError(f"unknown augmentation {kind!r} (speed, noise, pitch)")
+    if kind == "gain":
+        peak = float(np.abs(audio).max()) or 1.0
+        db = min(float(rng.uniform(*GAIN_DB)), 20.0 * np.log10(0.99 / peak))
+        return (audio * np.float32(10.0 ** (db / 20.0))).astype(np.float32), f"gain{db:+.2f}dB"
+    raise ValueError(f"unknown augmentation {kind!r} (speed, noise, pitch, gain)")
 
 
 def pitch_shift(audio: np.ndarray, semitones: int) -> np.ndarray:
