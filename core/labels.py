@@ -19,6 +19,13 @@ EMOTION_POLARITY: dict[str, str] = {
     "joy": "positive", "neutral": "neutral", "surprise": "neutral",
 }
 
+# The sentiments MELD pairs with each emotion (train split: every anger, disgust, fear and sadness
+# row is negative, every joy row positive, every neutral row neutral; surprise goes both ways).
+MELD_SENTIMENTS: dict[str, tuple[str, ...]] = {
+    **{e: (p,) for e, p in EMOTION_POLARITY.items() if e != "surprise"},
+    "surprise": ("negative", "positive"),
+}
+
 MODALITIES: tuple[str, ...] = ("text", "face", "audio", "video")
 
 
@@ -36,6 +43,17 @@ def sentiment_index(label: str) -> int:
     if key not in SENTIMENTS:
         raise ValueError(f"unknown sentiment {label!r}; expected one of {', '.join(SENTIMENTS)}")
     return SENTIMENTS.index(key)
+
+
+def unusual_pair(emotion: str, sentiment: str) -> str:
+    """A short note when MELD never pairs this emotion with this sentiment (say "anger" and
+    "positive": the heads are read apart, and an annotator may change one and not the other);
+    "" when it does, or when either is missing or unknown."""
+    allowed = MELD_SENTIMENTS.get((emotion or "").strip().lower())
+    sentiment = (sentiment or "").strip().lower()
+    if not allowed or sentiment not in SENTIMENTS or sentiment in allowed:
+        return ""
+    return f"MELD never pairs {emotion.strip().lower()} with {sentiment} (it has {' or '.join(allowed)})"
 
 
 def fer_to_emotion_probs(fer_probs: list[float]) -> list[float]:

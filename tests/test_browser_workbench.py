@@ -262,6 +262,17 @@ def test_review_order_filters_mix_bulk_and_overlap(page):
     page.locator("#undo-btn").click()
     expect(cell(page, 1, NOTES)).not_to_contain_text("⚠")
 
+    # an emotion changed and its sentiment left behind (a pair MELD never has): warned, then cleared
+    select_row(page, 2)
+    choose(page, "ed-emotion", "neutral")
+    choose(page, "ed-sentiment", "neutral")
+    expect(page.locator("#ed-sentiment input")).to_have_value("neutral")
+    choose(page, "ed-emotion", "anger")
+    wait_status(page, r"Check the sentiment: utterance 2: MELD never pairs anger with neutral")
+    expect(cell(page, 2, NOTES)).to_contain_text("MELD never pairs anger with neutral")
+    choose(page, "ed-sentiment", "negative")
+    expect(cell(page, 2, NOTES)).not_to_contain_text("⚠")
+
 
 def test_sessions_rename_delete_and_undo(page):
     from playwright.sync_api import expect

@@ -94,7 +94,8 @@ def test_table_and_detail_views():
     assert list(frame.columns) == ["id", "emotion", "sentiment", "confidence", "start", "end", "speaker",
                                    "text", "notes"]
     assert list(frame["id"]) == ["0", "▶ 1", "2"]                  # the selected row is marked
-    assert frame.iloc[2]["notes"] == "✎ sentiment" and frame.iloc[0]["notes"] == ""
+    assert frame.iloc[2]["notes"] == "✎ sentiment ⚠ MELD never pairs joy with negative (it has positive)"
+    assert frame.iloc[0]["notes"] == ""
     assert "Annotator" in views.detail_markdown(s, 2)
     assert "untrained" in views.model_banner({"trained": False})
     banner = views.model_banner({"name": "meld-text-minilm-ctx3+1", "trained": True, "trained_modalities": ["text"],
@@ -318,7 +319,8 @@ def test_handlers_save_valid_corrections_and_revert_invalid_ones(handlers):
     assert "Reverted" in out["status"] and _value(out["ed_emotion"]) == "joy"
     out = c.field("emotion")(sid, "0", VIEW, "anger", request=REQ)
     assert "Saved" in out["status"] and h.wb.store.load(sid).rows[0].emotion == "anger"
-    assert out["table"].iloc[0]["notes"] == "✎ emotion"
+    assert out["table"].iloc[0]["notes"] == "✎ emotion ⚠ MELD never pairs anger with positive (it has negative)"
+    assert "⚠ Check the sentiment: utterance 0: MELD never pairs anger with positive" in out["status"]
 
     frame = views.table_frame(h.wb.store.load(sid))
     frame.loc[1, "sentiment"], frame.loc[2, "speaker"] = "great", "Zoe"
@@ -439,6 +441,39 @@ def test_an_import_without_media_says_what_is_missing(handlers, tmp_path):
     out = h.import_csv(str(csv_path), None, True, VIEW, request=REQ, progress=lambda *a, **k: None)
     assert "Imported 1 row(s)" in out["status"] and "No video or audio was given" in out["status"]
     assert out["table"].iloc[0]["emotion"] == "joy"
+
+
+def test_a_label_pair_meld_never_has_is_flagged_and_never_blocks_an_export():
+    """The heads are read apart, so a row can read "anger · positive"; an annotator who changes the
+    emotion may leave the sentiment as it was. MELD never pairs them: the row's notes, the "with a
+    problem" view and the detail say so; the export is not held up (a warning, not an error)."""
+    s = set_field(make_session(), 1, "emotion", "anger")           # joy/positive rows: now anger/positive
+    issues = checks.label_pairs(s)
+    assert [(i.position, i.kind) for i in issues] == [(1, "pair")]
+    assert "MELD never pairs anger with positive (it has negative)" in views.table_frame(s).iloc[1]["notes"]
+    assert "⚠" not in views.table_frame(s).iloc[0]["notes"]
+    assert views.visible_positions(s, views.TableView(state="problems")) == [1]
+    annotator = next(line for line in views.detail_markdown(s, 1).splitlines() if "Annotator" in line)
+    assert "MELD never pairs anger with positive" in annotator
+    assert not checks.export_problems(s) and to_meld_rows(s)[1].emotion == "anger"
+    fixed = set_field(s, 1, "sentiment", "negative")
+    assert not checks.label_pairs(fixed) and "MELD never" not in views.detail_markdown(fixed, 1)
+    for emotion, sentiment, flagged in (("surprise", "negative", False), ("surprise", "positive", False),
+                                        ("surprise", "neutral", True), ("neutral", "positive", True),
+                                        ("sadness", "negative", False), ("joy", "negative", True)):
+        row = set_field(set_field(make_session(), 0, "emotion", emotion), 0, "sentiment", sentiment)
+        assert bool(checks.label_pairs(row)) is flagged, (emotion, sentiment)
+
+
+def test_every_label_pair_in_meld_train_passes_the_pair_check():
+    from core.labels import unusual_pair
+    train = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld" / "train_sent_emo.csv"
+    if not train.is_file():
+        pytest.skip(f"MELD train labels not found at {train}")
+    import pandas as pd
+    pairs = pd.read_csv(train, usecols=["Emotion", "Sentiment"]).drop_duplicates()
+    assert len(pairs) == 8 and all(unusual_pair(e, s) == "" for e, s in pairs.itertuples(index=False))
+    assert unusual_pair("anger", "positive") and unusual_pair("", "positive") == "" and unusual_pair("anger", "") == ""
 
 
 def test_the_detail_says_in_plain_words_what_decided():

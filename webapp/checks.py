@@ -1,7 +1,9 @@
 """What is wrong with a session's rows, named by the table's ids (row positions, from 0).
 
-Two kinds: an *overlap* (an utterance starting before an earlier one ends) is a warning, shown on
-the row and in the chart, and never blocks anything; an *export problem* (no emotion or sentiment,
+Three kinds: an *overlap* (an utterance starting before an earlier one ends) is a warning, shown on
+the row and in the chart, and never blocks anything; a *pair* (an emotion and a sentiment MELD
+never labels together, such as anger and positive: the model reads them apart, and an annotator
+may change one and not the other) is a warning on the row; an *export problem* (no emotion or sentiment,
 no start or end, an end not after its start, no words) keeps the session out of a MELD export,
 since the retraining script would have to drop or reject that row. Pure functions.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.labels import EMOTIONS, SENTIMENTS
+from core.labels import EMOTIONS, SENTIMENTS, unusual_pair
 
 from .session import NEW_TEXT, Session
 
@@ -18,7 +20,7 @@ from .session import NEW_TEXT, Session
 @dataclass(frozen=True)
 class RowIssue:
     position: int        # the table's id
-    kind: str            # "overlap" (a warning) or "export" (blocks an export)
+    kind: str            # "overlap" or "pair" (warnings) or "export" (blocks an export)
     message: str         # short, e.g. "no emotion"
 
     def __str__(self) -> str:
@@ -37,6 +39,12 @@ def overlaps(session: Session) -> list[RowIssue]:
         if latest is None or r.end > latest:
             latest, latest_pos = r.end, i
     return out
+
+
+def label_pairs(session: Session) -> list[RowIssue]:
+    """Each row whose emotion and sentiment MELD never pairs (core.labels.unusual_pair)."""
+    return [RowIssue(i, "pair", note) for i, r in enumerate(session.rows)
+            for note in [unusual_pair(r.emotion, r.sentiment)] if note]
 
 
 def export_problems(session: Session) -> list[RowIssue]:

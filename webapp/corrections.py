@@ -56,7 +56,7 @@ class Corrections:
         if uid is not None and position(session, uid) is None:
             uid = first_uid(session)
         note = (f"{'✓ Saved.' if session.version != before.version else ''} {note}").strip()
-        warning = self._new_overlaps(before, session)
+        warning = " ".join(filter(None, [self._new_overlaps(before, session), self._new_pairs(before, session)]))
         if warning:
             gr.Warning(warning)
             note = f"{note} ⚠ {warning}".strip()
@@ -67,6 +67,12 @@ class Corrections:
         old = {(before.rows[i.position].uid) for i in checks.overlaps(before)}
         new = [i for i in checks.overlaps(after) if after.rows[i.position].uid not in old]
         return ("Times overlap: " + checks.summary(new) + ".") if new else ""
+
+    @staticmethod
+    def _new_pairs(before: Session, after: Session) -> str:
+        old = {(before.rows[i.position].uid, i.message) for i in checks.label_pairs(before)}
+        new = [i for i in checks.label_pairs(after) if (after.rows[i.position].uid, i.message) not in old]
+        return ("Check the sentiment: " + checks.summary(new) + ".") if new else ""
 
     # ------------------------------------------------------------ the row editor and the table
 

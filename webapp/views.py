@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.labels import EMOTIONS, SENTIMENTS
+from core.labels import EMOTIONS, SENTIMENTS, unusual_pair
 
 from . import checks
 from .session import Session
@@ -46,9 +46,10 @@ class TableView:
 
 
 def row_notes(session: Session) -> dict[int, list[str]]:
-    """Per table id: what is wrong with the row (⚠ overlaps, what blocks an export, import problems)."""
+    """Per table id: what is wrong with the row (⚠ overlaps, a label pair MELD never has, what blocks
+    an export, import problems)."""
     notes: dict[int, list[str]] = {}
-    for issue in checks.overlaps(session) + checks.export_problems(session):
+    for issue in checks.overlaps(session) + checks.label_pairs(session) + checks.export_problems(session):
         notes.setdefault(issue.position, []).append(issue.message)
     for i, r in enumerate(session.rows):
         line = r.meta.get("line")
@@ -209,9 +210,11 @@ def detail_markdown(session: Session | None, position: int | None) -> str:
                      f"{_top(r.sentiment_probs, SENTIMENTS, 1)} | {_trained_note(session.model)} |")
     fixed = [f for f in ("emotion", "sentiment") if f in r.corrected_fields]
     who = "Annotator" if fixed or session.origin != "import" else "Imported label"
+    status = "corrected" if fixed else "as predicted" if r.emotion_probs else ""
+    unusual = unusual_pair(r.emotion, r.sentiment)
     lines.append(f"| **{who}** | **{r.emotion or '—'}**{' ✎' if 'emotion' in fixed else ''} · "
                  f"**{r.sentiment or '—'}**{' ✎' if 'sentiment' in fixed else ''} | "
-                 f"{'corrected' if fixed else 'as predicted' if r.emotion_probs else ''} |")
+                 f"{status}{' · ⚠ ' + unusual if unusual else ''} |")
     decided = decided_line(r.opinions)
     if decided:
         lines += ["", decided]
