@@ -268,7 +268,7 @@ def test_review_order_filters_mix_bulk_and_overlap(page):
     choose(page, "ed-sentiment", "neutral")
     expect(page.locator("#ed-sentiment input")).to_have_value("neutral")
     choose(page, "ed-emotion", "anger")
-    wait_status(page, r"Check the sentiment: utterance 2: MELD never pairs anger with neutral")
+    wait_status(page, r"Check the labels: utterance 2: MELD never pairs anger with neutral")
     expect(cell(page, 2, NOTES)).to_contain_text("MELD never pairs anger with neutral")
     choose(page, "ed-sentiment", "negative")
     expect(cell(page, 2, NOTES)).not_to_contain_text("⚠")

@@ -320,7 +320,7 @@ def test_handlers_save_valid_corrections_and_revert_invalid_ones(handlers):
     out = c.field("emotion")(sid, "0", VIEW, "anger", request=REQ)
     assert "Saved" in out["status"] and h.wb.store.load(sid).rows[0].emotion == "anger"
     assert out["table"].iloc[0]["notes"] == "✎ emotion ⚠ MELD never pairs anger with positive (it has negative)"
-    assert "⚠ Check the sentiment: utterance 0: MELD never pairs anger with positive" in out["status"]
+    assert "⚠ Check the labels: utterance 0: MELD never pairs anger with positive" in out["status"]
 
     frame = views.table_frame(h.wb.store.load(sid))
     frame.loc[1, "sentiment"], frame.loc[2, "speaker"] = "great", "Zoe"

@@ -43,8 +43,12 @@ def overlaps(session: Session) -> list[RowIssue]:
 
 def label_pairs(session: Session) -> list[RowIssue]:
     """Each row whose emotion and sentiment MELD never pairs (core.labels.unusual_pair)."""
-    return [RowIssue(i, "pair", note) for i, r in enumerate(session.rows)
-            for note in [unusual_pair(r.emotion, r.sentiment)] if note]
+    out = []
+    for i, r in enumerate(session.rows):
+        note = unusual_pair(r.emotion, r.sentiment)
+        if note:
+            out.append(RowIssue(i, "pair", note))
+    return out
 
 
 def export_problems(session: Session) -> list[RowIssue]:

@@ -72,7 +72,7 @@ class Corrections:
     def _new_pairs(before: Session, after: Session) -> str:
         old = {(before.rows[i.position].uid, i.message) for i in checks.label_pairs(before)}
         new = [i for i in checks.label_pairs(after) if (after.rows[i.position].uid, i.message) not in old]
-        return ("Check the sentiment: " + checks.summary(new) + ".") if new else ""
+        return ("Check the labels: " + checks.summary(new) + ".") if new else ""
 
     # ------------------------------------------------------------ the row editor and the table
 
