@@ -364,9 +364,9 @@ def test_failures_stay_in_the_status_line(handlers, tmp_path):
     from tests import mediagen
     h, c, sid = handlers
     out = h.analyse(str(mediagen.text_file_named(tmp_path / "notes.mp4")), True, None, REQ, progress=lambda *a, **k: None)
-    assert out["status"].startswith("❌ **Analysis of notes.mp4 failed:**") and "Traceback" not in out["status"]
+    assert out["status"].startswith("✖ **Analysis of notes.mp4 failed:**") and "Traceback" not in out["status"]
     out = c.export_csv(sid, SimpleNamespace(username=None, cookies={owners.COOKIE: "not-the-owner-token-000000"}))
-    assert "❌" in out["status"] and "no session" in out["status"] and out["export_file"] is None
+    assert "✖" in out["status"] and "no session" in out["status"] and out["export_file"] is None
     out = c.field("start")(sid, "1", VIEW, "1.5", request=REQ)             # overlaps row 0 (0-2 s): saved, warned
     assert "Saved" in out["status"] and "overlap" in out["status"].lower()
 
@@ -380,7 +380,7 @@ def test_bulk_relabel_and_label_keys(handlers):
     assert "Set emotion = sadness, speaker = Ann on 2 utterance(s)" in out["status"]
     assert "Ann" in out["bulk_speaker"]["choices"] or ("Ann", "Ann") in out["bulk_speaker"]["choices"]
     out = c.bulk(sid, 0, VIEW, "7-9", "joy", "", "", request=REQ)
-    assert "❌" in out["status"] and "not in this session" in out["status"]
+    assert "✖" in out["status"] and "not in this session" in out["status"]
     c.key(sid, 2, VIEW, "emotion:fear@123", request=REQ)
     assert h.wb.store.load(sid).rows[2].emotion == "fear"
     c.key(sid, 2, VIEW, "emotion:=cmd@1", request=REQ)                    # not a label: ignored

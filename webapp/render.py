@@ -110,7 +110,7 @@ class Renderer:
             LOG.exception("%s failed", what)
             line = f"an unexpected {type(err).__name__} (written to the server's log)"
         gr.Warning(f"{what} failed: {line}")
-        return {self.p.status: f"❌ **{what} failed:** {line}"}
+        return {self.p.status: f"✖ **{what} failed:** {line}"}
 
     # ------------------------------------------------------------ pieces
 
