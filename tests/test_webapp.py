@@ -520,3 +520,18 @@ def test_a_long_session_is_shown_a_page_at_a_time_around_the_selection():
     ids = {d[0] for trace in fig.data if trace.customdata is not None for d in trace.customdata}
     assert ids == set(range(600, 900))
     assert any("600–899 of 1200" in a.text for a in fig.layout.annotations)
+
+
+def test_with_no_utterance_selected_every_editor_field_is_emptied_as_gradio_applies_it(handlers):
+    """The editor's fields are cleared when no row is selected (a new session with no speech). One
+    update dict had been shared by four fields, and Gradio pops its "value" as it applies it, so
+    only the first was cleared: after a silent video the editor still showed the previous
+    video's text, end time and split point (seen in the browser). Applied here by Gradio's own
+    function, field after field as it walks the outputs."""
+    import gradio as gr
+    from gradio.blocks import postprocess_update_dict
+    h, _, _ = handlers
+    out = h.r.editor(None, None)
+    for name in ["ed_start", "ed_end", "ed_text", "split_at", "ed_speaker"]:
+        applied = postprocess_update_dict(gr.Textbox(), out[name], postprocess=False)
+        assert applied.get("value") == "", (name, applied)

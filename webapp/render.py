@@ -118,9 +118,10 @@ class Renderer:
         p = self.p
         pos = position(session, uid)
         if pos is None:
-            blank = gr.update(value="", interactive=False)
-            return {p.ed_title: "**No utterance selected**", p.ed_uid: "", p.ed_start: blank, p.ed_end: blank,
-                    p.ed_speaker: gr.update(value="", interactive=False), p.ed_text: blank, p.split_at: blank,
+            def blank():      # one dict per field: Gradio pops "value" from an update as it applies it
+                return gr.update(value="", interactive=False)
+            return {p.ed_title: "**No utterance selected**", p.ed_uid: "", p.ed_start: blank(), p.ed_end: blank(),
+                    p.ed_speaker: blank(), p.ed_text: blank(), p.split_at: blank(),
                     p.ed_emotion: gr.update(value=None, interactive=False),
                     p.ed_sentiment: gr.update(value=None, interactive=False)}
         r = session.rows[pos]
