@@ -286,6 +286,8 @@ def test_sessions_rename_delete_and_undo(page):
     page.locator("#confirm-delete-btn").click()
     wait_status(page, "Deleted")
     assert rows_shown(page) == 0
+    for field in ("#ed-text textarea", "#ed-end input, #ed-end textarea", "#split-at input, #split-at textarea"):
+        expect(page.locator(field).first).to_have_value("")     # nothing left of the row selected before
     page.locator("#sessions input").click()
     time.sleep(0.5)
     listed = page.locator("ul[role=listbox] li").all_inner_texts()
