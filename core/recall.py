@@ -177,7 +177,8 @@ def second_look(decode: Callable[[list[Region]], list[dict]], regions: list[Regi
     """Decode again (`decode(spans) -> segments`) what the first pass left out or lost track of,
     up to ROUNDS times; a span is never decoded twice. Crammed segments (crammed) are dropped
     first, so their speech counts as unheard; what the second look only guesses (guessed) or
-    places across two spans (straddles) is not kept."""
+    places across two spans (straddles) is not kept, and spans whose decode ran together that way
+    are decoded again one by one."""
     tried: set[Region] = set()
     segments = [s for s in segments if not crammed(s)]        # its speech is then unheard: redone
     for _ in range(ROUNDS):
@@ -185,6 +186,8 @@ def second_look(decode: Callable[[list[Region]], list[dict]], regions: list[Regi
         if not spans:
             break
         tried.update(spans)
-        new = [s for s in decode(spans) if not (crammed(s) or guessed(s) or straddles(s, spans))]
-        segments = replace(segments, new, spans)
+        found = [s for s in decode(spans) if not (crammed(s) or guessed(s))]
+        if len(spans) > 1 and any(straddles(s, spans) for s in found):   # laid end to end, they ran together:
+            found = [s for span in spans for s in decode([span]) if not (crammed(s) or guessed(s))]  # one by one
+        segments = replace(segments, [s for s in found if not straddles(s, spans)], spans)
     return segments
