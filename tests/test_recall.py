@@ -89,3 +89,29 @@ def test_a_second_look_segment_laid_across_two_spans_is_not_kept():
     assert asked and kept == [heard]
     kept = recall.second_look(lambda spans: decode(spans, in_place), regions, [heard], 14.0)
     assert [s["start"] for s in kept] == [1.0, 10.1]
+
+
+def test_stretches_whose_decode_ran_together_are_decoded_again_one_by_one():
+    """Two unheard stretches decoded laid end to end come back as one sentence across both (what
+    Whisper did on an AVX-512 machine); they are decoded again one by one, and each keeps its own."""
+    import numpy as np
+
+    from core import recall
+    regions = [(1.0, 3.0), (10.0, 12.0), (20.0, 22.0)]
+
+    def seg(a, b):                                     # words every 0.3 s, as dense as speech
+        edges = np.linspace(a, b, max(2, int((b - a) / 0.3)) + 1)
+        return {"start": a, "end": b, "text": " Kids are talking by the door.", "avg_logprob": -0.2,
+                "words": [{"word": " w", "start": float(x), "end": float(y), "probability": 0.9}
+                          for x, y in zip(edges, edges[1:])]}
+    asked = []
+
+    def decode(spans):
+        asked.append(list(spans))
+        if len(spans) > 1:
+            return [seg(10.1, 21.9)]                    # one sentence across the silence between them
+        lo, hi = spans[0]
+        return [seg(10.1, 11.9) if lo < 15 else seg(20.1, 21.9)]
+    kept = recall.second_look(decode, regions, [seg(1.0, 3.0)], 30.0)
+    assert len(asked[0]) == 2 and [len(a) for a in asked[1:3]] == [1, 1], asked
+    assert [round(s["start"], 1) for s in kept] == [1.0, 10.1, 20.1], kept
