@@ -172,6 +172,11 @@ def replace(segments: list[dict], new: list[dict], spans: list[Region]) -> list[
     return sorted(segments, key=lambda s: float(s["start"]))
 
 
+def _usable(segments: list[dict]) -> list[dict]:
+    """A second look's segments without the crammed ones and the guesses."""
+    return [s for s in segments if not (crammed(s) or guessed(s))]
+
+
 def second_look(decode: Callable[[list[Region]], list[dict]], regions: list[Region],
                 segments: list[dict], duration: float) -> list[dict]:
     """Decode again (`decode(spans) -> segments`) what the first pass left out or lost track of,
@@ -186,8 +191,8 @@ def second_look(decode: Callable[[list[Region]], list[dict]], regions: list[Regi
         if not spans:
             break
         tried.update(spans)
-        found = [s for s in decode(spans) if not (crammed(s) or guessed(s))]
+        found = _usable(decode(spans))
         if len(spans) > 1 and any(straddles(s, spans) for s in found):   # laid end to end, they ran together:
-            found = [s for span in spans for s in decode([span]) if not (crammed(s) or guessed(s))]  # one by one
+            found = _usable([s for span in spans for s in decode([span])])   # one by one
         segments = replace(segments, [s for s in found if not straddles(s, spans)], spans)
     return segments
