@@ -33,6 +33,7 @@ def format_table(analysis: Analysis) -> str:
         lines.append(f"Model: {model.get('name')} (trained on: {', '.join(model.get('trained_modalities', []))})")
     if analysis.message:
         lines.append(analysis.message)
+    if not analysis.utterances:
         return "\n".join(lines)
     header = f"{'#':>3} {'start':>7} {'end':>7}  {'emotion':<15} {'sentiment':<15} {'face':<14} text"
     lines += [header, "-" * len(header)]

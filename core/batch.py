@@ -153,7 +153,9 @@ class BatchWorker:
         except Exception as err:                # one file must never stop the batch
             first = error_line(err) if str(err).strip() else ""
             return Outcome(path, None, f"{type(err).__name__}: {first}".rstrip(": "), worker=self.name)
-        message = analysis.message or f"{len(analysis.utterances)} utterances"
+        count = f"{len(analysis.utterances)} utterances"
+        message = (f"{count}. {analysis.message}" if analysis.utterances and analysis.message
+                   else analysis.message or count)
         return Outcome(path, analysis, message, digest, self.signature(), self.name)
 
 

@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, load_or_untrained
 from .model import model_batch
 from .opinions import face_opinion, head_opinion, with_share
 from .threads import one_cpu_thread
-from .transcribe import load_whisper, transcribe
+from .transcribe import language_note, load_whisper, transcribe_heard
 from .whisper_batch import capture_states
 from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 
@@ -121,12 +121,15 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
 
 def analyze(path: str | Path, models: Models | None = None,
             progress: Progress | None = None, use_cache: bool = True,
-            utterances: list[Utterance] | None = None, dialogue: bool = True) -> Analysis:
+            utterances: list[Utterance] | None = None, dialogue: bool = True,
+            any_language: bool = False) -> Analysis:
     """Analyse one video or audio file end to end (a file analysed before comes from the cache).
     `utterances` given (e.g. an imported MELD CSV's rows): no transcription, those spans and words
     are read by every modality instead (not cached). `dialogue` False: the words of each utterance
     are read alone, not with their neighbours as the checkpoint's context (for a file of unrelated
-    lines, where one line's mood would colour the next)."""
+    lines, where one line's mood would colour the next). `any_language`: Whisper writes the
+    language it hears instead of `models.language` (English by default); speech that does not
+    sound like English gets a warning in `Analysis.message` either way (core.transcribe.language_note)."""
     models = models or load_models()
     report = progress or (lambda fraction, stage: None)
     timings: dict[str, float] = {}
@@ -136,20 +139,23 @@ def analyze(path: str | Path, models: Models | None = None,
     key = None
     if use_cache and utterances is None:
         with clock("cache"):
-            key = _cache_key(path, models, dialogue)
+            key = _cache_key(path, models, dialogue, any_language)
             hit = cache.load(key) if key else None
         if hit is not None:
             hit.source, hit.timings = str(path), dict(timings)
             report(1.0, "done (from cache)")
             return hit
-    analysis = _analyze_uncached(path, models, report, clock, timings, utterances, dialogue)
+    analysis = _analyze_uncached(path, models, report, clock, timings, utterances, dialogue,
+                                 None if any_language else models.language)
     if key and not any(p.error for p in analysis.utterances):
         cache.store(key, analysis)
     return analysis
 
 
-def _cache_key(path: str | Path, models: Models, dialogue: bool = True) -> str | None:
+def _cache_key(path: str | Path, models: Models, dialogue: bool = True, any_language: bool = False) -> str | None:
     signature = models.signature() if dialogue else {**models.signature(), "words": "alone"}
+    if any_language:
+        signature["language"] = "as heard"       # the two transcripts are kept apart
     try:
         return cache.cache_key(cache.file_digest(path), signature)
     except OSError:
@@ -157,7 +163,8 @@ def _cache_key(path: str | Path, models: Models, dialogue: bool = True) -> str |
 
 
 def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
-                      given: list[Utterance] | None = None, dialogue: bool = True) -> Analysis:
+                      given: list[Utterance] | None = None, dialogue: bool = True,
+                      language: str | None = "en") -> Analysis:
     card = models.card
     with clock("decode"):
         info = media.probe(path)
@@ -176,8 +183,9 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
                 utterances, windows = list(given), []
             else:
                 with WHISPER_LOCK, capture_states() as windows:
-                    utterances = transcribe(audio, load_whisper(models.whisper_name, device=models.device),
-                                            language=models.language)
+                    utterances, analysis.language = transcribe_heard(
+                        audio, load_whisper(models.whisper_name, device=models.device), language=language)
+                analysis.message = language_note(analysis.language, language)
     except BaseException:
         if grid is not None:
             grid.cancel()

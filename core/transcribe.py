@@ -22,7 +22,7 @@ from . import packing as packed
 from . import recall
 from .online import reachable
 from . import utterances as cut
-from .types import UserError, Utterance, error_line
+from .types import SpokenLanguage, UserError, Utterance, error_line
 from .vad import at_speaking_level, join_regions, speech_regions
 from .whisper_batch import plan_windows, speed_up_decoder, transcribe_windows
 from .whisper_align import speed_up_alignment
@@ -45,6 +45,9 @@ LOGPROB_FLOOR = -1.0
 MIN_VOICED = 0.25             # seconds (or half the utterance) of detected speech: it is voiced
 DOUBT_NO_SPEECH = 0.3         # on unvoiced audio, text is dropped above this no-speech probability
 DOUBT_LOGPROB = -0.7          # ...or below this mean log-probability
+# Language (README, "Speech that is not English"): Whisper base gives English speech measured here
+# (espeak-ng's English voices, 120 RAVDESS clips) p(en) >= 0.40, nine other languages <= 0.24.
+NOT_ENGLISH = 0.3             # below this probability of English the speech is called foreign
 CLASSIC_HALLUCINATIONS = {"thank you", "thank you so much", "thanks", "you", "bye", "okay", "so",
                           "music", "applause", "silence", "please subscribe"}
 CLASSIC_PREFIXES = ("thanks for watching", "thank you for watching", "subtitles by",
@@ -204,7 +207,7 @@ def decode(model, audio: np.ndarray, regions: list[Region], language: str | None
         return _hear(model, audio, regions, spans, language, False, laid).get("segments") or []
 
     segments = recall.second_look(again, regions, result.get("segments") or [], duration)
-    return {"segments": segments, "language": result.get("language")}
+    return {"segments": segments, "language": result.get("language"), "heard": result.get("heard")}
 
 
 # --------------------------------------------------------------------------- hallucination guard
@@ -243,14 +246,57 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
     in its pauses into 30-s windows decoded as a batch (core.whisper_batch); `sliding=True` runs
     openai-whisper's own sliding-window loop instead (about twice as slow; kept to compare).
     """
+    return transcribe_heard(audio, model, language, progress, sliding)[0]
+
+
+def spoken_language(heard: dict[str, float] | None) -> SpokenLanguage | None:
+    """Whisper's language probabilities (on the first window of speech) as a SpokenLanguage."""
+    if not heard:
+        return None
+    code = max(heard, key=heard.get)
+    return SpokenLanguage(code, round(heard[code], 3), round(heard.get("en", 0.0), 3))
+
+
+def sounds_foreign(language: SpokenLanguage | None) -> bool:
+    """True when Whisper finds the speech unlikely to be English (the words model's language)."""
+    return language is not None and language.code != "en" and language.english < NOT_ENGLISH
+
+
+def language_name(code: str) -> str:
+    """'fr' -> 'French' (Whisper's own names); an unknown code as it is."""
+    from whisper.tokenizer import LANGUAGES
+    return LANGUAGES.get(code, code).title()
+
+
+def language_note(language: SpokenLanguage | None, asked: str | None) -> str:
+    """One line for speech that does not sound like English, the words model's language ("" else).
+    `asked`: the language Whisper was told to write ("en", the default), or None (its own guess)."""
+    if not sounds_foreign(language):
+        return ""
+    name = language_name(language.code)
+    heard = (f"⚠ This speech does not sound like English: Whisper hears {name} "
+             f"({language.probability:.0%}; English {language.english:.0%}).")
+    if asked == "en":
+        return (heard + " It was asked to write English words, so the transcript may be a rough "
+                "translation or a guess, and the words model reads English only; the voice and the face "
+                "do not depend on the language.")
+    return (heard + f" The transcript is in {language_name(asked) if asked else name}; the words model "
+            "learned English dialogue, so its reading of these words is unreliable; the voice and the "
+            "face do not depend on the language.")
+
+
+def transcribe_heard(audio: np.ndarray, model=None, language: str | None = "en", progress: bool = False,
+                     sliding: bool = False) -> tuple[list[Utterance], SpokenLanguage | None]:
+    """transcribe(), and the language Whisper hears on the first window of speech (even when
+    `language` tells it what to write; None with an English-only Whisper or `sliding`)."""
     import torch
 
     audio = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1))
     if is_silent(audio):
-        return []
+        return [], None
     regions = speech_regions(at_speaking_level(audio))    # Whisper itself hears the audio as it is
     if not regions:
-        return []
+        return [], None
     if model is None or isinstance(model, str):
         model = load_whisper(model or DEFAULT_MODEL)
     cuda = model.device.type == "cuda"
@@ -278,7 +324,7 @@ def transcribe(audio: np.ndarray, model=None, language: str | None = "en",
                                     avg_logprob=float(seg.get("avg_logprob", 0.0)),
                                     no_speech_prob=float(seg.get("no_speech_prob", 0.0)),
                                     compression_ratio=float(seg.get("compression_ratio", 0.0))))
-    return utterances
+    return utterances, spoken_language(result.get("heard"))
 
 
 # --------------------------------------------------------------------------- scoring

@@ -58,6 +58,16 @@ class _TopLabels:
         return SENTIMENTS[_argmax(self.sentiment_probs)] if self.sentiment_probs else ""
 
 
+@dataclass(frozen=True)
+class SpokenLanguage:
+    """The language Whisper hears on the first window of speech: its likeliest one and how sure it
+    is, and the probability of English (the language the words model learned)."""
+
+    code: str                   # Whisper's code: "en", "fr", ...
+    probability: float
+    english: float
+
+
 @dataclass
 class ModalityOpinion(_TopLabels):
     """What one modality says about an utterance.
@@ -105,6 +115,7 @@ class Analysis:
     model: dict[str, Any] = field(default_factory=dict)   # checkpoint summary (name, trained, modalities)
     message: str = ""            # e.g. "No speech found." when there are no utterances
     timings: dict[str, float] = field(default_factory=dict)
+    language: SpokenLanguage | None = None   # what Whisper heard (None: not transcribed, English-only Whisper)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,7 +135,8 @@ class Analysis:
                 opinions=opinions, error=u.get("error", "")))
         return cls(source=d["source"], media=MediaInfo(**d["media"]), utterances=preds,
                    model=dict(d.get("model", {})), message=d.get("message", ""),
-                   timings=dict(d.get("timings", {})))
+                   timings=dict(d.get("timings", {})),
+                   language=SpokenLanguage(**d["language"]) if d.get("language") else None)
 
 
 def _argmax(values: list[float]) -> int:

@@ -305,7 +305,8 @@ def _encode(model, x: torch.Tensor, batch: list[Window], states_map=None) -> tor
 def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language: str | None,
                        temperatures: tuple[float, ...], progress: bool = False, speech: bool = False,
                        regions: list[tuple[float, float]] | None = None, states_map=None) -> dict:
-    """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...}.
+    """Decode every window (batched) with word timestamps -> {"segments": [...], "language": ...,
+    "heard": {language code: probability} on the first window (None for an English-only model)}.
 
     `speech=True`: every window holds speech a voice-activity detector found, so none is skipped on
     Whisper's own no-speech verdict (under noise it skipped 26 s of real speech that way).
@@ -325,18 +326,18 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
     mel = log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels, padding=N_SAMPLES,
                               device=model.device)
     segments: list[dict] = []
-    tokenizer, last_speech = None, 0.0
+    tokenizer, last_speech, heard = None, 0.0, None
     aligner = _Aligner(model)
     for first in tqdm(range(0, len(windows), size), disable=not progress, desc="whisper", unit="batch"):
         batch = windows[first:first + size]
         x = torch.stack([pad_or_trim(mel[:, w.first_frame:w.first_frame + w.frames], N_FRAMES)
                          for w in batch]).to(model.device, dtype)
         features = _encode(model, x, batch, states_map)
-        if language is None:                      # detected once, on the first window, as whisper does
-            language = "en"
-            if model.is_multilingual:
-                _, probs = model.detect_language(features[:1])
-                language = max(probs[0], key=probs[0].get)
+        if heard is None and model.is_multilingual:   # one decoder step on the first window, as whisper does
+            _, probs = model.detect_language(features[:1])
+            heard = {code: float(p) for code, p in probs[0].items()}
+        if language is None:                      # detected once, on the first window
+            language = max(heard, key=heard.get) if heard else "en"
         if tokenizer is None:
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task="transcribe")
@@ -357,4 +358,4 @@ def transcribe_windows(model, audio: np.ndarray, windows: list[Window], language
                                     num_frames=window.frames, last_speech_timestamp=last_speech)
                 segments.extend(found)
                 last_speech = found[-1]["end"]
-    return {"segments": segments, "language": language}
+    return {"segments": segments, "language": language, "heard": heard}

@@ -123,9 +123,9 @@ def test_the_page_says_it_in_one_line(workbench, tmp_path, monkeypatch):
     upload.write_bytes(b"x")
     request = SimpleNamespace(username=None, client=SimpleNamespace(host="198.51.100.4"), session_hash="s",
                               cookies={"wb_owner": "a-browser-token-0123456789"}, headers={})
-    first = h.analyse(str(upload), True, None, request, lambda *a, **k: None)
+    first = h.analyse(str(upload), True, False, None, request, lambda *a, **k: None)
     assert "failed" in first["status"] and "Rate limit" not in first["status"]
-    second = h.analyse(str(upload), True, None, request, lambda *a, **k: None)
+    second = h.analyse(str(upload), True, False, None, request, lambda *a, **k: None)
     status = second["status"]          # stays on the page, in one line, until the next action
     assert "Rate limit reached" in status and "\n" not in status
 

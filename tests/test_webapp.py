@@ -363,7 +363,7 @@ def test_a_field_is_saved_on_the_row_it_was_typed_for(handlers):
 def test_failures_stay_in_the_status_line(handlers, tmp_path):
     from tests import mediagen
     h, c, sid = handlers
-    out = h.analyse(str(mediagen.text_file_named(tmp_path / "notes.mp4")), True, None, REQ, progress=lambda *a, **k: None)
+    out = h.analyse(str(mediagen.text_file_named(tmp_path / "notes.mp4")), True, False, None, REQ, progress=lambda *a, **k: None)
     assert out["status"].startswith("✖ **Analysis of notes.mp4 failed:**") and "Traceback" not in out["status"]
     out = c.export_csv(sid, SimpleNamespace(username=None, cookies={owners.COOKIE: "not-the-owner-token-000000"}))
     assert "✖" in out["status"] and "no session" in out["status"] and out["export_file"] is None

@@ -61,6 +61,7 @@ def mount(wb: Workbench) -> None:
         model_list = gr.JSON(label="checkpoints")
         model_info = gr.JSON(label="checkpoint")
         together = gr.Checkbox(True, label="neighbours")
+        as_heard = gr.Checkbox(False, label="any_language")
 
     def guarded(fn):
         @functools.wraps(fn)
@@ -84,13 +85,15 @@ def mount(wb: Workbench) -> None:
         session, _ = wb.apply(session_id, lambda s: (op(s, uid_at(s, position)), ""), wb.owner(request))
         return table_records(session)
 
-    def analyze(media, neighbours=True, request: gr.Request = None, progress=gr.Progress()):
+    def analyze(media, neighbours=True, any_language=False, request: gr.Request = None, progress=gr.Progress()):
         """Analyse a video or audio file: a new session and its utterance table. `neighbours` False:
-        each utterance's words are read alone, not with the lines around it (unrelated lines)."""
+        each utterance's words are read alone, not with the lines around it (unrelated lines).
+        `any_language` True: Whisper writes the language it hears instead of English."""
         if not media:
             raise gr.Error("no file given", print_exception=False)
         session = wb.analyze(media, lambda f, stage: progress(f, desc=stage), user=client_key(request),
-                             owner=wb.owner(request), dialogue=neighbours is not False)
+                             owner=wb.owner(request), dialogue=neighbours is not False,
+                             any_language=any_language is True)
         return session.id, table_records(session)
 
     def edit(session_id, utterance_id, field, value, request: gr.Request = None):
@@ -151,7 +154,7 @@ def mount(wb: Workbench) -> None:
         return wb.use_model(key, user=client_key(request)).to_dict(current=True)
 
     endpoints = [
-        (analyze, [media, together], [sid, rows]),
+        (analyze, [media, together, as_heard], [sid, rows]),
         (edit, [sid, pos, name, value], [rows]),
         (split, [sid, pos, at], [rows]),
         (merge, [sid, pos], [rows]),

@@ -32,23 +32,25 @@ class Handlers:
 
     # ------------------------------------------------------------ opening
 
-    def analyse(self, upload: str | None, neighbours: bool, tview, request: gr.Request = None,
-                progress=gr.Progress()) -> dict:
+    def analyse(self, upload: str | None, neighbours: bool, any_language: bool, tview,
+                request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not upload:
             return self.r.failed("Analysis", _Missing("upload or record a file first"))
         ctx = self.r.ctx(request, "", None, tview)
         try:
             session = self.wb.analyze(upload, lambda f, stage: progress(f, desc=stage),
-                                      user=client_key(request), owner=ctx.owner, dialogue=neighbours is not False)
+                                      user=client_key(request), owner=ctx.owner, dialogue=neighbours is not False,
+                                      any_language=any_language is True)
         except Exception as err:            # shown in the status line, never a bare "Error"
             return self.r.failed(f"Analysis of {Path(str(upload)).name[:60]}", err)
         note = "" if session.rows else "Nothing to annotate."
         return self.r.view(session, ctx, first_uid(session), note, player="reload", full=True)
 
-    def example(self, neighbours: bool, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    def example(self, neighbours: bool, any_language: bool, tview, request: gr.Request = None,
+                progress=gr.Progress()) -> dict:
         if not EXAMPLE.is_file():
             return self.r.failed("The example", _Missing("the example video is missing: run scripts/make_example.py"))
-        return self.analyse(str(EXAMPLE), neighbours, tview, request, progress)
+        return self.analyse(str(EXAMPLE), neighbours, any_language, tview, request, progress)
 
     def import_csv(self, csv_file: str | None, media_file: str | None, run_model: bool, tview, request: gr.Request = None, progress=gr.Progress()) -> dict:
         if not csv_file:

@@ -229,11 +229,11 @@ class Workbench:
     # ------------------------------------------------------------ creating sessions
 
     def analyze(self, upload: str | Path, progress: Progress | None = None, user: str | None = None,
-                owner: str | None = "", dialogue: bool = True) -> Session:
+                owner: str | None = "", dialogue: bool = True, any_language: bool = False) -> Session:
         """Analyse a file into a new session of `owner`. `user` (ratelimit.client_key) is counted
         against the rate limit first, before the file is even read (RateLimited when over). A failed
-        analysis leaves nothing behind. `dialogue` False reads each utterance's words alone
-        (core.pipeline.analyze)."""
+        analysis leaves nothing behind. `dialogue` False reads each utterance's words alone;
+        `any_language` lets Whisper write the language it hears (core.pipeline.analyze)."""
         self.rate.check(user)
         report = progress or (lambda f, s: None)
         report(0.0, "checking the file")
@@ -246,7 +246,7 @@ class Workbench:
             report(0.02, "preparing the file")
             staged = media_prep.stage(upload, folder / "media")
             result = analyze(staged.source, models, lambda f, stage: report(0.05 + 0.93 * f, stage),
-                             dialogue=dialogue)
+                             dialogue=dialogue, any_language=any_language)
             session = from_analysis(result, sid, Path(str(upload)).name, self.store.next_dialogue_id(owner))
             session.source_name = paths.safe_filename(Path(str(upload)).name)
             session.source = paths.relative(self.root, staged.source)

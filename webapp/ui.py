@@ -72,6 +72,8 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                     example_btn = gr.Button("▶ Analyse the example video", variant="secondary", elem_id="example-btn")
                     neighbours = gr.Checkbox(True, label="Read each line with its neighbours (one conversation); "
                                              "untick for a video of unrelated lines", elem_id="neighbours")
+                    any_language = gr.Checkbox(False, label="Write the language spoken, not English (the words "
+                                               "model reads English only)", elem_id="any-language")
                     sessions = gr.Dropdown(label="Your earlier sessions (every correction is autosaved)",
                                            choices=[], value=None, interactive=True, elem_id="sessions")
                     with gr.Row(equal_height=True):
@@ -182,7 +184,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
                     restore_btn=restore_btn, input_box=input_box)
         api.mount(wb)      # first, so that the API endpoints get the plain names
         controls = dict(demo=demo, video_in=video_in, audio_in=audio_in, csv_in=csv_in, csv_media=csv_media,
-                        analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn, neighbours=neighbours,
+                        analyse_video=analyse_video, analyse_audio=analyse_audio, example_btn=example_btn, neighbours=neighbours, any_language=any_language,
                         import_btn=import_btn, run_model=run_model, prev_btn=prev_btn, next_btn=next_btn, play_btn=play_btn,
                         split_btn=split_btn, merge_btn=merge_btn, add_btn=add_btn, delete_btn=delete_btn,
                         csv_btn=csv_btn, zip_btn=zip_btn, pick=pick, pick_go=pick_go, goto=goto, keys=keys, keys_go=keys_go,
@@ -205,9 +207,10 @@ def _wire(h: Handlers, c: Corrections, p: Page, ui: dict) -> None:
     serial = dict(concurrency_id="session", concurrency_limit=1, **private, **quiet)
     heavy = dict(concurrency_id="analysis", concurrency_limit=1, show_progress_on=[p.status], **private)
     ctx = [p.sid, p.sel, p.tview]
-    ui["analyse_video"].click(h.analyse, [ui["video_in"], ui["neighbours"], p.tview], out, **heavy)
-    ui["analyse_audio"].click(h.analyse, [ui["audio_in"], ui["neighbours"], p.tview], out, **heavy)
-    ui["example_btn"].click(h.example, [ui["neighbours"], p.tview], out, **heavy)
+    asked = [ui["neighbours"], ui["any_language"], p.tview]
+    ui["analyse_video"].click(h.analyse, [ui["video_in"], *asked], out, **heavy)
+    ui["analyse_audio"].click(h.analyse, [ui["audio_in"], *asked], out, **heavy)
+    ui["example_btn"].click(h.example, asked, out, **heavy)
     ui["import_btn"].click(h.import_csv, [ui["csv_in"], ui["csv_media"], ui["run_model"], p.tview], out, **heavy)
     p.sessions.input(h.open, [p.sessions, p.tview], out, **serial)
     ui["demo"].load(h.load, [p.remembered], out, **private, **quiet)
