@@ -35,14 +35,14 @@ def format_table(analysis: Analysis) -> str:
         lines.append(analysis.message)
     if not analysis.utterances:
         return "\n".join(lines)
-    header = f"{'#':>3} {'start':>7} {'end':>7}  {'emotion':<15} {'sentiment':<15} {'face':<14} text"
+    header = f"{'#':>3} {'start':>7} {'end':>7}  {'speaker':<10} {'emotion':<15} {'sentiment':<15} {'face':<14} text"
     lines += [header, "-" * len(header)]
     for p in analysis.utterances:
         u = p.utterance
         face = p.opinion("face")
         face_txt = f"{face.emotion} {max(face.emotion_probs):.2f}" if face and face.present else "-"
         text = textwrap.shorten(u.text, TEXT_WIDTH, placeholder="…")
-        lines.append(f"{p.index:>3} {u.start:>7.2f} {u.end:>7.2f}  "
+        lines.append(f"{p.index:>3} {u.start:>7.2f} {u.end:>7.2f}  {u.speaker[:10]:<10} "
                      f"{p.emotion + f' {p.confidence:.2f}':<15} "
                      f"{p.sentiment + f' {max(p.sentiment_probs):.2f}':<15} {face_txt:<14} {text}")
         if p.error:

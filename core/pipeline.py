@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import cache, encoders, face_grid, media, voice
+from . import cache, encoders, face_grid, media, speakers, voice
 from .text import TextEncoder, apply_text_state, build_contexts, load_text_encoder
 from .checkpoint import Checkpoint, load_or_untrained
 from .model import model_batch
@@ -34,7 +34,7 @@ from .types import Analysis, ModalityOpinion, Utterance, UtterancePrediction
 Progress = Callable[[float, str], None]
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "transcribe", "frames", "face", "video", "text", "audio", "model")
+STAGES = ("decode", "transcribe", "speakers", "frames", "face", "video", "text", "audio", "model")
 NO_SPEECH = "No speech found"
 FRAME_SIDE = 480          # frames are read at most this large (face detection then downsizes to 320)
 WORDS_ALONE = "read alone, not with the lines around it"   # the text opinion's note when analyze(dialogue=False)
@@ -101,6 +101,7 @@ def load_models(checkpoint: str | Path | Checkpoint | None = None, whisper_name:
     if device.startswith("cuda"):      # half precision where it is safe: the BERT encoder; fusion stays fp32
         models.text_encoder.half()
     models.text_encoder.encode(["Hello."])   # its bfloat16 copies and kernels made now, not in the first analysis
+    speakers.embed(np.zeros(speakers.SAMPLE_RATE, np.float32))   # likewise the speaker encoder's
     from .face import load_face_net
     load_face_net(device=device)
     if "video" in ckpt.model.config.modalities:
@@ -199,6 +200,10 @@ def _analyze_uncached(path, models: Models, report: Progress, clock, timings,
                                  "analysed: export the one with the speech as the first track.")
         return analysis
 
+    if given is None:
+        report(0.45, "telling the speakers apart")
+        with clock("speakers"):
+            _suggest_speakers(audio, utterances)
     preds = [UtterancePrediction(index=i, utterance=u) for i, u in enumerate(utterances)]
     errors: dict[int, list[str]] = {i: [] for i in range(len(preds))}
 
@@ -315,6 +320,18 @@ def _voices(models: Models, utterances: list[Utterance], audio: np.ndarray, voic
         with WHISPER_LOCK:
             return voice.voice_feature(whisper, audio, start, end)
     return _per_utterance([i if ok else None for i, ok in enumerate(voiced)], one, errors, "audio")
+
+
+def _suggest_speakers(audio: np.ndarray, utterances: list[Utterance]) -> None:
+    """Each transcribed utterance's suggested speaker ("Speaker 1", ...: core.speakers). A failure
+    leaves the speakers blank, as before there were suggestions, and never fails the analysis."""
+    try:
+        names = speakers.name_speakers(audio, [(u.start, u.end) for u in utterances])
+    except Exception as err:          # the speakers are a suggestion: the rest of the analysis stands
+        log.warning("speakers left blank: %s", err)
+        return
+    for u, name in zip(utterances, names):
+        u.speaker = u.speaker or name
 
 
 def _per_utterance(items: list, fn, errors: dict[int, list[str]], stage: str) -> list:

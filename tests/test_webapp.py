@@ -385,6 +385,11 @@ def test_bulk_relabel_and_label_keys(handlers):
     assert h.wb.store.load(sid).rows[2].emotion == "fear"
     c.key(sid, 2, VIEW, "emotion:=cmd@1", request=REQ)                    # not a label: ignored
     assert h.wb.store.load(sid).rows[2].emotion == "fear"
+    # a suggested speaker named everywhere at once: the rows are named by that speaker
+    out = c.bulk(sid, 0, VIEW, "ann", "", "", "Rachel", request=REQ)
+    assert [r.speaker for r in h.wb.store.load(sid).rows] == ["Rachel", "Rachel", ""], out["status"]
+    out = c.bulk(sid, 0, VIEW, "Monica", "", "", "Ross", request=REQ)     # nobody of that name
+    assert "✖" in out["status"] and "speaker" in out["status"]
 
 
 

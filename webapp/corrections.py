@@ -196,7 +196,8 @@ class Corrections:
 
     def bulk(self, sid: str, sel, tview, rows: str, emotion: str | None,
              sentiment: str | None, speaker: str | None, request: gr.Request = None) -> dict:
-        """Set emotion, sentiment and/or speaker of the rows named in `rows` ("0-4, 7", "shown", "all")."""
+        """Set emotion, sentiment and/or speaker of the rows named in `rows` ("0-4, 7", "shown", "all",
+        or a speaker's name)."""
         ctx = self.r.ctx(request, sid, sel, tview)
         session = self.r.session(ctx)
         if session is None:
@@ -258,25 +259,29 @@ class Corrections:
 
 
 def parse_rows(text: str, session: Session, view: views.TableView) -> list[int]:
-    """Table ids from "0-4, 7", "shown" (the rows the table shows now) or "all"; EditError if bad."""
+    """Table ids from "0-4, 7", "shown" (the rows the table shows now), "all", or a speaker's name
+    (that speaker's rows: "Speaker 2" -> "Ross" names a suggested speaker everywhere); EditError if bad."""
     text = str(text or "").strip().lower()
     n = len(session.rows)
     if text in ("all", "*"):
         return list(range(n))
     if text in ("shown", "filtered", "visible"):
         return views.visible_positions(session, view)
+    spoken = [i for i, row in enumerate(session.rows) if row.speaker.strip().lower() == text]
+    if text and spoken:
+        return spoken
     out: list[int] = []
     for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
         lo, dash, hi = part.partition("-")
         try:
             a, b = int(lo), int(hi) if dash else int(lo)
         except ValueError:
-            raise EditError(f"{part[:20]!r} is not a row id or a range like 2-5") from None
+            raise EditError(f"{part[:20]!r} is not a row id, a range like 2-5 or a speaker of this session") from None
         if not (0 <= a <= b < n):
             raise EditError(f"rows {part[:20]} are not in this session (ids 0 to {n - 1})")
         out.extend(range(a, b + 1))
         if len(out) > MAX_BULK:
             raise EditError(f"at most {MAX_BULK} rows at once")
     if not out:
-        raise EditError("name the rows to change: ids like 0-4, 7, or 'shown', or 'all'")
+        raise EditError("name the rows to change: ids like 0-4, 7, or 'shown', 'all' or a speaker's name")
     return sorted(set(out))

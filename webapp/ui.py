@@ -128,7 +128,7 @@ def build_app(wb_or_holder: Workbench | ModelHolder) -> gr.Blocks:
         gr.Markdown(HELP, elem_id="help")
         with gr.Accordion("Several rows at once", open=False, elem_id="bulk-box"):
             with gr.Row(equal_height=True):
-                bulk_rows = gr.Textbox(label="Rows (ids like 0-4, 7; or shown; or all)", scale=2,
+                bulk_rows = gr.Textbox(label="Rows (ids like 0-4, 7; shown; all; or a speaker)", scale=2,
                                        min_width=180, elem_id="bulk-rows")
                 bulk_emotion = gr.Dropdown([""] + list(EMOTIONS), value="", label="Set emotion", min_width=120,
                                            elem_id="bulk-emotion")
